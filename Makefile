@@ -1,0 +1,58 @@
+# host-recover — build, test and demo entry points.
+# `make demo` and `make test` install what they need on a fresh Debian 12 machine (as root).
+
+SHELL        := /bin/bash
+PYTHON       := /usr/bin/python3
+VENV         := .venv
+VPY          := $(VENV)/bin/python
+WHEELS       := /var/cache/host-recover/wheels
+APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev python3-venv python3-dev \
+                pkg-config build-essential qemu-system-x86 ovmf dracut-core zstd \
+                squashfs-tools erofs-utils cpio shellcheck kmod openssl iproute2 \
+                e2fsprogs
+
+.PHONY: deps venv test lint unit demo install clean
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "+ apt-get install $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(VENV)/.stamp: requirements.lock setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip wheel setuptools
+	mkdir -p $(WHEELS)
+	# Build tpm2-pytss (~20 s) once; later installs come from the wheel cache.
+	$(VPY) -m pip wheel -q -w $(WHEELS) --find-links $(WHEELS) -r requirements.lock
+	$(VPY) -m pip install -q --no-index --find-links $(WHEELS) -r requirements.lock
+	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: deps $(VENV)/.stamp
+
+lint: venv
+	$(VENV)/bin/ruff check recover tests bench qemu-env
+	$(VENV)/bin/ruff format --check recover tests bench qemu-env
+	$(VENV)/bin/mypy
+	shellcheck -s sh hooks/*.sh
+	shellcheck -s bash dracut-module/*.sh qemu-env/*.sh .ci/run
+
+unit: venv
+	$(VPY) -m pytest -q -m "not e2e"
+
+# The whole suite: lint, unit, swtpm, integration and QEMU end-to-end tests.
+test: venv lint
+	$(VPY) -m pytest -q
+
+demo: venv
+	$(VPY) -m qemu_env.demo
+
+install:
+	$(PYTHON) -m pip install --no-deps .
+	install -d /usr/lib/dracut/modules.d/90host-recover
+	install -m 0755 dracut-module/* hooks/* /usr/lib/dracut/modules.d/90host-recover/
+
+clean:
+	rm -rf $(VENV) qemu-env/build

@@ -1,0 +1,3 @@
+from recover.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Logging setup: one call from main().
+
+In the initramfs (``kmsg=True``) lines go to /dev/kmsg with ``<N>host-recover:`` priority
+prefixes (and stderr, which is the console, unless quiet). On a terminal a plain
+coloured formatter is used. Never log secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+_KMSG_PRIO = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class KmsgHandler(logging.Handler):
+    def __init__(self, path: str = "/dev/kmsg") -> None:
+        super().__init__()
+        self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prio = _KMSG_PRIO.get(record.levelno, 6)
+        try:
+            for line in self.format(record).splitlines():
+                os.write(self.fd, f"<{prio}>host-recover: {line}\n".encode()[:1000])
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        super().close()
+
+
+class _TtyFormatter(logging.Formatter):
+    COLOURS = {logging.ERROR: "\033[31m", logging.WARNING: "\033[33m", logging.DEBUG: "\033[2m"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        colour = self.COLOURS.get(record.levelno)
+        return f"{colour}{text}\033[0m" if colour else text
+
+
+def setup(debug: bool = False, kmsg: bool = False, quiet: bool = False) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    level = logging.DEBUG if debug else logging.INFO
+    env = os.environ.get("SYSTEMD_LOG_LEVEL", "").lower()
+    if env == "debug":
+        level = logging.DEBUG
+    root.setLevel(level)
+    if kmsg:
+        try:
+            kh = KmsgHandler()
+            kh.setFormatter(logging.Formatter("%(message)s"))
+            root.addHandler(kh)
+        except OSError:
+            kmsg = False
+    if not quiet or not kmsg:
+        sh = logging.StreamHandler(sys.stderr)
+        fmt = "host-recover: %(message)s" if not debug else "host-recover: %(name)s: %(message)s"
+        sh.setFormatter(_TtyFormatter(fmt) if sys.stderr.isatty() else logging.Formatter(fmt))
+        root.addHandler(sh)
+    # libtss2 prints WARNING:esys on every TPM error; we translate errors ourselves.
+    os.environ.setdefault("TSS2_LOG", "all+none")
+
+
+@contextlib.contextmanager
+def step(name: str, timeline: dict[str, float] | None = None) -> Iterator[None]:
+    """Time a named step; log its duration under debug and record it in ``timeline``."""
+    log = logging.getLogger("recover.step")
+    t0 = time.monotonic()
+    log.debug("%s ...", name)
+    try:
+        yield
+    finally:
+        dt = time.monotonic() - t0
+        if timeline is not None:
+            timeline[name] = round(dt * 1000, 1)
+        log.debug("%s done in %.1f ms", name, dt * 1000)

@@ -1,0 +1,132 @@
+"""A real software TPM (swtpm) for tests: start, power-cycle, power-cut, stop.
+
+Every swtpm is started by us and ended by its PID; nothing else is ever signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port_pair() -> int:
+    """A port P such that P and P+1 are free on 127.0.0.1 (server and control)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return int(port)
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+class SwTpm:
+    """One swtpm process on loopback with persistent state in ``state_dir``."""
+
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
+        self._own_dir = state_dir is None
+        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="swtpm-")).resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for tpm2-tools and our CLI against this TPM."""
+        return {**os.environ, "TPM2TOOLS_TCTI": self.tcti, "HOST_RECOVER_TCTI": self.tcti,
+                "TSS2_LOG": "all+none"}
+
+    def start(self) -> SwTpm:
+        """Power on (and TPM2_Startup(CLEAR), sent by swtpm itself)."""
+        assert self.proc is None, "already running"
+        self.port = free_port_pair()
+        argv = [
+            shutil.which("swtpm") or "swtpm", "socket", "--tpm2",
+            "--tpmstate", f"dir={self.state_dir}",
+            "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+            "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+            "--flags", "not-need-init,startup-clear",
+        ]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"swtpm exited: {err.strip()}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.2):
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError("swtpm did not come up within 10 s")
+
+    def _ctrl(self, *args: str) -> None:
+        subprocess.run(["swtpm_ioctl", "--tcp", f"127.0.0.1:{self.port + 1}", *args],
+                       check=True, capture_output=True, timeout=10)
+
+    def shutdown_orderly(self) -> None:
+        """TPM2_Shutdown(CLEAR) as the kernel sends it on poweroff, then power off."""
+        subprocess.run(["tpm2_shutdown"], env=self.env, check=True, capture_output=True,
+                       timeout=10)
+        self.stop()
+
+    def stop(self) -> None:
+        """Power off through the control channel (no TPM2_Shutdown unless sent before)."""
+        if self.proc is None:
+            return
+        try:
+            self._ctrl("-s")
+            self.proc.wait(timeout=10)
+        except (subprocess.SubprocessError, OSError):
+            self.kill()
+        self._reap()
+
+    def kill(self) -> None:
+        """Power cut: SIGKILL our swtpm; volatile state is lost, NV is kept."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def power_cut_and_restart(self) -> SwTpm:
+        self.kill()
+        return self.start()
+
+    def reboot_orderly(self) -> SwTpm:
+        self.shutdown_orderly()
+        return self.start()
+
+    def close(self) -> None:
+        self.kill()
+        if self._own_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> SwTpm:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
