@@ -43,82 +43,150 @@ def build_parser() -> argparse.ArgumentParser:
         "4 policy mismatch, 5 integrity failure, 6 peers unavailable.",
     )
     parser.add_argument("--version", action="version", version=f"host-recover {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="configuration file "
-                        "(default /etc/host-recover/host-recover.conf)")
-    parser.add_argument("--tcti", help="TPM TCTI, e.g. device:/dev/tpmrm0 or "
-                        "swtpm:host=127.0.0.1,port=2321 (env HOST_RECOVER_TCTI)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="configuration file (default /etc/host-recover/host-recover.conf)",
+    )
+    parser.add_argument(
+        "--tcti",
+        help="TPM TCTI, e.g. device:/dev/tpmrm0 or "
+        "swtpm:host=127.0.0.1,port=2321 (env HOST_RECOVER_TCTI)",
+    )
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a setting, e.g. --set tpm.pcrs=sha256:7")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a setting, e.g. --set tpm.pcrs=sha256:7",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
 
     # --- secure store -------------------------------------------------------------
-    p = _verb(sub, "provision", "recover.provision:cmd_provision",
-              "Create the storage key, seal a master secret to the PCR policy, create the "
-              "attestation key and NV counters. Idempotent.")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing sealed secret (old images become unreadable)")
-    p.add_argument("--export-image-key", metavar="FILE",
-                   help="write the image key (derived from the new master secret) to FILE, "
-                   "mode 0600, for the image factory; only when a secret is created")
-    p.add_argument("--export-master", metavar="FILE",
-                   help="write the master secret itself to FILE (mode 0600); only when a "
-                   "secret is created")
-    p.add_argument("--master-from", metavar="FILE",
-                   help="seal this 32-byte master secret instead of a fresh random one "
-                   "(fleet images shared by hosts)")
+    p = _verb(
+        sub,
+        "provision",
+        "recover.provision:cmd_provision",
+        "Create the storage key, seal a master secret to the PCR policy, create the "
+        "attestation key and NV counters. Idempotent.",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing sealed secret (old images become unreadable)",
+    )
+    p.add_argument(
+        "--export-image-key",
+        metavar="FILE",
+        help="write the image key (derived from the new master secret) to FILE, "
+        "mode 0600, for the image factory; only when a secret is created",
+    )
+    p.add_argument(
+        "--export-master",
+        metavar="FILE",
+        help="write the master secret itself to FILE (mode 0600); only when a secret is created",
+    )
+    p.add_argument(
+        "--master-from",
+        metavar="FILE",
+        help="seal this 32-byte master secret instead of a fresh random one "
+        "(fleet images shared by hosts)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = _verb(sub, "status", "recover.provision:cmd_status",
-              "Report TPM reachability, orderly bit, lockout counter, handles and whether "
-              "the current PCRs satisfy the sealed policy.")
+    p = _verb(
+        sub,
+        "status",
+        "recover.provision:cmd_status",
+        "Report TPM reachability, orderly bit, lockout counter, handles and whether "
+        "the current PCRs satisfy the sealed policy.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = _verb(sub, "unseal", "recover.provision:cmd_unseal",
-              "Check that the sealed secret can be unsealed now (never prints it).")
-    p.add_argument("--check", action="store_true", required=True,
-                   help="only check; exit 0 if it unseals, 4 on policy mismatch")
+    p = _verb(
+        sub,
+        "unseal",
+        "recover.provision:cmd_unseal",
+        "Check that the sealed secret can be unsealed now (never prints it).",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        required=True,
+        help="only check; exit 0 if it unseals, 4 on policy mismatch",
+    )
 
     pol = _verb(sub, "policy", "", "Signed PCR policies (tpm.policy = signed).")
     polsub = pol.add_subparsers(dest="policy_verb", metavar="ACTION")
     polsub.required = True
-    p = _verb(polsub, "keygen", "recover.policy:cmd_keygen",
-              "Create an ECC P-256 policy signing key pair (private key stays offline).")
+    p = _verb(
+        polsub,
+        "keygen",
+        "recover.policy:cmd_keygen",
+        "Create an ECC P-256 policy signing key pair (private key stays offline).",
+    )
     p.add_argument("--private", required=True, metavar="FILE", help="private key PEM (0600)")
     p.add_argument("--public", required=True, metavar="FILE", help="public key PEM")
-    p = _verb(polsub, "sign", "recover.policy:cmd_sign",
-              "Sign a PCR policy for the current (or given) PCR values.")
+    p = _verb(
+        polsub,
+        "sign",
+        "recover.policy:cmd_sign",
+        "Sign a PCR policy for the current (or given) PCR values.",
+    )
     p.add_argument("--key", required=True, metavar="FILE", help="private key PEM")
     p.add_argument("--pcrs", help="selection (default tpm.pcrs)")
-    p.add_argument("--values", metavar="FILE",
-                   help="JSON {\"sha256\": {\"0\": \"hex\", ...}} of predicted PCR values "
-                   "(default: read the current PCRs from the TPM)")
+    p.add_argument(
+        "--values",
+        metavar="FILE",
+        help='JSON {"sha256": {"0": "hex", ...}} of predicted PCR values '
+        "(default: read the current PCRs from the TPM)",
+    )
     p.add_argument("--output", metavar="FILE", help="policy file (default tpm.policy_file)")
 
     # --- recovery image -----------------------------------------------------------
     img = _verb(sub, "image", "", "Encrypted recovery images (container v1).")
     imgsub = img.add_subparsers(dest="image_verb", metavar="ACTION")
     imgsub.required = True
-    p = _verb(imgsub, "create", "recover.imagecli:cmd_create",
-              "Encrypt a file system image into a recovery image.")
+    p = _verb(
+        imgsub,
+        "create",
+        "recover.imagecli:cmd_create",
+        "Encrypt a file system image into a recovery image.",
+    )
     p.add_argument("input", help="plain file system image (squashfs or erofs)")
     p.add_argument("output", help="recovery image to write")
-    p.add_argument("--key-file", metavar="FILE",
-                   help="image key from `provision --export-image-key` (default: the TPM)")
+    p.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="image key from `provision --export-image-key` (default: the TPM)",
+    )
     p.add_argument("--image-version", type=int, default=1, help="anti-rollback version")
     p.add_argument("--payload-type", default="squashfs", choices=["squashfs", "erofs", "raw"])
     p.add_argument("--chunk-size", type=int, default=1 << 20)
-    p = _verb(imgsub, "inspect", "recover.imagecli:cmd_inspect",
-              "Print the (authenticated) header of a recovery image.")
+    p = _verb(
+        imgsub,
+        "inspect",
+        "recover.imagecli:cmd_inspect",
+        "Print the (authenticated) header of a recovery image.",
+    )
     p.add_argument("image")
     p.add_argument("--json", action="store_true")
-    p = _verb(imgsub, "verify", "recover.imagecli:cmd_verify",
-              "Authenticate every chunk of a recovery image without writing plaintext.")
+    p = _verb(
+        imgsub,
+        "verify",
+        "recover.imagecli:cmd_verify",
+        "Authenticate every chunk of a recovery image without writing plaintext.",
+    )
     p.add_argument("image")
     p.add_argument("--key-file", metavar="FILE")
-    p = _verb(imgsub, "decrypt", "recover.imagecli:cmd_decrypt",
-              "Verify and decrypt a recovery image (output only appears when all is valid).")
+    p = _verb(
+        imgsub,
+        "decrypt",
+        "recover.imagecli:cmd_decrypt",
+        "Verify and decrypt a recovery image (output only appears when all is valid).",
+    )
     p.add_argument("image")
     p.add_argument("output")
     p.add_argument("--key-file", metavar="FILE")
@@ -140,32 +208,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", metavar="FILE")
 
     # --- evidence, peers, verdict -------------------------------------------------
-    p = _verb(sub, "evidence", "recover.evidence:cmd_evidence",
-              "Show the local evidence about the previous shutdown.")
+    p = _verb(
+        sub,
+        "evidence",
+        "recover.evidence:cmd_evidence",
+        "Show the local evidence about the previous shutdown.",
+    )
     p.add_argument("--json", action="store_true")
-    p = _verb(sub, "decide", "recover.boot:cmd_decide",
-              "Dry run: gather evidence, ask the peers and print the verdict with reasons; "
-              "unseals nothing.")
+    p = _verb(
+        sub,
+        "decide",
+        "recover.boot:cmd_decide",
+        "Dry run: gather evidence, ask the peers and print the verdict with reasons; "
+        "unseals nothing.",
+    )
     p.add_argument("--json", action="store_true")
-    p = _verb(sub, "agent", "recover.agent:cmd_agent",
-              "Serve this host's attested status to its peers (normal OS).")
+    p = _verb(
+        sub,
+        "agent",
+        "recover.agent:cmd_agent",
+        "Serve this host's attested status to its peers (normal OS).",
+    )
     p.add_argument("--listen", help="override peers.listen")
-    p = _verb(sub, "attest", "recover.provision:cmd_attest",
-              "Print this host's inventory entry (id, AK public key, PCR values).")
+    p = _verb(
+        sub,
+        "attest",
+        "recover.provision:cmd_attest",
+        "Print this host's inventory entry (id, AK public key, PCR values).",
+    )
     p.add_argument("--address", default="", help="address peers reach this host at")
     p.add_argument("--failure-domain", default="", help="failure domain of this host")
 
     # --- boot ---------------------------------------------------------------------
-    p = _verb(sub, "boot", "recover.boot:cmd_boot",
-              "The initramfs payload: evidence, peers, verdict, unseal, image, credentials.")
+    p = _verb(
+        sub,
+        "boot",
+        "recover.boot:cmd_boot",
+        "The initramfs payload: evidence, peers, verdict, unseal, image, credentials.",
+    )
     p.add_argument("--newroot", default="/sysroot", help="where to mount the recovery root")
     p.add_argument("--cmdline", default="/proc/cmdline", help="kernel command line file")
-    p = _verb(sub, "bundle", "recover.bundle:cmd_bundle",
-              "Compute the payload's file set for the initramfs (modules + libraries).")
+    p = _verb(
+        sub,
+        "bundle",
+        "recover.bundle:cmd_bundle",
+        "Compute the payload's file set for the initramfs (modules + libraries).",
+    )
     p.add_argument("--output", metavar="DIR", required=True, help="staging directory")
     p.add_argument("--json", action="store_true")
-    p = _verb(sub, "config", "recover.cli:cmd_config",
-              "Print the effective configuration, or the settings reference (--docs).")
+    p = _verb(
+        sub,
+        "config",
+        "recover.cli:cmd_config",
+        "Print the effective configuration, or the settings reference (--docs).",
+    )
     p.add_argument("--docs", action="store_true")
     p.add_argument("--json", action="store_true")
     return parser
@@ -195,7 +291,9 @@ def _load_config(args: argparse.Namespace) -> Any:
         if not sep:
             from recover.errors import UsageError
 
-            raise UsageError(f"--set {item!r}: expected NAME=VALUE", hint="e.g. --set tpm.pcrs=sha256:7")
+            raise UsageError(
+                f"--set {item!r}: expected NAME=VALUE", hint="e.g. --set tpm.pcrs=sha256:7"
+            )
         overrides[name.strip()] = value
     if args.tcti:
         overrides["tpm.tcti"] = args.tcti

@@ -108,71 +108,172 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     # --- tpm -----------------------------------------------------------------------
-    Setting("tpm.tcti", str, "device:/dev/tpmrm0",
-            "TCTI of the TPM, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.",
-            env="HOST_RECOVER_TCTI"),
-    Setting("tpm.srk_handle", _handle, "0x81000001",
-            "Persistent handle of the NODA ECC P-256 storage key (created if missing)."),
-    Setting("tpm.seal_handle", _handle, "0x81000002",
-            "Persistent handle of the sealed 32-byte master secret (the secure store)."),
-    Setting("tpm.ak_handle", _handle, "0x81010002",
-            "Persistent handle of the attestation key (restricted ECC P-256, endorsement)."),
-    Setting("tpm.pcrs", _pcr_selection, "sha256:0,2,4,7,9",
-            "PCRs the master secret is sealed to (tpm2-tools syntax)."),
-    Setting("tpm.lock_pcr", _non_negative_int, "15",
-            "PCR extended after unsealing so the secret cannot be unsealed again this boot. "
-            "It is part of the sealed policy with its reset value (zero)."),
-    Setting("tpm.policy", _choice("pcr", "signed"), "pcr",
-            "pcr: PolicyPCR over the current values; signed: PolicyAuthorize, new PCR values "
-            "are signed with `host-recover policy sign` without re-sealing."),
-    Setting("tpm.policy_pubkey", str, "/etc/host-recover/policy-pub.pem",
-            "Public key (PEM, ECC P-256) that signs PCR policies (policy = signed)."),
-    Setting("tpm.policy_file", str, "/var/lib/host-recover/policy.json",
-            "Signed PCR policy file, outside the measured boot path (policy = signed)."),
-    Setting("tpm.rollback_nv", _handle, "0x01500010",
-            "NV counter index holding the lowest accepted recovery image version."),
-    Setting("tpm.orderly_nv", _handle, "0x01500011",
-            "Hybrid (orderly) NV counter whose low byte becomes 0xFF after a non-orderly "
-            "startup: a second TPM-native crash signal."),
-    Setting("tpm.timeout", _positive_float, "30",
-            "Seconds to wait for the TPM device to appear (real TPMs can be slow)."),
+    Setting(
+        "tpm.tcti",
+        str,
+        "device:/dev/tpmrm0",
+        "TCTI of the TPM, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.",
+        env="HOST_RECOVER_TCTI",
+    ),
+    Setting(
+        "tpm.srk_handle",
+        _handle,
+        "0x81000001",
+        "Persistent handle of the NODA ECC P-256 storage key (created if missing).",
+    ),
+    Setting(
+        "tpm.seal_handle",
+        _handle,
+        "0x81000002",
+        "Persistent handle of the sealed 32-byte master secret (the secure store).",
+    ),
+    Setting(
+        "tpm.ak_handle",
+        _handle,
+        "0x81010002",
+        "Persistent handle of the attestation key (restricted ECC P-256, endorsement).",
+    ),
+    Setting(
+        "tpm.pcrs",
+        _pcr_selection,
+        "sha256:0,2,4,7,9",
+        "PCRs the master secret is sealed to (tpm2-tools syntax).",
+    ),
+    Setting(
+        "tpm.lock_pcr",
+        _non_negative_int,
+        "15",
+        "PCR extended after unsealing so the secret cannot be unsealed again this boot. "
+        "It is part of the sealed policy with its reset value (zero).",
+    ),
+    Setting(
+        "tpm.policy",
+        _choice("pcr", "signed"),
+        "pcr",
+        "pcr: PolicyPCR over the current values; signed: PolicyAuthorize, new PCR values "
+        "are signed with `host-recover policy sign` without re-sealing.",
+    ),
+    Setting(
+        "tpm.policy_pubkey",
+        str,
+        "/etc/host-recover/policy-pub.pem",
+        "Public key (PEM, ECC P-256) that signs PCR policies (policy = signed).",
+    ),
+    Setting(
+        "tpm.policy_file",
+        str,
+        "/var/lib/host-recover/policy.json",
+        "Signed PCR policy file, outside the measured boot path (policy = signed).",
+    ),
+    Setting(
+        "tpm.rollback_nv",
+        _handle,
+        "0x01500010",
+        "NV counter index holding the lowest accepted recovery image version.",
+    ),
+    Setting(
+        "tpm.orderly_nv",
+        _handle,
+        "0x01500011",
+        "Hybrid (orderly) NV counter whose low byte becomes 0xFF after a non-orderly "
+        "startup: a second TPM-native crash signal.",
+    ),
+    Setting(
+        "tpm.timeout",
+        _positive_float,
+        "30",
+        "Seconds to wait for the TPM device to appear (real TPMs can be slow).",
+    ),
     # --- store ---------------------------------------------------------------------
-    Setting("store.image", str, "/var/lib/host-recover/recovery.hri",
-            "Encrypted recovery image (container v1, docs/image-format.md)."),
-    Setting("store.credentials", str, "/var/lib/host-recover/credentials.hrc",
-            "Encrypted credential store (docs/credentials.md)."),
-    Setting("store.device", str, "",
-            "Block device holding image and credential store at boot (e.g. "
-            "/dev/disk/by-label/HRSTORE); empty: the paths above are used as they are."),
+    Setting(
+        "store.image",
+        str,
+        "/var/lib/host-recover/recovery.hri",
+        "Encrypted recovery image (container v1, docs/image-format.md).",
+    ),
+    Setting(
+        "store.credentials",
+        str,
+        "/var/lib/host-recover/credentials.hrc",
+        "Encrypted credential store (docs/credentials.md).",
+    ),
+    Setting(
+        "store.device",
+        str,
+        "",
+        "Block device holding image and credential store at boot (e.g. "
+        "/dev/disk/by-label/HRSTORE); empty: the paths above are used as they are.",
+    ),
     # --- peers ---------------------------------------------------------------------
     Setting("peers.host_id", str, "", "This host's id in the inventory (default: hostname)."),
-    Setting("peers.inventory", str, "/etc/host-recover/peers.json",
-            "Inventory of peers: id, address, AK public key, failure domain, expected PCRs."),
-    Setting("peers.listen", str, "0.0.0.0:7469",
-            "Address the agent (and the boot payload) answers peers on."),
-    Setting("peers.deadline", _positive_float, "5",
-            "Seconds the whole peer query may take; unreachable peers cost this, not more."),
+    Setting(
+        "peers.inventory",
+        str,
+        "/etc/host-recover/peers.json",
+        "Inventory of peers: id, address, AK public key, failure domain, expected PCRs.",
+    ),
+    Setting(
+        "peers.listen",
+        str,
+        "0.0.0.0:7469",
+        "Address the agent (and the boot payload) answers peers on.",
+    ),
+    Setting(
+        "peers.deadline",
+        _positive_float,
+        "5",
+        "Seconds the whole peer query may take; unreachable peers cost this, not more.",
+    ),
     Setting("peers.timeout", _positive_float, "1.5", "Seconds per request to one peer."),
     Setting("peers.retries", _non_negative_int, "2", "Retries per peer within the deadline."),
     # --- verdict -------------------------------------------------------------------
-    Setting("verdict.quorum", _quorum, "50%",
-            "Abnormal peers needed for a correlated failure: a count or a percentage of "
-            "the failure domain's peers."),
-    Setting("verdict.window", _positive_float, "120",
-            "Seconds within which peers' TPM resets count as the same event."),
-    Setting("verdict.on_isolated", _choice("recover", "normal", "hold"), "normal",
-            "What to do when only this host failed."),
-    Setting("verdict.on_undetermined", _choice("recover", "normal", "hold"), "normal",
-            "What to do when the evidence does not decide."),
+    Setting(
+        "verdict.quorum",
+        _quorum,
+        "50%",
+        "Abnormal peers needed for a correlated failure: a count or a percentage of "
+        "the failure domain's peers.",
+    ),
+    Setting(
+        "verdict.window",
+        _positive_float,
+        "120",
+        "Seconds within which peers' TPM resets count as the same event.",
+    ),
+    Setting(
+        "verdict.on_isolated",
+        _choice("recover", "normal", "hold"),
+        "normal",
+        "What to do when only this host failed.",
+    ),
+    Setting(
+        "verdict.on_undetermined",
+        _choice("recover", "normal", "hold"),
+        "normal",
+        "What to do when the evidence does not decide.",
+    ),
     # --- boot ----------------------------------------------------------------------
-    Setting("boot.mode", _choice("auto", "force", "never"), "auto",
-            "auto: decide; force: recover (the PCR policy still applies); never: do nothing.",
-            kernel=True),
-    Setting("boot.on_error", _choice("boot-normal", "halt", "shell"), "boot-normal",
-            "What the boot does when the payload fails.", kernel=True),
+    Setting(
+        "boot.mode",
+        _choice("auto", "force", "never"),
+        "auto",
+        "auto: decide; force: recover (the PCR policy still applies); never: do nothing.",
+        kernel=True,
+    ),
+    Setting(
+        "boot.on_error",
+        _choice("boot-normal", "halt", "shell"),
+        "boot-normal",
+        "What the boot does when the payload fails.",
+        kernel=True,
+    ),
     Setting("boot.debug", _bool, "no", "Debug logging.", kernel=True),
-    Setting("boot.state_dir", str, "/run/host-recover",
-            "Where the decision record is written (survives switch_root)."),
+    Setting(
+        "boot.state_dir",
+        str,
+        "/run/host-recover",
+        "Where the decision record is written (survives switch_root).",
+    ),
 )
 
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
@@ -206,8 +307,9 @@ class Config(_ConfigBase):  # type: ignore[valid-type,misc]
 def _apply(raw: dict[str, str], name: str, value: str, origin: str) -> None:
     setting = BY_NAME.get(name)
     if setting is None:
-        raise ConfigError(f"{origin}: unknown setting {name!r}",
-                          hint="see docs/configuration.md for the settings")
+        raise ConfigError(
+            f"{origin}: unknown setting {name!r}", hint="see docs/configuration.md for the settings"
+        )
     raw[name] = value
 
 
@@ -218,8 +320,9 @@ def _read_file(path: Path, raw: dict[str, str]) -> None:
         with open(path, encoding="utf-8") as f:
             parser.read_file(f, source=os.fspath(path))
     except configparser.Error as e:
-        raise ConfigError(f"{path}: {e.message.splitlines()[0]}",
-                          hint="fix the file's INI syntax") from None
+        raise ConfigError(
+            f"{path}: {e.message.splitlines()[0]}", hint="fix the file's INI syntax"
+        ) from None
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     for section in parser.sections():
@@ -228,15 +331,19 @@ def _read_file(path: Path, raw: dict[str, str]) -> None:
 
 
 def config_files(path: str | os.PathLike[str] | None) -> list[Path]:
-    main = Path(path) if path is not None else Path(os.environ.get("HOST_RECOVER_CONFIG",
-                                                                    DEFAULT_PATH))
+    main = (
+        Path(path)
+        if path is not None
+        else Path(os.environ.get("HOST_RECOVER_CONFIG", DEFAULT_PATH))
+    )
     files = [main] if main.exists() else []
     dropins = main.with_name(main.name + ".d")
     if dropins.is_dir():
         files += sorted(p for p in dropins.glob("*.conf") if p.is_file())
     if path is not None and not main.exists():
-        raise ConfigError(f"config file {main} does not exist",
-                          hint="pass an existing file with --config")
+        raise ConfigError(
+            f"config file {main} does not exist", hint="pass an existing file with --config"
+        )
     return files
 
 
@@ -255,16 +362,18 @@ def parse_kernel_cmdline(cmdline: str) -> dict[str, str]:
             continue
         if not key.startswith("rd.host_recover."):
             continue
-        short = key[len("rd.host_recover."):]
+        short = key[len("rd.host_recover.") :]
         matches = [s for s in SETTINGS if s.kernel and s.key == short]
         if matches:
             out[matches[0].name] = value if "=" in word else "1"
     return out
 
 
-def load(path: str | os.PathLike[str] | None = None,
-         overrides: Mapping[str, str] | None = None,
-         env: Mapping[str, str] | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
     """Defaults ← file ← drop-ins ← environment ← overrides (CLI / kernel line)."""
     env = os.environ if env is None else env
     raw: dict[str, str] = {s.name: s.default for s in SETTINGS}
@@ -281,8 +390,7 @@ def load(path: str | os.PathLike[str] | None = None,
         try:
             values[s.attr] = s.parse(raw[s.name])
         except (ValueError, ConfigError) as e:
-            raise ConfigError(f"setting {s.name}: {e}",
-                              hint="see docs/configuration.md") from None
+            raise ConfigError(f"setting {s.name}: {e}", hint="see docs/configuration.md") from None
     cfg = Config(**values)
     object.__setattr__(cfg, "_sources", tuple(os.fspath(f) for f in files))
     return cfg
@@ -314,6 +422,8 @@ def render_docs(settings: Iterable[Setting] = SETTINGS) -> str:
     for s in settings:
         choices = getattr(s.parse, "choices", None)
         doc = s.doc + (f" One of: {', '.join(choices)}." if choices else "")
-        lines.append(f"| `{s.name}` | `{s.default}` | {'yes' if s.kernel else ''} | "
-                     f"{'`' + s.env + '`' if s.env else ''} | {doc} |")
+        lines.append(
+            f"| `{s.name}` | `{s.default}` | {'yes' if s.kernel else ''} | "
+            f"{'`' + s.env + '`' if s.env else ''} | {doc} |"
+        )
     return "\n".join(lines) + "\n"

@@ -21,8 +21,9 @@ def parse_selection(text: str) -> Selection:
         try:
             pcrs = sorted({int(n, 0) for n in nums.split(",") if n.strip()})
         except ValueError:
-            raise ConfigError(f"bad PCR number in {part!r}",
-                              hint="use e.g. sha256:0,2,4,7,9") from None
+            raise ConfigError(
+                f"bad PCR number in {part!r}", hint="use e.g. sha256:0,2,4,7,9"
+            ) from None
         if not pcrs or any(not 0 <= p <= 23 for p in pcrs):
             raise ConfigError(f"PCRs in {part!r} must be 0..23")
         if any(b[0] == alg for b in banks):

@@ -50,19 +50,29 @@ class SwTpm:
     @property
     def env(self) -> dict[str, str]:
         """Environment for tpm2-tools and our CLI against this TPM."""
-        return {**os.environ, "TPM2TOOLS_TCTI": self.tcti, "HOST_RECOVER_TCTI": self.tcti,
-                "TSS2_LOG": "all+none"}
+        return {
+            **os.environ,
+            "TPM2TOOLS_TCTI": self.tcti,
+            "HOST_RECOVER_TCTI": self.tcti,
+            "TSS2_LOG": "all+none",
+        }
 
     def start(self) -> SwTpm:
         """Power on (and TPM2_Startup(CLEAR), sent by swtpm itself)."""
         assert self.proc is None, "already running"
         self.port = free_port_pair()
         argv = [
-            shutil.which("swtpm") or "swtpm", "socket", "--tpm2",
-            "--tpmstate", f"dir={self.state_dir}",
-            "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-            "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-            "--flags", "not-need-init,startup-clear",
+            shutil.which("swtpm") or "swtpm",
+            "socket",
+            "--tpm2",
+            "--tpmstate",
+            f"dir={self.state_dir}",
+            "--server",
+            f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+            "--ctrl",
+            f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+            "--flags",
+            "not-need-init,startup-clear",
         ]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
@@ -70,21 +80,26 @@ class SwTpm:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"swtpm exited: {err.strip()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
                 return self
             time.sleep(0.02)
         self.kill()
         raise RuntimeError("swtpm did not come up within 10 s")
 
     def _ctrl(self, *args: str) -> None:
-        subprocess.run(["swtpm_ioctl", "--tcp", f"127.0.0.1:{self.port + 1}", *args],
-                       check=True, capture_output=True, timeout=10)
+        subprocess.run(
+            ["swtpm_ioctl", "--tcp", f"127.0.0.1:{self.port + 1}", *args],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
 
     def shutdown_orderly(self) -> None:
         """TPM2_Shutdown(CLEAR) as the kernel sends it on poweroff, then power off."""
-        subprocess.run(["tpm2_shutdown"], env=self.env, check=True, capture_output=True,
-                       timeout=10)
+        subprocess.run(["tpm2_shutdown"], env=self.env, check=True, capture_output=True, timeout=10)
         self.stop()
 
     def stop(self) -> None:
