@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _verb(
         sub,
         "decide",
-        "recover.boot:cmd_decide",
+        "recover.decide:cmd_decide",
         "Dry run: gather evidence, ask the peers and print the verdict with reasons; "
         "unseals nothing.",
     )

@@ -179,6 +179,12 @@ SETTINGS: tuple[Setting, ...] = (
         "startup: a second TPM-native crash signal.",
     ),
     Setting(
+        "tpm.record_nv",
+        _handle,
+        "0x01500012",
+        "Ordinary NV index (NODA) holding the previous boot's decision record summary.",
+    ),
+    Setting(
         "tpm.timeout",
         _positive_float,
         "30",
