@@ -37,7 +37,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check recover tests bench qemu-env
 	$(VENV)/bin/mypy
 	shellcheck -s sh hooks/*.sh
-	shellcheck -s bash dracut-module/*.sh qemu-env/*.sh .ci/run
+	shellcheck -s bash dracut-module/*.sh qemu-env/*.sh .ci/run dev
 
 unit: venv
 	$(VPY) -m pytest -q -m "not e2e"
