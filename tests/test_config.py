@@ -145,9 +145,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 
 def test_docs_are_generated_from_the_declarations() -> None:
     doc = Path(__file__).parents[1] / "docs" / "configuration.md"
-    assert doc.read_text() == config.render_docs(), (
-        "run: host-recover config --docs > docs/configuration.md"
-    )
+    assert doc.read_text() == config.render_docs(), "run: python -m recover.cli_docs"
 
 
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
@@ -157,3 +155,11 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cli_docs_are_generated_from_the_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recover.cli import render_cli_docs
+
+    monkeypatch.setenv("COLUMNS", "100")
+    doc = Path(__file__).parents[1] / "docs" / "cli.md"
+    assert doc.read_text() == render_cli_docs(), "run: python -m recover.cli_docs"
