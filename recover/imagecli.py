@@ -1,0 +1,159 @@
+"""``host-recover image create|inspect|verify|decrypt`` (docs/image-format.md).
+
+The image root key comes from ``--key-file`` (32 raw bytes, as written by
+``provision --export-image-key``) or, without it, from the TPM: the sealed master
+secret is unsealed and the image root key derived from it; the TPM's anti-rollback
+counter then sets the lowest accepted image version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from recover.errors import UsageError
+
+KEY_FILE_SIZE = 32
+
+
+def read_key_file(path: str | os.PathLike[str], what: str = "key") -> bytes:
+    """Read a 32-byte raw key file (image root key or master secret)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(KEY_FILE_SIZE + 1)
+    except OSError as e:
+        raise UsageError(f"cannot read {what} file {os.fspath(path)}: {e.strerror}") from None
+    if len(data) != KEY_FILE_SIZE:
+        raise UsageError(
+            f"{what} file {os.fspath(path)} must hold exactly {KEY_FILE_SIZE} raw bytes",
+            hint="use the file written by `host-recover provision --export-...`",
+        )
+    return data
+
+
+def tpm_master(cfg: Any) -> bytes:
+    """The master secret, unsealed from the TPM (recover.provision)."""
+    from recover.provision import unseal_master  # lazy: TPM stack only when needed
+
+    return bytes(unseal_master(cfg))
+
+
+def _image_key(args: argparse.Namespace, cfg: Any) -> tuple[bytes, bool]:
+    """(image root key, whether it came from the TPM)."""
+    if args.key_file:
+        return read_key_file(args.key_file, "image key"), False
+    from recover import keys
+
+    return keys.image_root_key(tpm_master(cfg)), True
+
+
+def _min_version(args: argparse.Namespace, cfg: Any, from_tpm: bool) -> int:
+    """--min-version, raised to the TPM's anti-rollback counter when the TPM is used."""
+    explicit = int(getattr(args, "min_version", 0) or 0)
+    if not from_tpm:
+        return explicit
+    from recover.provision import rollback_version
+
+    return max(int(rollback_version(cfg)), explicit)
+
+
+class _Progress:
+    """A one-line progress indicator on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.t0 = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 * done // total if total else 100
+        rate = done / max(time.monotonic() - self.t0, 1e-6) / 1e6
+        sys.stderr.write(f"\r{self.label}: {pct:3d}% {done >> 20} MiB, {rate:.0f} MB/s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+    @classmethod
+    def maybe(cls, label: str) -> _Progress | None:
+        return cls(label) if sys.stderr.isatty() else None
+
+
+def _run_with_progress(label: str, fn: Any, *a: Any, **kw: Any) -> Any:
+    progress = _Progress.maybe(label)
+    try:
+        return fn(*a, progress=progress, **kw)
+    finally:
+        if progress:
+            progress.end()
+
+
+def cmd_create(args: argparse.Namespace, cfg: Any) -> int:
+    from recover import image
+
+    key, _ = _image_key(args, cfg)
+    header = image.encrypt_file(
+        args.input,
+        args.output,
+        key,
+        image_version=args.image_version,
+        payload_type=args.payload_type,
+        chunk_size=args.chunk_size,
+    )
+    print(
+        f"{args.output}: image version {header.image_version}, {header.plaintext_length} bytes "
+        f"in {header.chunks} chunks, key id {header.key_id.hex()}"
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, cfg: Any) -> int:
+    from recover import image
+
+    header = image.read_header(args.image)
+    info = header.as_dict()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for name, value in info.items():
+            print(f"{name}: {value}")
+        print("(header parsed, not authenticated: use `image verify` with the key)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, cfg: Any) -> int:
+    from recover import image
+
+    key, from_tpm = _image_key(args, cfg)
+    min_version = _min_version(args, cfg, from_tpm)
+    header = _run_with_progress(
+        "verify", image.verify_file, args.image, key, min_version=min_version
+    )
+    print(f"{args.image}: OK (image version {header.image_version}, {header.chunks} chunks)")
+    return 0
+
+
+def cmd_decrypt(args: argparse.Namespace, cfg: Any) -> int:
+    from recover import image
+
+    if args.workers < 0:
+        raise UsageError("--workers must be >= 0")
+    key, from_tpm = _image_key(args, cfg)
+    min_version = _min_version(args, cfg, from_tpm)
+    header = _run_with_progress(
+        "decrypt",
+        image.decrypt_file,
+        args.image,
+        args.output,
+        key,
+        min_version=min_version,
+        workers=args.workers,
+    )
+    print(f"{args.output}: {header.plaintext_length} bytes verified and decrypted")
+    return 0
