@@ -35,6 +35,9 @@ def _verb(sub: Any, name: str, spec: str, help: str, **kw: Any) -> argparse.Argu
     return p
 
 
+_MIN_VERSION_HELP = "reject images older than this (with the TPM: at least its rollback counter)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="host-recover",
@@ -181,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image")
     p.add_argument("--key-file", metavar="FILE")
+    p.add_argument("--min-version", type=int, default=0, help=_MIN_VERSION_HELP)
     p = _verb(
         imgsub,
         "decrypt",
@@ -191,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--key-file", metavar="FILE")
     p.add_argument("--workers", type=int, default=0, help="0: one per core")
+    p.add_argument("--min-version", type=int, default=0, help=_MIN_VERSION_HELP)
 
     # --- credentials --------------------------------------------------------------
     cred = _verb(sub, "credential", "", "Service credentials in the encrypted store.")
