@@ -1,0 +1,291 @@
+"""TPM connection, error translation, sessions, capabilities and PCRs (tpm2-pytss ESAPI).
+
+tpm2_pytss is imported inside functions: importing this module costs nothing, so the
+CLI's ``--help`` and pure tests stay fast. TPM return codes are translated into the
+typed errors of recover/errors.py here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from recover.errors import PolicyMismatch, TpmError, TpmUnavailable, UsageError
+from recover.pcrsel import HASH_SIZES, format_selection, parse_selection
+
+log = logging.getLogger(__name__)
+
+# TPM_RC values with handle/parameter/session numbers stripped (tpm2-pytss .error).
+RC_HANDLE = 0x08B
+RC_VALUE = 0x084
+RC_POLICY_FAIL = 0x09D
+RC_SIGNATURE = 0x09B
+RC_PCR_CHANGED = 0x128
+RC_NV_UNINITIALIZED = 0x14A
+RC_NV_DEFINED = 0x14C
+RC_NV_RANGE = 0x146
+RC_LOCKOUT = 0x921
+RC_RETRY = 0x922
+RC_YIELDED = 0x908
+RC_TESTING = 0x90A
+TCTI_LAYER = 10 << 16
+
+# TPM_PT properties (Part 2, 6.13).
+PT_STARTUP_CLEAR = 0x201
+PT_LOCKOUT_COUNTER = 0x20E
+PT_MAX_AUTH_FAIL = 0x20F
+PT_LOCKOUT_INTERVAL = 0x210
+PT_LOCKOUT_RECOVERY = 0x211
+ORDERLY_BIT = 1 << 31
+
+LOCKOUT_HINT = (
+    "the TPM is in dictionary-attack lockout; wait for the recovery time or run "
+    "`tpm2_dictionarylockout --clear-lockout` with the lockout auth"
+)
+
+
+class PcrChanged(Exception):
+    """Internal: a PCR changed between PolicyPCR and the authorized command (retry)."""
+
+
+def tss_error(e: Exception) -> tuple[int, int]:
+    """(rc, error with handle/parameter/session stripped) of a TSS2_Exception."""
+    return int(getattr(e, "rc", 0)), int(getattr(e, "error", 0))
+
+
+@contextlib.contextmanager
+def translate(what: str) -> Iterator[None]:
+    """Turn a TSS2_Exception raised inside into a typed error about ``what``."""
+    from tpm2_pytss import TSS2_Exception
+
+    try:
+        yield
+    except TSS2_Exception as e:
+        rc, err = tss_error(e)
+        if rc & 0xFF0000 == TCTI_LAYER:
+            raise TpmUnavailable(
+                f"{what}: lost the connection to the TPM (0x{rc:x})",
+                hint="check that the TPM device or swtpm is still there",
+            ) from None
+        if err == RC_POLICY_FAIL:
+            raise PolicyMismatch(
+                f"{what}: the PCRs do not satisfy the sealed policy (0x{rc:x})",
+                hint="the measured boot state differs from the provisioned one; re-provision "
+                "or sign a policy for the new PCR values",
+            ) from None
+        if err == RC_PCR_CHANGED:
+            raise PcrChanged(what) from None
+        if err == RC_LOCKOUT:
+            raise TpmError(f"{what}: TPM in lockout (0x{rc:x})", rc=rc, hint=LOCKOUT_HINT) from None
+        raise TpmError(f"{what} failed: {e} (0x{rc:x})", rc=rc) from None
+
+
+class TpmCore:
+    """An open ESAPI context. Use ``Tpm.open(...)`` as a context manager."""
+
+    def __init__(self, ectx: Any, tcti: str) -> None:
+        self.ectx = ectx
+        self.tcti = tcti
+
+    # --- connection -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, tcti: str, timeout: float = 30):  # type: ignore[no-untyped-def]
+        """Connect to the TPM behind ``tcti``, waiting up to ``timeout`` s for a device."""
+        os.environ.setdefault("TSS2_LOG", "all+none")
+        from tpm2_pytss import ESAPI, TSS2_Exception
+
+        name, _, conf = tcti.partition(":")
+        if name == "device":
+            path = conf or "/dev/tpmrm0"
+            deadline = time.monotonic() + timeout
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not os.path.exists(path):
+                raise TpmUnavailable(
+                    f"no TPM device {path} after {timeout:g} s",
+                    hint="check the firmware TPM setting and the tpm_tis/tpm_crb drivers",
+                )
+        deadline = time.monotonic() + min(timeout, 5.0)
+        while True:
+            try:
+                ectx = ESAPI(tcti)
+                break
+            except TSS2_Exception as e:
+                if time.monotonic() >= deadline:
+                    raise TpmUnavailable(
+                        f"cannot connect to the TPM via {tcti!r}: {e}",
+                        hint="check tpm.tcti (--tcti); for swtpm check host and port",
+                    ) from None
+                time.sleep(0.1)
+        return cls(ectx, tcti)
+
+    def close(self) -> None:
+        if self.ectx is not None:
+            with contextlib.suppress(Exception):
+                self.ectx.close()
+            self.ectx = None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _flush(self, handle: Any) -> None:
+        """Flush a transient object or session, ignoring one that is already gone."""
+        from tpm2_pytss import ESYS_TR
+
+        if handle is None or handle == ESYS_TR.NONE:
+            return
+        with contextlib.suppress(Exception):
+            self.ectx.flush_context(handle)
+
+    def _tr(self, handle: int, what: str) -> Any:
+        """ESYS_TR for a persistent object or NV index; TpmUnavailable when missing."""
+        from tpm2_pytss import TSS2_Exception
+
+        try:
+            return self.ectx.tr_from_tpmpublic(handle)
+        except TSS2_Exception as e:
+            rc, err = tss_error(e)
+            if err in (RC_HANDLE, RC_NV_RANGE) or rc & 0xFF0000 != TCTI_LAYER:
+                raise TpmUnavailable(
+                    f"{what} 0x{handle:08x} does not exist in the TPM",
+                    hint="run `host-recover provision` first",
+                ) from None
+            with translate(f"reading {what}"):
+                raise
+
+    def salted_session(self, srk: Any, policy: bool = False) -> Any:
+        """A session salted with the SRK, AES-128-CFB parameter encryption, SHA-256."""
+        from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_SESSION, TPMT_SYM_DEF
+
+        sym = TPMT_SYM_DEF(algorithm=TPM2_ALG.AES)
+        sym.keyBits.aes = 128
+        sym.mode.aes = TPM2_ALG.CFB
+        with translate("starting a salted session"):
+            s = self.ectx.start_auth_session(
+                tpm_key=srk,
+                bind=ESYS_TR.NONE,
+                session_type=TPM2_SE.POLICY if policy else TPM2_SE.HMAC,
+                symmetric=sym,
+                auth_hash=TPM2_ALG.SHA256,
+            )
+        self.ectx.trsess_set_attributes(
+            s, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT
+        )
+        return s
+
+    def _properties(self, first: int, count: int) -> dict[int, int]:
+        from tpm2_pytss import TPM2_CAP
+
+        with translate("reading TPM properties"):
+            _, data = self.ectx.get_capability(TPM2_CAP.TPM_PROPERTIES, first, count)
+        return {int(p.property): int(p.value) for p in data.data.tpmProperties}
+
+    def _handles(self, first: int) -> list[int]:
+        from tpm2_pytss import TPM2_CAP
+
+        out: list[int] = []
+        nxt = first
+        for _ in range(64):  # bounded: 64 pages of up to 128 handles
+            with translate("listing TPM handles"):
+                more, data = self.ectx.get_capability(TPM2_CAP.HANDLES, nxt, 128)
+            hs = [int(h) for h in data.data.handles if (int(h) >> 24) == (first >> 24)]
+            out += hs
+            if not more or not hs:
+                break
+            nxt = hs[-1] + 1
+        return out
+
+    # --- signals --------------------------------------------------------------------
+
+    def orderly(self) -> bool:
+        """TPMA_STARTUP_CLEAR.orderly: 1 iff the previous cycle ended with TPM2_Shutdown."""
+        return bool(self._properties(PT_STARTUP_CLEAR, 1).get(PT_STARTUP_CLEAR, 0) & ORDERLY_BIT)
+
+    def lockout(self) -> dict[str, int]:
+        p = self._properties(PT_LOCKOUT_COUNTER, 4)
+        return {
+            "counter": p.get(PT_LOCKOUT_COUNTER, 0),
+            "max_tries": p.get(PT_MAX_AUTH_FAIL, 0),
+            "interval": p.get(PT_LOCKOUT_INTERVAL, 0),
+            "recovery": p.get(PT_LOCKOUT_RECOVERY, 0),
+        }
+
+    def clock(self) -> dict[str, int | bool]:
+        with translate("reading the TPM clock"):
+            t = self.ectx.read_clock()
+        ci = t.clockInfo
+        return {
+            "time": int(t.time),
+            "clock": int(ci.clock),
+            "resetCount": int(ci.resetCount),
+            "restartCount": int(ci.restartCount),
+            "safe": bool(ci.safe),
+        }
+
+    def persistent_handles(self) -> list[int]:
+        return self._handles(0x81000000)
+
+    def nv_indices(self) -> list[int]:
+        return self._handles(0x01000000)
+
+    # --- PCRs -----------------------------------------------------------------------
+
+    def pcr_read(self, selection: str) -> dict[str, dict[int, bytes]]:
+        """Current values of ``selection`` (several PCR_Read calls if needed)."""
+        from tpm2_pytss import TPML_PCR_SELECTION
+
+        sel = parse_selection(selection)
+        out: dict[str, dict[int, bytes]] = {alg: {} for alg, _ in sel}
+        for _ in range(32):  # bounded: each call returns at least one PCR
+            missing = tuple((alg, tuple(p for p in pcrs if p not in out[alg])) for alg, pcrs in sel)
+            missing = tuple((a, ps) for a, ps in missing if ps)
+            if not missing:
+                return out
+            with translate("reading PCRs"):
+                _, got_sel, digests = self.ectx.pcr_read(
+                    TPML_PCR_SELECTION.parse(format_selection(missing))
+                )
+            values = [bytes(d) for d in digests]
+            got = 0
+            for s in got_sel.pcrSelections[: got_sel.count]:
+                alg = next(a for a, _ in sel if _alg_id(a) == int(s.hash))
+                bitmap = bytes(s.pcrSelect)[: s.sizeofSelect]
+                for p in range(len(bitmap) * 8):
+                    if bitmap[p // 8] & (1 << (p % 8)):
+                        out[alg][p] = values[got]
+                        got += 1
+            if got == 0:
+                raise UsageError(
+                    f"the TPM has no PCR bank for {format_selection(missing)}",
+                    hint="check tpm.pcrs against `tpm2_pcrread`",
+                )
+        raise TpmError("reading PCRs did not converge")
+
+    def pcr_extend(self, pcr: int, data: bytes, bank: str = "sha256") -> None:
+        """Extend ``pcr`` in ``bank`` with the digest (of that bank) of ``data``."""
+        import hashlib
+
+        from tpm2_pytss import ESYS_TR, TPML_DIGEST_VALUES, TPMT_HA
+
+        if bank not in HASH_SIZES:
+            raise UsageError(f"unknown PCR bank {bank!r}")
+        ha = TPMT_HA(hashAlg=_alg_id(bank))
+        setattr(ha.digest, bank, hashlib.new(bank, data).digest())
+        with translate(f"extending PCR {bank}:{pcr}"):
+            self.ectx.pcr_extend(ESYS_TR(ESYS_TR.PCR0 + pcr), TPML_DIGEST_VALUES([ha]))
+
+
+def _alg_id(name: str) -> int:
+    from recover.tpm.policy import ALG_IDS
+
+    return ALG_IDS[name]

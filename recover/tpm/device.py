@@ -1,0 +1,11 @@
+"""``Tpm``: the one object the rest of the program uses to talk to the TPM."""
+
+from __future__ import annotations
+
+from recover.tpm.nv import NvOps
+from recover.tpm.quote import QuoteOps
+from recover.tpm.seal import SealOps
+
+
+class Tpm(SealOps, NvOps, QuoteOps):
+    """``with Tpm.open(tcti) as t: ...`` — see docs/tpm.md for handles and policies."""
