@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: read the current PCRs from the TPM)",
     )
     p.add_argument("--output", metavar="FILE", help="policy file (default tpm.policy_file)")
+    p.add_argument(
+        "--policy-version",
+        type=int,
+        metavar="N",
+        help="anti-rollback version of the signed policy (default: one more than the "
+        "existing output file's, at least the TPM's policy counter)",
+    )
 
     # --- recovery image -----------------------------------------------------------
     img = _verb(sub, "image", "", "Encrypted recovery images (container v1).")

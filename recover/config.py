@@ -185,6 +185,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Ordinary NV index (NODA) holding the previous boot's decision record summary.",
     ),
     Setting(
+        "tpm.policy_nv",
+        _handle,
+        "0x01500013",
+        "NV counter index holding the lowest accepted signed-policy version (policy = "
+        "signed); a successful unseal raises it, so older signed policies are refused.",
+    ),
+    Setting(
         "tpm.timeout",
         _positive_float,
         "30",
