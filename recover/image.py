@@ -390,11 +390,14 @@ def _run_chunks(
         t0 = threading.Thread(target=work, args=(0,), daemon=True)
         t0.start()
         threads.append(t0)
-        while t0.is_alive() or any(t.is_alive() for t in threads):
-            t0.join(0.2)
-            progress(sum(done), total)
+        for t in threads:
+            while t.is_alive():  # bounded: each worker ends after its chunks
+                t.join(0.2)
+                progress(sum(done), total)
     for t in threads:
         t.join()
+    if progress is not None and not failure:
+        progress(sum(done), total)
     if failure:
         raise failure[0]
 
