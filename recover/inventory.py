@@ -1,0 +1,184 @@
+"""The peer inventory (cfg.peers_inventory): who may be asked and whose answers count.
+
+    {"version": 1, "peers": [
+      {"id": "host-a", "address": "10.0.0.1:7469", "failure_domain": "rack-1",
+       "ak_pub": "-----BEGIN PUBLIC KEY-----\\n...", "pcrs": {"sha256": {"0": "hex", ...}}}
+    ]}
+
+A bare list of entries is accepted too. Each entry is exactly what ``host-recover attest``
+prints. Validation is strict: every problem is a ConfigError naming the entry and field.
+Pure (no sockets; the PEM is checked for shape here and parsed by the verifier).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from recover.errors import ConfigError
+from recover.pcrsel import HASH_SIZES, format_selection
+
+FIELDS = ("id", "address", "failure_domain", "ak_pub", "pcrs")
+_HINT = "fix the inventory (docs/peer-protocol.md); `host-recover attest` prints valid entries"
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    id: str
+    host: str
+    port: int
+    failure_domain: str
+    ak_pub: bytes  # PEM
+    pcrs: Mapping[str, Mapping[int, bytes]]  # expected PCR values {"sha256": {0: b"..."}}
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def selection(self) -> str:
+        """The PCR selection the peer's quotes must cover (tpm2-tools syntax)."""
+        return format_selection(tuple((alg, tuple(sorted(v))) for alg, v in self.pcrs.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "address": self.address,
+            "failure_domain": self.failure_domain,
+            "ak_pub": self.ak_pub.decode(),
+            "pcrs": pcrs_to_json(self.pcrs),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    peers: tuple[Peer, ...]
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(self.peers)
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+    def get(self, peer_id: str) -> Peer | None:
+        return next((p for p in self.peers if p.id == peer_id), None)
+
+    def domain_peers(self, self_id: str) -> tuple[Peer, ...]:
+        """The other peers of this host's failure domain (all others if it is not listed)."""
+        me = self.get(self_id)
+        return tuple(
+            p
+            for p in self.peers
+            if p.id != self_id and (me is None or p.failure_domain == me.failure_domain)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "peers": [p.to_json() for p in self.peers]}
+
+
+def self_id(cfg: Any) -> str:
+    """This host's id in the inventory: peers.host_id, else the host name."""
+    return str(cfg.peers_host_id or os.uname().nodename)
+
+
+def pcrs_to_json(pcrs: Mapping[str, Mapping[int, bytes]]) -> dict[str, dict[str, str]]:
+    return {alg: {str(i): v.hex() for i, v in sorted(vals.items())} for alg, vals in pcrs.items()}
+
+
+def parse_pcrs(obj: Any, where: str) -> dict[str, dict[int, bytes]]:
+    """``{"sha256": {"0": "hex", ...}}`` → ``{"sha256": {0: bytes}}``, strictly."""
+    if not isinstance(obj, dict) or not obj:
+        raise ConfigError(f'{where}: must be an object like {{"sha256": {{"0": "hex"}}}}', _HINT)
+    out: dict[str, dict[int, bytes]] = {}
+    for alg, vals in obj.items():
+        if alg not in HASH_SIZES:
+            raise ConfigError(f"{where}: unknown PCR bank {alg!r}", _HINT)
+        if not isinstance(vals, dict) or not vals:
+            raise ConfigError(f"{where}.{alg}: must be a non-empty object of PCR → hex", _HINT)
+        bank: dict[int, bytes] = {}
+        for idx, hexval in vals.items():
+            if not (isinstance(idx, str) and idx.isdigit() and 0 <= int(idx) <= 23):
+                raise ConfigError(f"{where}.{alg}: PCR index {idx!r} is not 0..23", _HINT)
+            try:
+                value = bytes.fromhex(hexval) if isinstance(hexval, str) else None
+            except ValueError:
+                value = None
+            if value is None or len(value) != HASH_SIZES[alg]:
+                raise ConfigError(
+                    f"{where}.{alg}.{idx}: expected {HASH_SIZES[alg]} bytes of hex", _HINT
+                )
+            bank[int(idx)] = value
+        out[alg] = bank
+    return out
+
+
+def parse_address(text: Any, where: str) -> tuple[str, int]:
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"{where}: must be host:port", _HINT)
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: {text!r} is not host:port (IPv6: [addr]:port)", _HINT)
+    return host, int(port)
+
+
+def parse_peer(obj: Any, where: str) -> Peer:
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{where}: must be an object", _HINT)
+    missing = [f for f in FIELDS if f not in obj]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}", _HINT)
+    extra = sorted(set(obj) - set(FIELDS))
+    if extra:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}", _HINT)
+    for f in ("id", "failure_domain", "ak_pub"):
+        if not isinstance(obj[f], str) or not obj[f].strip():
+            raise ConfigError(f"{where}.{f}: must be a non-empty string", _HINT)
+    pem = obj["ak_pub"].strip()
+    if not (pem.startswith("-----BEGIN PUBLIC KEY-----") and pem.endswith("-----")):
+        raise ConfigError(f"{where}.ak_pub: not a PEM public key", _HINT)
+    host, port = parse_address(obj["address"], f"{where}.address")
+    return Peer(
+        id=obj["id"],
+        host=host,
+        port=port,
+        failure_domain=obj["failure_domain"],
+        ak_pub=(pem + "\n").encode(),
+        pcrs=parse_pcrs(obj["pcrs"], f"{where}.pcrs"),
+    )
+
+
+def parse(data: Any, origin: str = "inventory") -> Inventory:
+    if isinstance(data, dict):
+        if data.get("version", 1) != 1:
+            raise ConfigError(f"{origin}: unsupported version {data.get('version')!r}", _HINT)
+        extra = sorted(set(data) - {"version", "peers"})
+        if extra:
+            raise ConfigError(f"{origin}: unknown field(s) {', '.join(extra)}", _HINT)
+        data = data.get("peers")
+    if not isinstance(data, list):
+        raise ConfigError(f'{origin}: expected {{"version": 1, "peers": [...]}}', _HINT)
+    peers: list[Peer] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(data):
+        where = f"{origin}: peers[{i}]"
+        peer = parse_peer(entry, where)
+        if peer.id in seen:
+            raise ConfigError(f"{where}: duplicate id {peer.id!r}", _HINT)
+        seen.add(peer.id)
+        peers.append(peer)
+    return Inventory(tuple(peers))
+
+
+def load(path: str | os.PathLike[str]) -> Inventory:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read inventory {os.fspath(path)}: {e.strerror}", _HINT) from None
+    except ValueError as e:
+        raise ConfigError(f"inventory {os.fspath(path)}: invalid JSON: {e}", _HINT) from None
+    return parse(data, os.fspath(path))

@@ -1,0 +1,253 @@
+"""The verdict: a pure function of local evidence, peers' attested status and the policy.
+
+    clean               this host shut down cleanly: nothing to recover
+    correlated-failure  this host went down, and at least a quorum of its failure
+                        domain's peers went down abnormally at about the same time
+    isolated-failure    this host went down, and enough peers are verifiably fine that
+                        a quorum can no longer be reached
+    undetermined        anything else (too few verified answers, unknown local evidence)
+
+Pure: no TPM, no sockets, no cryptography; tables of cases test it (docs/verdict.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from recover.evidence import Evidence, Reading
+from recover.peers import Outcome, PeerResult, PeerResults
+
+
+class Kind(enum.StrEnum):
+    CLEAN = "clean"
+    CORRELATED = "correlated-failure"
+    ISOLATED = "isolated-failure"
+    UNDETERMINED = "undetermined"
+
+
+class Action(enum.StrEnum):
+    RECOVER = "recover"
+    NORMAL = "normal"
+    HOLD = "hold"
+
+
+class Mode(enum.StrEnum):
+    AUTO = "auto"
+    FORCE = "force"
+    NEVER = "never"
+
+
+def parse_quorum(text: str) -> tuple[int | None, float | None]:
+    """``"3"`` → (3, None); ``"50%"`` → (None, 0.5)."""
+    t = text.strip()
+    if t.endswith("%"):
+        frac = float(t[:-1]) / 100
+        if not 0 < frac <= 1:
+            raise ValueError(f"quorum {text!r}: a percentage must be in (0, 100]")
+        return None, frac
+    count = int(t)
+    if count < 1:
+        raise ValueError(f"quorum {text!r}: a count must be >= 1")
+    return count, None
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    quorum: str = "50%"
+    window: float = 120.0
+    on_isolated: Action = Action.NORMAL
+    on_undetermined: Action = Action.NORMAL
+    mode: Mode = Mode.AUTO
+
+    def __post_init__(self) -> None:
+        parse_quorum(self.quorum)
+        if not self.window > 0:
+            raise ValueError("window must be > 0")
+        object.__setattr__(self, "on_isolated", Action(self.on_isolated))
+        object.__setattr__(self, "on_undetermined", Action(self.on_undetermined))
+        object.__setattr__(self, "mode", Mode(self.mode))
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Policy:
+        return cls(
+            quorum=cfg.verdict_quorum,
+            window=float(cfg.verdict_window),
+            on_isolated=Action(cfg.verdict_on_isolated),
+            on_undetermined=Action(cfg.verdict_on_undetermined),
+            mode=Mode(cfg.boot_mode),
+        )
+
+    def needed(self, domain_size: int) -> int:
+        """Abnormal peers needed for a correlated failure (>= 1)."""
+        count, frac = parse_quorum(self.quorum)
+        if count is not None:
+            return count
+        assert frac is not None
+        return max(1, math.ceil(frac * domain_size - 1e-9))
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    kind: Kind
+    action: Action
+    reasons: tuple[str, ...]
+    counts: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": str(self.kind),
+            "action": str(self.action),
+            "reasons": list(self.reasons),
+            "counts": dict(self.counts),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tally:
+    same: int  # verified, abnormal, TPM reset within the window of ours
+    unknown: int  # verified, reset within the window, evidence unknown
+    unaffected: int  # verified and clean, or reset outside the window
+    unverified: int  # no believable answer (any reason)
+    outside: int  # of unaffected: abnormal but reset outside the window
+
+
+def _tally(
+    own_since_reset: float | None, results: Iterable[PeerResult], window: float
+) -> tuple[_Tally, dict[str, int]]:
+    same = unknown = unaffected = unverified = outside = 0
+    outcomes: dict[str, int] = {}
+    for r in results:
+        outcomes[str(r.outcome)] = outcomes.get(str(r.outcome), 0) + 1
+        if r.outcome is not Outcome.VERIFIED or r.status is None:
+            unverified += 1
+            continue
+        st = r.status
+        if own_since_reset is None:
+            in_window: bool | None = None
+        else:
+            in_window = abs(st.since_reset_s - own_since_reset) <= window
+        if in_window is False:
+            unaffected += 1
+            outside += st.summary == Reading.ABNORMAL
+        elif st.summary == Reading.ABNORMAL and in_window:
+            same += 1
+        elif st.summary == Reading.CLEAN:
+            unaffected += 1
+        else:
+            unknown += 1
+    return _Tally(same, unknown, unaffected, unverified, outside), outcomes
+
+
+def _kind(own: Reading, same: int, undecided: int, need: int, domain: int) -> Kind:
+    if own == Reading.CLEAN:
+        return Kind.CLEAN
+    if domain == 0:
+        return Kind.UNDETERMINED
+    if same >= need:
+        return Kind.CORRELATED
+    if same + undecided < need:
+        return Kind.ISOLATED if own == Reading.ABNORMAL else Kind.UNDETERMINED
+    return Kind.UNDETERMINED
+
+
+def settled(
+    own: Reading,
+    own_since_reset: float | None,
+    results: Iterable[PeerResult],
+    pending: int,
+    domain_size: int,
+    policy: Policy,
+) -> bool:
+    """True when no answer from the ``pending`` peers can change the verdict's kind.
+
+    The kind is monotone in the number of same-event peers and of undecided ones, so it
+    is enough to compare the two extremes: every pending peer abnormal, or every one fine.
+    """
+    if policy.mode is not Mode.AUTO:
+        return True
+    t, _ = _tally(own_since_reset, results, policy.window)
+    need = policy.needed(domain_size)
+    undecided = t.unknown + t.unverified
+    high = _kind(own, t.same + pending, undecided, need, domain_size)
+    low = _kind(own, t.same, undecided, need, domain_size)
+    return high == low
+
+
+def decide(evidence: Evidence, peers: PeerResults | None, policy: Policy) -> Verdict:
+    """The verdict from this host's evidence, its peers' results and the policy.
+
+    ``peers`` is None when no peers are configured (a failure domain of one). Peers that
+    were never asked (the query stopped early) count as unverified.
+    """
+    if peers is None:
+        return decide_counts(evidence.summary, evidence.since_reset_s, (), 0, policy)
+    return decide_counts(
+        evidence.summary, evidence.since_reset_s, peers.results, peers.domain_size, policy
+    )
+
+
+def decide_counts(
+    own: Reading,
+    own_since_reset: float | None,
+    results: Iterable[PeerResult],
+    domain_size: int,
+    policy: Policy,
+) -> Verdict:
+    """:func:`decide` on plain values (``domain_size``: peers of the domain, self excluded)."""
+    results = tuple(results)
+    t, outcomes = _tally(own_since_reset, results, policy.window)
+    need = policy.needed(domain_size)
+    undecided = t.unknown + t.unverified
+    kind = _kind(own, t.same, undecided, need, domain_size)
+    counts = {
+        "domain": domain_size,
+        "needed": need,
+        "same_event": t.same,
+        "unknown": t.unknown,
+        "unaffected": t.unaffected,
+        "outside_window": t.outside,
+        "unverified": t.unverified,
+        **{f"outcome.{k}": v for k, v in sorted(outcomes.items())},
+    }
+    reasons: list[str] = [f"local evidence: {own}"]
+    if own == Reading.CLEAN:
+        reasons.append("the previous shutdown was orderly: nothing to recover")
+    elif domain_size == 0:
+        reasons.append("no peers in this host's failure domain: correlation cannot be judged")
+    else:
+        reasons.append(
+            f"{t.same} of {domain_size} peers went down abnormally within "
+            f"{policy.window:g} s of this host's TPM reset (quorum {need})"
+        )
+        if t.outside:
+            reasons.append(f"{t.outside} abnormal peers reset outside the window (other events)")
+        if undecided:
+            reasons.append(
+                f"{undecided} peers undecided ({t.unverified} without a verified answer, "
+                f"{t.unknown} with unknown evidence)"
+            )
+        if own_since_reset is None:
+            reasons.append("this host's time since TPM reset is unknown: no window check")
+        if kind is Kind.UNDETERMINED and own == Reading.UNKNOWN and t.same < need:
+            reasons.append("local evidence is unknown and peers show no correlated failure")
+        if need > domain_size:
+            reasons.append(f"quorum {need} exceeds the domain's {domain_size} peers")
+    action = {
+        Kind.CLEAN: Action.NORMAL,
+        Kind.CORRELATED: Action.RECOVER,
+        Kind.ISOLATED: policy.on_isolated,
+        Kind.UNDETERMINED: policy.on_undetermined,
+    }[kind]
+    if kind in (Kind.ISOLATED, Kind.UNDETERMINED):
+        reasons.append(f"policy: on {kind} → {action}")
+    if policy.mode is Mode.FORCE:
+        action = Action.RECOVER
+        reasons.insert(0, "boot.mode=force: recover regardless of the verdict")
+    elif policy.mode is Mode.NEVER:
+        action = Action.NORMAL
+        reasons.insert(0, "boot.mode=never: never recover")
+    return Verdict(kind, action, tuple(reasons), counts)
