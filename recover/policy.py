@@ -1,0 +1,104 @@
+"""``host-recover policy keygen|sign``: signed PCR policies (tpm.policy = signed).
+
+The private key signs on an operator machine; the host keeps only the public key (in
+the measured initramfs) and the signed policy file (outside the measured path). After
+a planned PCR change (new firmware, kernel, initramfs) the operator signs the predicted
+values and the host unseals again without re-sealing. File format: docs/tpm.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from recover.errors import PolicyMismatch, UsageError
+
+log = logging.getLogger(__name__)
+
+
+def cmd_keygen(args: argparse.Namespace, cfg: Any) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from recover.tpm.policy import write_atomic
+
+    for path in (args.private, args.public):
+        if Path(path).exists():
+            raise UsageError(f"{path} already exists", hint="keys are never overwritten")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    write_atomic(args.private, private, mode=0o600)
+    write_atomic(args.public, public, mode=0o644)
+    log.info("wrote %s (keep offline) and %s (set tpm.policy_pubkey)", args.private, args.public)
+    return 0
+
+
+def _read_values(path: str) -> dict[str, dict[int, bytes]]:
+    from recover.inventory import parse_pcrs
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read PCR values from {path}: {e}") from None
+    return parse_pcrs(doc, path)
+
+
+def _previous_version(path: str) -> int:
+    from recover.tpm.policy import SignedPolicy
+
+    if not Path(path).exists():
+        return 0
+    try:
+        return SignedPolicy.load(path).policy_version
+    except PolicyMismatch:
+        return 0
+
+
+def cmd_sign(args: argparse.Namespace, cfg: Any) -> int:
+    from recover.tpm.policy import sign_policy
+
+    selection = args.pcrs or cfg.tpm_pcrs
+    output = args.output or cfg.tpm_policy_file
+    try:
+        private = Path(args.key).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read the signing key {args.key}: {e.strerror}") from None
+    floor = 0
+    if args.values:
+        values = _read_values(args.values)
+    else:
+        from recover.tpm import Tpm
+
+        with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as t:
+            values = t.pcr_read(selection)
+            if cfg.tpm_policy_nv in t.nv_indices():
+                floor = t.counter_read(cfg.tpm_policy_nv)
+    version = args.policy_version
+    if version is None:
+        version = max(_previous_version(output) + 1, floor, 1)
+    if version < 0:
+        raise UsageError("--policy-version must be >= 0")
+    try:
+        signed = sign_policy(private, selection, values, cfg.tpm_lock_pcr, version)
+    except ValueError as e:
+        raise UsageError(f"cannot sign with {args.key}: {e}") from None
+    signed.save(output)
+    log.info(
+        "signed policy v%d for %s (+ lock PCR %d): %s → %s",
+        version,
+        signed.selection,
+        cfg.tpm_lock_pcr,
+        signed.approved_policy.hex(),
+        output,
+    )
+    return 0
