@@ -1,0 +1,205 @@
+"""The secure-store CLI end to end against a real swtpm: provision (idempotent, --force,
+exports), status --json, unseal --check exit codes, attest, policy keygen/sign.
+
+Seals to PCRs 0,2,4,7,16 with lock PCR 23 (both resettable at locality 0).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recover import cli, config, keys, provision
+from recover.tpm import Tpm
+
+pytestmark = pytest.mark.tpm
+
+
+def _reset(tcti: str) -> None:
+    from tpm2_pytss import ESYS_TR
+
+    with Tpm.open(tcti) as t:
+        for pcr in (16, 23):
+            t.ectx.pcr_reset(ESYS_TR(ESYS_TR.PCR0 + pcr))
+
+
+def _extend(tcti: str, pcr: int) -> None:
+    with Tpm.open(tcti) as t:
+        t.pcr_extend(pcr, b"changed")
+
+
+class Host:
+    def __init__(self, tcti: str, root: Path) -> None:
+        self.tcti = tcti
+        self.root = root
+        self.conf = root / "host-recover.conf"
+        self.write_conf("pcr")
+
+    def write_conf(self, policy: str) -> None:
+        self.conf.write_text(
+            "[tpm]\n"
+            f"tcti = {self.tcti}\n"
+            "pcrs = sha256:0,2,4,7,16\n"
+            "lock_pcr = 23\n"
+            f"policy = {policy}\n"
+            f"policy_pubkey = {self.root / 'policy-pub.pem'}\n"
+            f"policy_file = {self.root / 'policy.json'}\n"
+            "[peers]\n"
+            "host_id = host-a\n"
+        )
+
+    def run(self, capsys, *argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = cli.main(["--config", str(self.conf), *argv])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    def cfg(self) -> config.Config:
+        return config.load(self.conf)
+
+
+@pytest.fixture
+def host(swtpm_module, tmp_path: Path) -> Iterator[Host]:
+    _reset(swtpm_module.tcti)
+    yield Host(swtpm_module.tcti, tmp_path)
+
+
+def test_provision_status_unseal(host: Host, capsys) -> None:
+    image_key, master = host.root / "image.key", host.root / "master.key"
+    rc, out, _ = host.run(
+        capsys, "provision", "--force", "--json",
+        "--export-image-key", str(image_key), "--export-master", str(master),
+    )  # fmt: skip
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["secret"] in ("sealed", "replaced")
+    for f in (image_key, master):
+        assert f.stat().st_mode & 0o777 == 0o600
+    assert image_key.read_bytes() == keys.image_root_key(master.read_bytes())
+    assert provision.unseal_master(host.cfg()) == master.read_bytes()
+
+    # Idempotent: a second run keeps the secret and creates nothing.
+    rc, out, _ = host.run(capsys, "provision", "--json")
+    assert rc == 0
+    assert json.loads(out) | {"pcrs": None} == {
+        "srk_created": False, "secret": "kept", "counters_created": [],
+        "policy": "pcr", "pcrs": None, "lock_pcr": 23,
+    }  # fmt: skip
+    # Exports only when a secret is created now: refuse, write nothing.
+    rc, _, err = host.run(capsys, "provision", "--export-image-key", str(host.root / "k2"))
+    assert rc == 2 and "already sealed" in err
+    assert not (host.root / "k2").exists()
+
+    rc, out, _ = host.run(capsys, "status", "--json")
+    assert rc == 0
+    st = json.loads(out)
+    assert st["tpm"]["reachable"] is True
+    assert isinstance(st["orderly"], bool)
+    assert st["lockout"]["counter"] == 0
+    assert {"0x81000001", "0x81000002", "0x81010002"} <= set(st["handles"]["persistent"])
+    assert st["sealed"]["satisfied"] is True and st["sealed"]["policy"] == "pcr"
+    assert isinstance(st["rollback_counter"], int) and st["rollback_counter"] >= 1
+    assert provision.rollback_version(host.cfg()) == st["rollback_counter"]
+
+    rc, out, err = host.run(capsys, "unseal", "--check")
+    assert rc == 0
+    assert master.read_bytes().hex() not in out + err
+
+    _extend(host.tcti, 16)
+    rc, out, _ = host.run(capsys, "status", "--json")
+    assert json.loads(out)["sealed"]["satisfied"] is False
+    rc, out, err = host.run(capsys, "unseal", "--check")
+    assert rc == 4 and "do not satisfy" in err and out == ""
+
+    _reset(host.tcti)
+    _extend(host.tcti, 23)  # the lock PCR: already unsealed this boot
+    rc, out, _ = host.run(capsys, "status", "--json")
+    assert "lock PCR 23" in json.loads(out)["sealed"]["reason"]
+    assert host.run(capsys, "unseal", "--check")[0] == 4
+
+
+def test_force_and_master_from(host: Host, capsys) -> None:
+    given = host.root / "given.key"
+    given.write_bytes(bytes(range(100, 132)))
+    rc, _, _ = host.run(capsys, "provision", "--force", "--master-from", str(given))
+    assert rc == 0
+    assert provision.unseal_master(host.cfg()) == given.read_bytes()
+    rc, _, err = host.run(capsys, "provision", "--master-from", str(given))
+    assert rc == 2 and "--force" in err
+    short = host.root / "short.key"
+    short.write_bytes(b"x" * 31)
+    assert host.run(capsys, "provision", "--force", "--master-from", str(short))[0] == 2
+    assert provision.unseal_master(host.cfg()) == given.read_bytes()
+
+
+def test_signed_policy_cli(host: Host, capsys) -> None:
+    priv = host.root / "policy.key"
+    assert host.run(capsys, "policy", "keygen", "--private", str(priv),
+                    "--public", str(host.root / "policy-pub.pem"))[0] == 0  # fmt: skip
+    assert priv.stat().st_mode & 0o777 == 0o600
+    host.write_conf("signed")
+    assert host.run(capsys, "provision", "--force")[0] == 0
+    assert host.run(capsys, "unseal", "--check")[0] == 4  # no policy signed yet
+
+    assert host.run(capsys, "policy", "sign", "--key", str(priv))[0] == 0
+    first = json.loads((host.root / "policy.json").read_text())
+    assert host.run(capsys, "unseal", "--check")[0] == 0
+    rc, out, _ = host.run(capsys, "status", "--json")
+    assert json.loads(out)["sealed"]["policy"] == "signed"
+    assert json.loads(out)["sealed"]["satisfied"] is True
+
+    # A planned change: sign the new values (here read from a file), no re-sealing.
+    shutil.copy(host.root / "policy.json", host.root / "old-policy.json")
+    _extend(host.tcti, 16)
+    assert host.run(capsys, "unseal", "--check")[0] == 4
+    with Tpm.open(host.tcti) as t:
+        values = t.pcr_read("sha256:0,2,4,7,16")
+    vfile = host.root / "values.json"
+    vfile.write_text(json.dumps({"sha256": {str(k): v.hex() for k, v in values["sha256"].items()}}))
+    assert host.run(capsys, "policy", "sign", "--key", str(priv), "--values", str(vfile))[0] == 0
+    second = json.loads((host.root / "policy.json").read_text())
+    assert second["policy_version"] == first["policy_version"] + 1
+    assert host.run(capsys, "unseal", "--check")[0] == 0
+
+    # Back to the old PCR values with the old policy: stale, the counter moved on.
+    _reset(host.tcti)
+    shutil.copy(host.root / "old-policy.json", host.root / "policy.json")
+    rc, _, err = host.run(capsys, "unseal", "--check")
+    assert rc == 4 and "stale" in err
+
+    # A tampered file: exit 4 as well.
+    doc = json.loads((host.root / "old-policy.json").read_text())
+    doc["policy_version"] = 99
+    (host.root / "policy.json").write_text(json.dumps(doc))
+    rc, _, err = host.run(capsys, "unseal", "--check")
+    assert rc == 4 and "bad signature" in err
+
+
+def test_attest_prints_an_inventory_entry(host: Host, capsys) -> None:
+    from recover.inventory import parse_pcrs
+
+    assert host.run(capsys, "provision")[0] == 0
+    rc, out, _ = host.run(
+        capsys, "attest", "--address", "127.0.0.1:7469", "--failure-domain", "rack-1"
+    )
+    assert rc == 0
+    entry = json.loads(out)
+    assert entry["id"] == "host-a" and entry["failure_domain"] == "rack-1"
+    assert entry["ak_pub"].startswith("-----BEGIN PUBLIC KEY-----")
+    with Tpm.open(host.tcti) as t:
+        assert parse_pcrs(entry["pcrs"], "attest") == t.pcr_read("sha256:0,2,4,7,16")
+
+
+def test_unreachable_tpm_exit_3(tmp_path: Path, capsys) -> None:
+    from swtpm import free_port_pair
+
+    h = Host(f"swtpm:host=127.0.0.1,port={free_port_pair()}", tmp_path)
+    h.conf.write_text(h.conf.read_text().replace("[peers]", "timeout = 0.2\n[peers]"))
+    rc, out, _ = h.run(capsys, "status", "--json")
+    assert rc == 3 and json.loads(out)["tpm"]["reachable"] is False
+    rc, _, err = h.run(capsys, "unseal", "--check")
+    assert rc == 3 and "cannot connect" in err
