@@ -133,7 +133,7 @@ def _tally(
         if in_window is False:
             unaffected += 1
             outside += st.summary == Reading.ABNORMAL
-        elif st.summary == Reading.ABNORMAL and in_window:
+        elif st.summary == Reading.ABNORMAL:  # in the window, or ours unknown (said)
             same += 1
         elif st.summary == Reading.CLEAN:
             unaffected += 1

@@ -1,0 +1,269 @@
+"""Simulated peers for tests and bench/peers.py: software-signed quotes, real protocol.
+
+Each simulated peer is the product's own ``recover.agent.Server``/``Responder`` with a
+``SoftwareAttestor`` (an ECDSA P-256 key in memory standing in for the TPM AK); quotes
+are real TPMS_ATTEST structures (recover.tpm.attest.make_attest) checked by the product's
+verifier. Misbehaving peers: forged (signs with a key the inventory does not know),
+replay (answers every request with its first reply), intruder (a host not in the
+inventory), badpcrs (quotes other PCR values), silent (accepts, never answers), down
+(nothing listens), garbage (invalid JSON).
+
+``Fleet`` runs many peers in ONE child process (``python tests/peersim.py``) that reads a
+JSON spec on stdin, prints its inventory entries as one JSON line, and serves until its
+stdin closes. The parent ends it by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recover.agent import Limits, Responder, Server, StatusSource  # noqa: E402
+from recover.evidence import Evidence, Reading, Signal, Strength  # noqa: E402
+from recover.inventory import Inventory, parse, pcrs_to_json  # noqa: E402
+from recover.peers import Quote, canonical_json  # noqa: E402
+
+SELECTION = "sha256:0,2,4,7,9"
+GOOD_PCRS = {"sha256": {i: hashlib.sha256(b"pcr%d" % i).digest() for i in (0, 2, 4, 7, 9)}}
+BAD_PCRS = {"sha256": {**GOOD_PCRS["sha256"], 9: hashlib.sha256(b"evil").digest()}}
+
+
+def new_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def pub_pem(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+class SoftwareAttestor:
+    """Quotes like a TPM, signed with a software key (tests and benchmarks only)."""
+
+    inline = True
+
+    def __init__(
+        self,
+        key: Any = None,
+        pcrs: Any = None,
+        selection: str = SELECTION,
+        since_reset_s: float = 20.0,
+        reset_count: int = 7,
+        restart_count: int = 0,
+        clock_base_ms: int = 5_000_000,
+    ) -> None:
+        self.key = key or new_key()
+        self.pcrs = pcrs or GOOD_PCRS
+        self.selection = selection
+        self.since_reset_s = since_reset_s
+        self.reset_count = reset_count
+        self.restart_count = restart_count
+        self.clock_base_ms = clock_base_ms
+        self.t0 = time.monotonic()
+        self.signer = b"\x00\x0b" + hashlib.sha256(pub_pem(self.key).encode()).digest()
+
+    @property
+    def pem(self) -> str:
+        return pub_pem(self.key)
+
+    def clock(self) -> dict[str, int]:
+        t = int((self.since_reset_s + time.monotonic() - self.t0) * 1000)
+        return {
+            "time": t,
+            "clock": self.clock_base_ms + t,
+            "reset_count": self.reset_count,
+            "restart_count": self.restart_count,
+            "safe": 1,
+        }
+
+    def quote(self, qualifying_data: bytes) -> Quote:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        from recover.tpm.attest import make_attest
+
+        c = self.clock()
+        attest = make_attest(
+            qualified_signer=self.signer,
+            extra_data=qualifying_data,
+            selection=self.selection,
+            pcr_values=self.pcrs,
+            clock=c["clock"],
+            reset_count=c["reset_count"],
+            restart_count=c["restart_count"],
+        )
+        return Quote(attest, self.key.sign(attest, ec.ECDSA(hashes.SHA256())), self.pcrs)
+
+
+def evidence_of(summary: str) -> Evidence:
+    reading = {
+        "abnormal": Reading.ABNORMAL,
+        "clean": Reading.CLEAN,
+        "unknown": Reading.UNKNOWN,
+    }[summary]
+    value = None if reading is Reading.UNKNOWN else reading is Reading.CLEAN
+    return Evidence((Signal("orderly_bit", value, reading, Strength.STRONG, "simulated"),))
+
+
+def entry(peer_id: str, port: int, pem: str, domain: str = "rack-1", pcrs: Any = None) -> dict:
+    return {
+        "id": peer_id,
+        "address": f"127.0.0.1:{port}",
+        "failure_domain": domain,
+        "ak_pub": pem,
+        "pcrs": pcrs_to_json(pcrs or GOOD_PCRS),
+    }
+
+
+class ReplayResponder(Responder):
+    """Answers every request with the first reply it produced (an old nonce)."""
+
+    first: tuple[int, dict[str, Any]] | None = None
+
+    def handle(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        if self.first is None:
+            self.first = super().handle(body)
+        return self.first
+
+
+@dataclasses.dataclass
+class SimPeer:
+    id: str
+    summary: str = "abnormal"
+    behaviour: str = "ok"  # ok forged replay intruder badpcrs silent down garbage
+    since_reset_s: float = 20.0
+    domain: str = "rack-1"
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(3600)
+
+
+async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(65536)
+    body = b"{not json"
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    writer.close()
+
+
+async def serve_fleet(spec: dict[str, Any]) -> tuple[list[dict], list[Any]]:
+    """Start every simulated peer in this loop; return (inventory entries, servers)."""
+    import socket
+
+    known = list(spec.get("requesters", []))
+    peers = [SimPeer(**p) for p in spec["peers"]]
+    attestors = {}
+    entries: list[dict] = []
+    servers: list[Any] = []
+    plans = []
+    for p in peers:
+        att = SoftwareAttestor(
+            pcrs=BAD_PCRS if p.behaviour == "badpcrs" else GOOD_PCRS,
+            since_reset_s=p.since_reset_s,
+        )
+        attestors[p.id] = att
+        listed_pem = pub_pem(new_key()) if p.behaviour == "forged" else att.pem
+        if p.behaviour == "down":
+            with socket.socket() as s:  # a port nothing listens on
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            entries.append(entry(p.id, port, listed_pem, p.domain))
+            continue
+        plans.append((p, att, listed_pem))
+    inv_entries = known + [entry(p.id, 1, pem, p.domain) for p, _, pem in plans]
+    inventory = parse(inv_entries)
+    for p, att, listed_pem in plans:
+        host_id = f"intruder-{p.id}" if p.behaviour == "intruder" else p.id
+        status = StatusSource(host_id, p.domain, "boot", evidence_of(p.summary), "sim")
+        if p.behaviour == "silent":
+            srv: Any = await asyncio.start_server(_silent, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+        elif p.behaviour == "garbage":
+            srv = await asyncio.start_server(_garbage, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+        else:
+            cls = ReplayResponder if p.behaviour == "replay" else Responder
+            srv = await Server(cls(inventory, att, status), Limits(read_timeout=2.0)).start(
+                "127.0.0.1", 0
+            )
+            port = srv.port
+        servers.append(srv)
+        entries.append(entry(p.id, port, listed_pem, p.domain))
+    return entries, servers
+
+
+class Fleet:
+    """Simulated peers served by one child process (ended by PID)."""
+
+    def __init__(self, peers: list[SimPeer], requesters: list[dict]) -> None:
+        spec = {
+            "peers": [dataclasses.asdict(p) for p in peers],
+            "requesters": requesters,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self.close()
+            raise RuntimeError("peersim child did not start")
+        self.entries: list[dict] = json.loads(line)
+
+    def inventory(self, me: dict | None = None) -> Inventory:
+        return parse(([me] if me else []) + self.entries)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def _child() -> None:
+    loop = asyncio.get_running_loop()
+    spec = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
+    entries, servers = await serve_fleet(spec)
+    sys.stdout.write(canonical_json(entries).decode() + "\n")
+    sys.stdout.flush()
+    await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
+    del servers  # the process exits: its sockets close with it
+
+
+if __name__ == "__main__":
+    asyncio.run(_child())

@@ -1,0 +1,152 @@
+"""The status server under abuse: it answers with clear JSON errors and keeps serving."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from peersim import SoftwareAttestor, entry, evidence_of
+
+from recover.agent import Limits, StatusSource, parse_listen, serve_in_background
+from recover.errors import ConfigError
+from recover.inventory import parse
+from recover.peers import MAX_BODY, Outcome, query_all
+
+ME = "asker"
+
+
+class _Cfg:
+    peers_listen = "127.0.0.1:0"
+    peers_inventory = "/nonexistent"
+
+
+@pytest.fixture
+def agent() -> Iterator[tuple[Any, SoftwareAttestor, Any]]:
+    asker, server_att = SoftwareAttestor(), SoftwareAttestor()
+    inv_entries = [entry(ME, 9, asker.pem), entry("srv", 1, server_att.pem)]
+    status = StatusSource("srv", "rack-1", "agent", evidence_of("abnormal"), "boot-x")
+    limits = Limits(read_timeout=0.5, max_connections=8)
+    with serve_in_background(
+        _Cfg(), server_att, status, inventory=parse(inv_entries), limits=limits
+    ) as srv:
+        inv = parse([entry(ME, 9, asker.pem), entry("srv", srv.port, server_att.pem)])
+        yield srv, asker, inv
+
+
+def raw(port: int, data: bytes, *, shut: bool = True, timeout: float = 5) -> tuple[int, dict]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        buf = b""
+        while chunk := s.recv(65536):
+            buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def post(port: int, body: bytes, path: str = "/v1/status") -> tuple[int, dict]:
+    req = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    return raw(port, req)
+
+
+def assert_still_serving(inv: Any, asker: SoftwareAttestor) -> None:
+    res = query_all(inv, ME, asker, deadline=3, timeout=2, retries=0)
+    assert res.results[0].outcome is Outcome.VERIFIED, res.results[0]
+    st = res.results[0].status
+    assert st is not None and st.host_id == "srv" and st.boot_id == "boot-x"
+
+
+@pytest.mark.parametrize(
+    "body,code,error",
+    [
+        (b"{not json", 400, "malformed"),
+        (b"[1,2]", 400, "malformed"),
+        (b'{"version": 2}', 400, "version"),
+        (b'{"version": 1, "requester": 5, "nonce": "00"}', 400, "malformed"),
+        (b'{"version": 1, "requester": "asker", "nonce": "zz"}', 400, "malformed"),
+        (
+            b'{"version": 1, "requester": "nobody", "nonce": "' + b"00" * 32 + b'"}',
+            403,
+            "unknown-requester",
+        ),
+        (
+            b'{"version": 1, "requester": "asker", "nonce": "' + b"00" * 32 + b'", "quote": 1}',
+            400,
+            "malformed",
+        ),
+        (
+            b'{"version": 1, "requester": "asker", "nonce": "'
+            + b"00" * 32
+            + b'", "quote": {"attest": "00", "signature": "00"}}',
+            403,
+            "forged",
+        ),
+    ],
+)
+def test_bad_requests_get_json_errors(agent: Any, body: bytes, code: int, error: str) -> None:
+    srv, asker, inv = agent
+    got_code, reply = post(srv.port, body)
+    assert (got_code, reply["error"]["code"]) == (code, error), reply
+    assert reply["error"]["message"]
+    assert_still_serving(inv, asker)
+
+
+def test_oversized_wrong_path_and_framing(agent: Any) -> None:
+    srv, asker, inv = agent
+    big = f"POST /v1/status HTTP/1.1\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode()
+    assert raw(srv.port, big)[0] == 413
+    assert post(srv.port, b"{}", path="/v2/other")[0] == 404
+    assert raw(srv.port, b"GET /v1/status HTTP/1.1\r\nContent-Length: 0\r\n\r\n")[0] == 404
+    assert raw(srv.port, b"POST /v1/status HTTP/1.1\r\n\r\n")[1]["error"]["code"] == "malformed"
+    assert raw(srv.port, b"POST /v1/status HTTP/1.1\r\nContent-Length: 10\r\n\r\n{")[0] == 400
+    assert raw(srv.port, b"\x00\xff garbage\r\n\r\n")[0] == 400
+    assert raw(srv.port, b"POST / HTTP/1.1\r\n" + b"X: y\r\n" * 20000)[0] == 431
+    assert_still_serving(inv, asker)
+
+
+def test_slow_clients_time_out_and_connections_are_capped(agent: Any) -> None:
+    srv, asker, inv = agent
+    t0 = time.monotonic()
+    code, reply = raw(srv.port, b"POST /v1/status HTTP/1.1\r\nContent-Le", shut=False)
+    assert code == 408 and reply["error"]["code"] == "timeout"
+    assert 0.4 < time.monotonic() - t0 < 3
+    # Fill every connection slot with slow clients; the next one is told to come back.
+    slow = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(8)]
+    try:
+        time.sleep(0.1)
+        code, reply = raw(srv.port, b"", shut=False)
+        assert code == 503 and reply["error"]["code"] == "busy"
+    finally:
+        for s in slow:
+            s.close()
+    time.sleep(0.7)  # the slow ones time out
+    assert_still_serving(inv, asker)
+
+
+def test_concurrent_requests_are_all_answered(agent: Any) -> None:
+    srv, asker, inv = agent
+    results: list[Any] = []
+
+    def one() -> None:
+        results.append(query_all(inv, ME, asker, deadline=5, timeout=3, retries=2))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 6 and all(r.verified == 1 for r in results)
+
+
+def test_listen_address_parsing() -> None:
+    assert parse_listen("0.0.0.0:7469") == ("0.0.0.0", 7469)
+    assert parse_listen("[::1]:80") == ("::1", 80)
+    assert parse_listen(":0") == ("0.0.0.0", 0)
+    with pytest.raises(ConfigError):
+        parse_listen("nope")

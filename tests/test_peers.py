@@ -1,0 +1,147 @@
+"""Peer protocol v1 on loopback with simulated peers (software-signed, real verifier).
+
+Every misbehaving peer is a separate server in one child process (tests/peersim.py);
+the client is the product's recover.peers.query_all.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from peersim import BAD_PCRS, Fleet, SimPeer, SoftwareAttestor, entry
+
+from recover.evidence import Reading
+from recover.inventory import Inventory
+from recover.peers import (
+    Outcome,
+    PeerResults,
+    canonical_json,
+    query_all,
+    reply_qualifying_data,
+    request_qualifying_data,
+)
+from recover.verdict import Kind, Policy, decide_counts, settled
+
+pytestmark = pytest.mark.integration
+
+ME = "self"
+
+
+def me_entry(att: SoftwareAttestor) -> dict:
+    return entry(ME, 9, att.pem)
+
+
+def ask(inv: Inventory, att: SoftwareAttestor, **kw: object) -> PeerResults:
+    args: dict = {"deadline": 3.0, "timeout": 1.0, "retries": 1}
+    args.update(kw)
+    return query_all(inv, ME, att, **args)
+
+
+def by_id(res: PeerResults) -> dict[str, tuple[Outcome, str]]:
+    return {r.peer_id: (r.outcome, r.reason) for r in res.results}
+
+
+def test_canonical_json_and_qualifying_data() -> None:
+    assert canonical_json({"b": 1, "a": [1.5, "é"]}) == '{"a":[1.5,"é"],"b":1}'.encode()
+    n = bytes(32)
+    assert request_qualifying_data(n, "a") != request_qualifying_data(n, "b")
+    assert reply_qualifying_data({"x": 1}, n) != reply_qualifying_data({"x": 2}, n)
+    assert len(reply_qualifying_data({}, n)) == 32
+
+
+def test_every_misbehaviour_is_counted_never_believed() -> None:
+    att = SoftwareAttestor()
+    sims = [
+        SimPeer("ok-1"),
+        SimPeer("ok-2", summary="clean"),
+        SimPeer("forged", behaviour="forged"),
+        SimPeer("replay", behaviour="replay"),
+        SimPeer("intruder", behaviour="intruder"),
+        SimPeer("badpcrs", behaviour="badpcrs"),
+        SimPeer("silent", behaviour="silent"),
+        SimPeer("down", behaviour="down"),
+        SimPeer("garbage", behaviour="garbage"),
+    ]
+    with Fleet(sims, [me_entry(att)]) as fleet:
+        inv = fleet.inventory(me_entry(att))
+        first = ask(inv, att, deadline=2.0, timeout=0.5)
+        second = ask(inv, att, deadline=2.0, timeout=0.5)
+    r1, r2 = by_id(first), by_id(second)
+    assert r1["ok-1"][0] is Outcome.VERIFIED and r1["ok-2"][0] is Outcome.VERIFIED
+    assert r1["replay"][0] is Outcome.VERIFIED  # its first answer is genuine
+    assert r2["replay"][0] is Outcome.REPLAYED, r2["replay"]
+    assert r2["ok-1"][0] is Outcome.VERIFIED
+    for r in (r1, r2):
+        assert r["forged"][0] is Outcome.FORGED, r["forged"]
+        assert r["intruder"] == (Outcome.UNKNOWN_HOST, r["intruder"][1])
+        assert "intruder-intruder" in r["intruder"][1]
+        assert r["badpcrs"][0] is Outcome.UNEXPECTED_PCRS, r["badpcrs"]
+        assert "sha256:9" in r["badpcrs"][1]
+        assert r["silent"][0] is Outcome.TIMEOUT
+        assert r["down"][0] is Outcome.UNREACHABLE
+        assert r["garbage"][0] is Outcome.MALFORMED
+    statuses = {r.peer_id: r.status for r in first.results if r.status}
+    assert set(statuses) == {"ok-1", "ok-2", "replay"}
+    assert statuses["ok-1"].summary is Reading.ABNORMAL
+    assert statuses["ok-2"].summary is Reading.CLEAN
+    assert 19 < statuses["ok-1"].since_reset_s < 60
+    # Retries are bounded; a silent peer costs the deadline, not more.
+    assert first.elapsed_ms < 2500
+    assert all(r.attempts <= 2 for r in first.results)
+
+
+def test_requester_with_unexpected_pcrs_is_refused() -> None:
+    honest = SoftwareAttestor()
+    liar = SoftwareAttestor(key=honest.key, pcrs=BAD_PCRS)  # same AK, other boot state
+    with Fleet([SimPeer("p1"), SimPeer("p2")], [me_entry(honest)]) as fleet:
+        inv = fleet.inventory(me_entry(honest))
+        res = ask(inv, liar)
+        ok = ask(inv, honest)
+    assert [r.outcome for r in res.results] == [Outcome.REFUSED] * 2
+    assert all("403" in r.reason and "PCR" in r.reason for r in res.results), res.results
+    assert ok.verified == 2
+
+
+def test_unknown_requester_is_refused() -> None:
+    att, stranger = SoftwareAttestor(), SoftwareAttestor()
+    with Fleet([SimPeer("p1")], [me_entry(att)]) as fleet:
+        inv = fleet.inventory(me_entry(stranger))  # we claim "self" with another key
+        res = ask(inv, stranger)
+    assert res.results[0].outcome is Outcome.REFUSED
+    assert "forged" in res.results[0].reason or "signature" in res.results[0].reason
+
+
+def test_scale_200_peers_tenth_silent_decides_at_deadline() -> None:
+    att = SoftwareAttestor()
+    sims = [SimPeer(f"p{i:03d}", behaviour="silent" if i % 10 == 0 else "ok") for i in range(200)]
+    with Fleet(sims, [me_entry(att)]) as fleet:
+        inv = fleet.inventory(me_entry(att))
+        t0 = time.monotonic()
+        res = ask(inv, att, deadline=2.0, timeout=0.5, retries=5)
+        took = time.monotonic() - t0
+        # With early stopping the verdict comes as soon as the quorum is reached.
+        pol = Policy("50%")
+
+        def stop(done: tuple, pending: int) -> bool:
+            return settled(Reading.ABNORMAL, 20.0, done, pending, 200, pol)
+
+        t1 = time.monotonic()
+        early = ask(inv, att, deadline=2.0, timeout=0.5, stop_early=stop)
+        took_early = time.monotonic() - t1
+    assert res.verified == 180 and res.count(Outcome.TIMEOUT) == 20
+    assert took < 2.5, took
+    v = decide_counts(Reading.ABNORMAL, 20.0, res.results, res.domain_size, pol)
+    assert v.kind is Kind.CORRELATED
+    assert early.stopped_early and early.verified >= 100
+    assert early.count(Outcome.SKIPPED) > 0
+    assert decide_counts(Reading.ABNORMAL, 20.0, early.results, 200, pol).kind is Kind.CORRELATED
+    assert took_early < took
+
+
+def test_other_failure_domains_are_not_asked() -> None:
+    att = SoftwareAttestor()
+    sims = [SimPeer("a1"), SimPeer("b1", domain="rack-2"), SimPeer("b2", domain="rack-2")]
+    with Fleet(sims, [me_entry(att)]) as fleet:
+        res = ask(fleet.inventory(me_entry(att)), att)
+    assert [r.peer_id for r in res.results] == ["a1"] and res.domain_size == 1
