@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from recover import keys
+from recover.atomicfile import atomic_output
 from recover.errors import IntegrityError, UsageError
 
 MAGIC = b"\x89HRCRED\n"
@@ -192,24 +193,9 @@ def save(path: str | os.PathLike[str], store: Store, master: bytes) -> Store:
     """Write ``store`` with the next generation atomically (0600); return what was saved."""
     saved = Store(store.entries, store.generation + 1)
     data = seal(saved, master)
-    path = os.fspath(path)
-    tmp = os.path.join(
-        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{secrets.token_hex(6)}"
-    )
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise UsageError(f"cannot write next to {path}: {e.strerror}") from None
-    try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with atomic_output(path) as out:
+        out.write_all(data, 0)
+        out.commit()
     return saved
 
 

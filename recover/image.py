@@ -17,7 +17,6 @@ Header parsing (``parse_header``) is pure; cryptography is imported inside funct
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import hmac
@@ -25,9 +24,10 @@ import os
 import secrets
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from recover import keys
+from recover.atomicfile import AtomicFile, atomic_output
 from recover.errors import IntegrityError, RollbackError, UsageError
 
 MAGIC = b"\x89HRIMG\r\n"
@@ -259,78 +259,12 @@ def _pread_exact(fd: int, buf: memoryview, offset: int) -> None:
         got += n
 
 
-def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(buf):
-        done += os.pwrite(fd, buf[done:], offset + done)
-
-
 def read_header(path: str | os.PathLike[str]) -> Header:
     fd = _open_read(path)
     try:
         return parse_header(os.pread(fd, HEADER_SIZE, 0))
     finally:
         os.close(fd)
-
-
-class _TempOutput:
-    """An output file invisible until ``commit``: O_TMPFILE if possible, else hidden."""
-
-    def __init__(self, dst: str, tmp_dir: str | None) -> None:
-        self.dst = dst
-        self.dir = tmp_dir or os.path.dirname(os.path.abspath(dst))
-        self.name: str | None = None
-        try:
-            self.fd = os.open(self.dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-        except OSError:
-            self.name = os.path.join(self.dir, f".{os.path.basename(dst)}.{secrets.token_hex(6)}")
-            try:
-                self.fd = os.open(
-                    self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-                )
-            except OSError as e:
-                raise UsageError(f"cannot create a file in {self.dir}: {e.strerror}") from None
-
-    def commit(self) -> None:
-        os.fsync(self.fd)
-        if self.name is None:
-            # linkat(AT_SYMLINK_FOLLOW) on the /proc magic link gives the O_TMPFILE a name;
-            # a dir_fd makes CPython call linkat rather than link().
-            name = f".{os.path.basename(self.dst)}.{secrets.token_hex(6)}"
-            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
-            finally:
-                os.close(dfd)
-            self.name = os.path.join(self.dir, name)
-        try:
-            os.replace(self.name, self.dst)
-        except OSError as e:
-            raise UsageError(
-                f"cannot move the output to {self.dst}: {e.strerror}",
-                hint="the temporary directory must be on the same file system as the output",
-            ) from None
-        self.name = None
-        dfd = os.open(os.path.dirname(os.path.abspath(self.dst)), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-        if self.name is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.name)
-
-
-@contextlib.contextmanager
-def _output(dst: str | os.PathLike[str], tmp_dir: str | None) -> Iterator[_TempOutput]:
-    out = _TempOutput(os.fspath(dst), tmp_dir)
-    try:
-        yield out
-    finally:
-        out.close()
 
 
 def default_workers() -> int:
@@ -341,11 +275,14 @@ def _run_chunks(
     header: Header,
     data_key: bytes,
     src_fd: int,
-    dst_fd: int | None,
+    out: AtomicFile | None,
     workers: int,
     progress: ProgressFn | None,
 ) -> None:
-    """Authenticate (and, with ``dst_fd``, write) every chunk; workers take i, i+N, ..."""
+    """Authenticate (and, with ``out``, write) every chunk; workers take i, i+N, ...
+
+    Every worker has stopped when this returns or raises, so the caller may close ``out``.
+    """
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -373,8 +310,8 @@ def _run_chunks(
                         f"chunk {i} of {n} failed authentication",
                         hint="the image is tampered, truncated, reordered or corrupted",
                     ) from None
-                if dst_fd is not None:
-                    _pwrite_all(dst_fd, pt[:plen], i * cs)
+                if out is not None:
+                    out.write_all(pt[:plen], i * cs)
                 done[w] += plen
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread
             failure.append(e)
@@ -383,19 +320,24 @@ def _run_chunks(
     threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(1, nworkers)]
     for t in threads:
         t.start()
-    if progress is None:
-        work(0)
-    else:
-        # The caller's thread reports progress; worker 0 runs in a thread as well.
-        t0 = threading.Thread(target=work, args=(0,), daemon=True)
-        t0.start()
-        threads.append(t0)
+    try:
+        if progress is None:
+            work(0)
+        else:
+            # The caller's thread reports progress; worker 0 runs in a thread as well.
+            t0 = threading.Thread(target=work, args=(0,), daemon=True)
+            t0.start()
+            threads.append(t0)
+            for t in threads:
+                while t.is_alive():  # bounded: each worker ends after its chunks
+                    t.join(0.2)
+                    progress(sum(done), total)
+    except BaseException:  # e.g. KeyboardInterrupt: stop the workers before fds close
+        stop.set()
+        raise
+    finally:
         for t in threads:
-            while t.is_alive():  # bounded: each worker ends after its chunks
-                t.join(0.2)
-                progress(sum(done), total)
-    for t in threads:
-        t.join()
+            t.join()
     if progress is not None and not failure:
         progress(sum(done), total)
     if failure:
@@ -457,9 +399,9 @@ def decrypt_file(
     """
     fd, header, data_key = _open_authenticated(src, key, min_version)
     try:
-        with _output(dst_path, os.fspath(tmp_dir) if tmp_dir else None) as out:
+        with atomic_output(dst_path, tmp_dir) as out:
             os.ftruncate(out.fd, header.plaintext_length)
-            _run_chunks(header, data_key, fd, out.fd, workers, progress)
+            _run_chunks(header, data_key, fd, out, workers, progress)
             out.commit()
     finally:
         os.close(fd)
@@ -506,16 +448,14 @@ def encrypt_file(
         aead = AESGCM(k.data)
         pt = memoryview(bytearray(chunk_size))
         ct = memoryview(bytearray(chunk_size + TAG_SIZE))
-        with _output(dst, None) as out:
-            os.write(out.fd, header.raw)
+        with atomic_output(dst) as out:
+            out.write_all(header.raw, 0)
             for i in range(header.chunks):
                 plen = min(chunk_size, length - i * chunk_size)
                 _pread_exact(fd, pt[:plen], i * chunk_size)
                 nonce = chunk_nonce(header.nonce_prefix, i, i == header.chunks - 1)
                 aead.encrypt_into(nonce, pt[:plen], header.raw, ct[: plen + TAG_SIZE])
-                _pwrite_all(
-                    out.fd, ct[: plen + TAG_SIZE], HEADER_SIZE + i * (chunk_size + TAG_SIZE)
-                )
+                out.write_all(ct[: plen + TAG_SIZE], HEADER_SIZE + i * (chunk_size + TAG_SIZE))
             out.commit()
     finally:
         os.close(fd)

@@ -1,0 +1,101 @@
+"""Files that appear complete or not at all: write, then ``commit`` renames into place.
+
+The data goes to an unnamed file (O_TMPFILE) in the target's directory, or, where that
+is unsupported or /proc is missing, to a hidden ``.NAME.RANDOM`` file created 0600 with
+O_EXCL. ``commit`` fsyncs, names the file, renames it over the target and fsyncs the
+directory. Leaving the ``with`` block without ``commit`` drops the data: the unnamed
+file vanishes with its descriptor, the hidden one is unlinked. Used by the recovery
+image (plaintext must not be visible before every chunk verified) and the credential
+store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+
+from recover.errors import UsageError
+
+
+def _hidden_name(dst: str) -> str:
+    return f".{os.path.basename(dst)}.{secrets.token_hex(6)}"
+
+
+def _open_dir(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+class AtomicFile:
+    """A writable descriptor ``fd`` whose data shows up at ``dst`` only on ``commit``."""
+
+    def __init__(self, dst: str | os.PathLike[str], tmp_dir: str | os.PathLike[str] | None = None):
+        self.dst = os.fspath(dst)
+        self.dir = os.fspath(tmp_dir) if tmp_dir else os.path.dirname(os.path.abspath(self.dst))
+        self.name: str | None = None  # the temporary name, while one exists
+        self.fd = -1
+        if os.path.isdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                self.fd = os.open(self.dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        if self.fd < 0:
+            self.name = os.path.join(self.dir, _hidden_name(self.dst))
+            try:
+                self.fd = os.open(
+                    self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                )
+            except OSError as e:
+                self.name = None
+                raise UsageError(f"cannot create a file in {self.dir}: {e.strerror}") from None
+
+    def write_all(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], offset + done)
+
+    def commit(self) -> None:
+        os.fsync(self.fd)
+        if self.name is None:
+            # linkat(AT_SYMLINK_FOLLOW) of the /proc magic link names the O_TMPFILE;
+            # passing a dir_fd makes CPython call linkat() rather than link().
+            name = _hidden_name(self.dst)
+            dfd = _open_dir(self.dir)
+            try:
+                os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+            finally:
+                os.close(dfd)
+            self.name = os.path.join(self.dir, name)
+        try:
+            os.replace(self.name, self.dst)
+        except OSError as e:
+            raise UsageError(
+                f"cannot move the output to {self.dst}: {e.strerror}",
+                hint="the temporary directory must be on the same file system as the output",
+            ) from None
+        self.name = None
+        dfd = _open_dir(os.path.dirname(os.path.abspath(self.dst)))
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.name)
+            self.name = None
+
+
+@contextlib.contextmanager
+def atomic_output(
+    dst: str | os.PathLike[str], tmp_dir: str | os.PathLike[str] | None = None
+) -> Iterator[AtomicFile]:
+    out = AtomicFile(dst, tmp_dir)
+    try:
+        yield out
+    finally:
+        out.close()
