@@ -36,7 +36,11 @@ def free_port_pair() -> int:
 class SwTpm:
     """One swtpm process on loopback with persistent state in ``state_dir``."""
 
-    def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, state_dir: str | os.PathLike[str] | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        """``extra_args`` are appended to swtpm's argv (e.g. ``("--log", "file=F,level=20")``)."""
+        self.extra_args = tuple(extra_args)
         self._own_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="swtpm-")).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +77,7 @@ class SwTpm:
             f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
             "--flags",
             "not-need-init,startup-clear",
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
