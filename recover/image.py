@@ -22,6 +22,7 @@ import enum
 import hmac
 import os
 import secrets
+import stat
 import struct
 import threading
 from collections.abc import Callable
@@ -240,10 +241,16 @@ def chunk_nonce(prefix: bytes, index: int, last: bool) -> bytes:
 
 
 def _open_read(path: str | os.PathLike[str]) -> int:
+    """Open a regular file or block device for reading; anything else is a usage error."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise UsageError(f"cannot open {os.fspath(path)}: {e.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        raise UsageError(f"{os.fspath(path)} is not a regular file or block device")
+    return fd
 
 
 def _size(fd: int) -> int:

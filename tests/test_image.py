@@ -235,6 +235,8 @@ def test_payload_magic_checked_on_create(tmp_path: Path) -> None:
 def test_unreadable_paths_are_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         image.read_header(tmp_path / "missing")
+    with pytest.raises(UsageError, match="not a regular file"):
+        image.read_header(tmp_path)
     with pytest.raises(UsageError):
         image.encrypt_file(tmp_path / "missing", tmp_path / "o", KEY, image_version=1)
     img, _ = _make(tmp_path, 10)
