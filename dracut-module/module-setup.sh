@@ -1,0 +1,83 @@
+#!/bin/bash
+# shellcheck disable=SC2154 # initdir, moddir, systemdsystemunitdir, hostonly: set by dracut
+# dracut 059 module "host-recover": early-boot recovery from the TPM-sealed store.
+#
+# Installs the payload (Python interpreter, sourceless bytecode, extension modules and
+# their libraries, as computed by `host-recover bundle`), the measured configuration
+# (/etc/host-recover: host-recover.conf, peers inventory, policy public key) and thin
+# hooks that run `host-recover boot` once before the root file system is mounted.
+#
+# Environment (optional):
+#   HOST_RECOVER_BUNDLE   a staging directory from `host-recover bundle --output DIR`
+#                         (default: built now into dracut's temporary directory)
+#   HOST_RECOVER_CONFDIR  configuration to bake in (default /etc/host-recover)
+
+# called by dracut
+check() {
+    # Never included by accident: only with --add host-recover (or hostonly + config).
+    [[ $hostonly ]] && [[ -e ${HOST_RECOVER_CONFDIR:-/etc/host-recover}/host-recover.conf ]] && return 0
+    return 255
+}
+
+# called by dracut
+depends() {
+    echo base fs-lib
+    return 0
+}
+
+# called by dracut
+installkernel() {
+    # TPM (built into Debian's kernels, a module elsewhere), the store and image file
+    # systems, the overlay for the writable recovery root, virtio for VMs.
+    hostonly='' instmods -o tpm_crb tpm_tis tpm_tis_core squashfs erofs overlay loop \
+        ext4 virtio_blk virtio_pci virtio_net af_packet
+}
+
+_hr_bundle() {
+    local stage=${HOST_RECOVER_BUNDLE:-}
+    if [[ -z $stage ]]; then
+        stage="$DRACUT_TMPDIR/host-recover-bundle"
+        host-recover bundle --output "$stage" > /dev/null || return 1
+    fi
+    [[ -f $stage/manifest.json ]] || {
+        derror "host-recover: $stage is not a bundle (run host-recover bundle --output DIR)"
+        return 1
+    }
+    echo "$stage"
+}
+
+# called by dracut
+install() {
+    local stage f confdir=${HOST_RECOVER_CONFDIR:-/etc/host-recover}
+    stage=$(_hr_bundle) || return 1
+
+    while read -r f; do
+        [[ $f ]] && inst_binary "$f"
+    done < "$stage/binaries.list"
+    while read -r f; do
+        [[ $f ]] && inst_library "$f"
+    done < "$stage/libraries.list"
+    # Generated files (python zip, .pyc tree, extension modules, /usr/bin/host-recover).
+    cp -a --no-preserve=ownership "$stage/root/." "$initdir/"
+
+    if [[ -d $confdir ]]; then
+        for f in "$confdir"/*; do
+            [[ -f $f ]] && inst_simple "$f" "/etc/host-recover/${f##*/}"
+        done
+    fi
+
+    inst_multiple mount umount mkdir cat sed grep head sync losetup
+    inst_multiple -o ip blkid
+    inst_simple "$moddir/host-recover-lib.sh" /lib/host-recover-lib.sh
+
+    if dracut_module_included "systemd"; then
+        inst_simple "$moddir/host-recover-systemd.sh" /usr/lib/host-recover/host-recover-systemd.sh
+        inst_simple "$moddir/host-recover.service" "$systemdsystemunitdir/host-recover.service"
+        $SYSTEMCTL -q --root "$initdir" add-wants initrd-root-fs.target host-recover.service
+    else
+        inst_hook cmdline 30 "$moddir/host-recover-cmdline.sh"
+        inst_hook pre-mount 50 "$moddir/host-recover-pre-mount.sh"
+        inst_hook initqueue/timeout 50 "$moddir/host-recover-timeout.sh"
+        inst_hook pre-pivot 99 "$moddir/host-recover-pre-pivot.sh"
+    fi
+}

@@ -1,0 +1,389 @@
+"""Build everything a QEMU boot of host-recover needs, from nothing on Debian 12 (root).
+
+kernel      ``apt-get download`` of Debian's unsigned kernel (cached in qemu-env/cache/),
+            ``dpkg -x`` + ``depmod -b`` into qemu-env/build/kernel/
+bundle      ``recover.bundle.build`` from this interpreter's environment (sys.prefix)
+initramfs   dracut 059 with our module through a ``dracutbasedir`` overlay of symlinks;
+            shell init (default) or systemd; with or without the module (size delta)
+disks       normal root and recovery root (squashfs made from host binaries: busybox,
+            openssl), the store (ext4, label HRSTORE) and a control disk (challenge and
+            what the guest does when it is up: poweroff or hold)
+
+Artefacts are rebuilt only when their inputs change (a digest in a .stamp file), so a
+test session or the demo builds once. Everything is deterministic (fixed timestamps)
+so the initramfs, and with it PCR 9, is identical across rebuilds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = HERE / "cache"
+BUILD = Path(os.environ.get("HOST_RECOVER_QEMU_BUILD", HERE / "build"))
+SOURCE_DATE_EPOCH = "1700000000"
+
+sys.path.insert(0, os.fspath(REPO))
+
+
+def sh(*argv: str | os.PathLike[str], env: dict[str, str] | None = None, quiet: bool = True) -> str:
+    """Run argv; raise with its stderr on failure."""
+    args = [os.fspath(a) for a in argv]
+    if os.environ.get("HR_DEBUG"):
+        print("+ " + " ".join(args), file=sys.stderr)
+    proc = subprocess.run(args, capture_output=quiet, text=True, env=env, timeout=1800, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {(proc.stderr or '')[-2000:]}")
+    return proc.stdout or ""
+
+
+def _digest(*parts: object) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, Path) and p.is_file():
+            h.update(p.read_bytes())
+        elif isinstance(p, Path) and p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and "__pycache__" not in f.parts:
+                    h.update(os.fspath(f.relative_to(p)).encode())
+                    h.update(f.read_bytes())
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()
+
+
+def _fresh(out: Path, digest: str) -> bool:
+    stamp = out.with_name(out.name + ".stamp")
+    return out.exists() and stamp.exists() and stamp.read_text() == digest
+
+
+def _stamp(out: Path, digest: str) -> None:
+    out.with_name(out.name + ".stamp").write_text(digest)
+
+
+# --- kernel -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    version: str
+    vmlinuz: Path
+    moddir: Path  # .../lib/modules/VERSION
+
+
+def kernel_package() -> str:
+    """The unsigned image behind Debian's linux-image-amd64 meta package."""
+    out = sh("apt-cache", "depends", "linux-image-amd64")
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Depends: linux-image-") and line.endswith("-amd64"):
+            return line.split()[1] + "-unsigned"
+    raise RuntimeError("cannot find the kernel behind linux-image-amd64 (apt-get update?)")
+
+
+def kernel() -> Kernel:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    debs = sorted(CACHE.glob("linux-image-*-amd64-unsigned_*.deb"))
+    if not debs:
+        subprocess.run(["apt-get", "download", kernel_package()], cwd=CACHE, check=True)
+        debs = sorted(CACHE.glob("linux-image-*-amd64-unsigned_*.deb"))
+    deb = debs[-1]
+    root = BUILD / "kernel"
+    if not _fresh(root, _digest(deb.name)):
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        sh("dpkg", "-x", deb, root)
+        _stamp(root, _digest(deb.name))
+    vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))[-1]
+    version = vmlinuz.name[len("vmlinuz-") :]
+    moddir = root / "lib/modules" / version
+    if not (moddir / "modules.dep").exists():
+        sh("depmod", "-b", root, version)
+    return Kernel(version, vmlinuz, moddir)
+
+
+# --- payload bundle -------------------------------------------------------------------
+
+
+def uses_standin() -> bool:
+    """True while recover/boot.py (the real payload) has not landed."""
+    return os.environ.get("HOST_RECOVER_STANDIN") == "1" or not (REPO / "recover/boot.py").exists()
+
+
+def bundle() -> Path:
+    """Staging directory of the payload (real, or the stand-in of qemu-env/)."""
+    from recover import bundle as rb
+
+    out = BUILD / "bundle"
+    digest = _digest(REPO / "recover", HERE / "standin_boot.py", sys.prefix, uses_standin())
+    if _fresh(out, digest):
+        return out
+    if uses_standin():
+        entry = ("recover.__main__", "recover.cli", "recover.log", "recover.config")
+        rb.build(out, entry=entry, scripts=[HERE / "standin_boot.py"])
+        site = out / "root" / rb.SITE_DIR
+        (site / "hr_standin.pyc").write_bytes(
+            rb._pyc_bytes(HERE / "standin_boot.py", f"/{rb.SITE_DIR}/hr_standin.py")
+        )
+        wrapper = out / "root" / rb.WRAPPER
+        text = wrapper.read_text().replace(
+            '-m recover "$@"', '-m "$([ "$1" = boot ] && echo hr_standin || echo recover)" "$@"'
+        )
+        wrapper.write_text(text)
+    else:
+        rb.build(out)
+    _stamp(out, digest)
+    return out
+
+
+# --- dracut -----------------------------------------------------------------------------
+
+
+def dracut_overlay() -> Path:
+    """A dracutbasedir whose modules.d holds the system's modules plus ours."""
+    base = Path("/usr/lib/dracut")
+    ov = BUILD / "dracut"
+    shutil.rmtree(ov, ignore_errors=True)
+    (ov / "modules.d").mkdir(parents=True)
+    for item in base.iterdir():
+        if item.name != "modules.d":
+            (ov / item.name).symlink_to(item)
+    for mod in (base / "modules.d").iterdir():
+        (ov / "modules.d" / mod.name).symlink_to(mod)
+    ours = ov / "modules.d" / "90host-recover"
+    ours.mkdir()
+    for f in [*(REPO / "dracut-module").iterdir(), *(REPO / "hooks").iterdir()]:
+        shutil.copy2(f, ours / f.name)  # copies: dracut would install a symlink's target path
+    return ov
+
+
+SHELL_MODULES = ("bash", "base", "fs-lib", "rootfs-block", "udev-rules")
+SYSTEMD_MODULES = (
+    "bash",
+    "systemd",
+    "systemd-initrd",
+    "dracut-systemd",
+    "base",
+    "fs-lib",
+    "rootfs-block",
+)
+DRIVERS = "virtio_blk virtio_pci virtio_net squashfs overlay loop ext4 erofs"
+
+
+def initramfs(
+    kern: Kernel,
+    confdir: Path,
+    *,
+    with_module: bool = True,
+    init: str = "shell",
+    name: str = "",
+) -> Path:
+    """Build (or reuse) an initramfs; returns its path."""
+    stage = bundle() if with_module else None
+    modules = list(SHELL_MODULES if init == "shell" else SYSTEMD_MODULES)
+    if with_module:
+        modules.append("host-recover")
+    out = BUILD / (name or f"initramfs-{init}-{'hr' if with_module else 'plain'}.img")
+    digest = _digest(
+        kern.version, modules, confdir, REPO / "dracut-module", REPO / "hooks", stage and stage
+    )
+    if stage is not None:
+        digest = _digest(digest, stage / "manifest.json", stage / "root")
+    if _fresh(out, digest):
+        return out
+    ov = dracut_overlay()
+    tmp = BUILD / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    empty = BUILD / "dracut-conf.d"
+    empty.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "dracutbasedir": os.fspath(ov),
+        "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH,
+        "HOST_RECOVER_CONFDIR": os.fspath(confdir),
+    }
+    if stage is not None:
+        env["HOST_RECOVER_BUNDLE"] = os.fspath(stage)
+    argv: list[str | os.PathLike[str]] = [
+        "dracut",
+        "--force",
+        "--quiet",
+        "--no-hostonly",
+        "--reproducible",
+        "--no-early-microcode",
+        "--conf",
+        "/dev/null",
+        "--confdir",
+        empty,
+        "--tmpdir",
+        tmp,
+        "--kver",
+        kern.version,
+        "-k",
+        kern.moddir,
+        "--modules",
+        " ".join(modules),
+        "--drivers",
+        DRIVERS,
+        "--compress",
+        "zstd",
+        out,
+    ]
+    if init == "shell":
+        argv[1:1] = ["--omit", "systemd systemd-initrd dracut-systemd"]
+    sh(*argv, env=env)
+    _stamp(out, digest)
+    return out
+
+
+# --- disks ------------------------------------------------------------------------------
+
+GUEST_TOOLS = ("busybox", "openssl")
+APPLETS = (
+    "sh mount umount cat dd tr sed grep cut ls mkdir sleep poweroff echo head printf wc sync reboot"
+).split()
+
+
+def _rootfs_tree(tree: Path, init_script: Path) -> None:
+    """A tiny root made from host binaries (busybox + openssl and their libraries)."""
+    from recover.bundle import elf_closure
+
+    shutil.rmtree(tree, ignore_errors=True)
+    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "usr/lib", "lib64"):
+        (tree / d).mkdir(parents=True, exist_ok=True)
+    (tree / "lib").symlink_to("usr/lib")
+    bins = [Path(shutil.which(t) or t).resolve() for t in GUEST_TOOLS]
+    libs, missing = elf_closure(bins)
+    if missing:
+        raise RuntimeError(f"missing libraries for the guest root: {missing}")
+    for b in bins:
+        shutil.copy2(b, tree / "bin" / b.name)
+    for lib in libs:
+        rel = Path(os.fspath(lib).replace("/lib/", "/usr/lib/", 1)).relative_to("/")
+        if os.fspath(lib).startswith("/lib64/"):
+            rel = Path(os.fspath(lib)[1:])
+        dest = tree / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(lib.resolve(), dest)
+    for a in APPLETS:
+        (tree / "bin" / a).symlink_to("busybox")
+    (tree / "etc/os-release").write_text('ID=host-recover-test\nNAME="host-recover test root"\n')
+    (tree / "etc/ssl").mkdir(parents=True)
+    (tree / "etc/ssl/openssl.cnf").write_text("# empty\n")
+    shutil.copy2(init_script, tree / "sbin/init")
+    (tree / "sbin/init").chmod(0o755)
+
+
+def squashfs(tree: Path, out: Path) -> Path:
+    sh(
+        "mksquashfs",
+        tree,
+        out,
+        "-noappend",
+        "-all-root",
+        "-mkfs-time",
+        SOURCE_DATE_EPOCH,
+        "-all-time",
+        SOURCE_DATE_EPOCH,
+        "-quiet",
+        "-no-progress",
+        "-comp",
+        "zstd",
+    )
+    return out
+
+
+def root_images() -> tuple[Path, Path]:
+    """(normal root, plain recovery root) squashfs images."""
+    outs = []
+    for kind in ("normal", "recovery"):
+        init = HERE / f"guest-{kind}-init.sh"
+        out = BUILD / f"{kind}-root.squashfs"
+        digest = _digest(init, GUEST_TOOLS, APPLETS)
+        if not _fresh(out, digest):
+            tree = BUILD / f"{kind}-root"
+            _rootfs_tree(tree, init)
+            squashfs(tree, out)
+            _stamp(out, digest)
+        outs.append(out)
+    return outs[0], outs[1]
+
+
+def store_disk(out: Path, files: dict[str, Path | bytes], size_mb: int = 96) -> Path:
+    """ext4 labelled HRSTORE holding ``files`` (name → source file or bytes)."""
+    tree = out.with_suffix(".d")
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    for name, src in files.items():
+        dest = tree / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(src, bytes):
+            dest.write_bytes(src)
+        else:
+            shutil.copyfile(src, dest)
+    out.unlink(missing_ok=True)
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": SOURCE_DATE_EPOCH}
+    sh("mkfs.ext4", "-q", "-F", "-L", "HRSTORE", "-d", tree, out, f"{size_mb}M", env=env)
+    shutil.rmtree(tree)
+    return out
+
+
+def control_disk(out: Path, action: str, challenge: str) -> Path:
+    """The guest reads this raw disk (/dev/vdc): what to do once up, and a challenge."""
+    data = f"action={action}\nchallenge={challenge}\n".encode()
+    out.write_bytes(data.ljust(4096, b"\0"))
+    return out
+
+
+def default_confdir() -> Path:
+    """The configuration baked into the test initramfs (store on the HRSTORE disk)."""
+    conf = BUILD / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    text = (
+        "[store]\n"
+        "device = /dev/disk/by-label/HRSTORE\n"
+        "image = recovery.hri\n"
+        "credentials = credentials.hrc\n"
+        "[boot]\n"
+        "on_error = boot-normal\n"
+    )
+    path = conf / "host-recover.conf"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return conf
+
+
+@dataclasses.dataclass(frozen=True)
+class Artefacts:
+    kernel: Kernel
+    initramfs: Path
+    normal_root: Path
+    recovery_root: Path
+    standin: bool
+
+
+def build_all(confdir: Path | None = None, init: str = "shell") -> Artefacts:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    kern = kernel()
+    img = initramfs(kern, confdir or default_confdir(), init=init)
+    normal, recovery = root_images()
+    return Artefacts(kern, img, normal, recovery, uses_standin())
+
+
+def main(argv: Sequence[str]) -> int:
+    art = build_all()
+    print(json.dumps(dataclasses.asdict(art), indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
