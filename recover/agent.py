@@ -157,6 +157,7 @@ class Server:
         self.limits = limits
         self.active = 0
         self.served = 0
+        self.answered: set[str] = set()  # requesters that got a status
         self.server: asyncio.Server | None = None
 
     @property
@@ -189,8 +190,12 @@ class Server:
         if method != "POST" or path != PATH:
             return 404, _error("not-found", f"only POST {PATH}")
         if self.responder.attestor.inline:
-            return self.responder.handle(body)
-        return await asyncio.to_thread(self.responder.handle, body)
+            code, reply = self.responder.handle(body)
+        else:
+            code, reply = await asyncio.to_thread(self.responder.handle, body)
+        if code == 200:
+            self.answered.add(json.loads(body)["requester"])
+        return code, reply
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

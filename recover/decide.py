@@ -114,13 +114,14 @@ def run(
         if serve and domain:
             status = agent.StatusSource(me, entry.failure_domain if entry else "", "boot", ev)
             with agent.serve_in_background(cfg, attestor, status, inventory=inv) as srv:
-                t0 = time.monotonic()
                 peers = ask()
-                # Peers still asking us: answer a little longer (one request timeout).
-                linger = cfg.peers_timeout - (time.monotonic() - t0)
-                if peers.stopped_early and linger > 0:
-                    time.sleep(linger)
-                log.info("answered %d peer requests", srv.served)
+                # Peers that booted later may still be asking us: answer a little longer,
+                # until every peer of the domain got its answer (at most one timeout).
+                ids = {p.id for p in domain}
+                until = time.monotonic() + cfg.peers_timeout
+                while not ids <= srv.answered and time.monotonic() < until:
+                    time.sleep(0.02)
+                log.info("answered %d of %d peers", len(ids & srv.answered), len(ids))
         else:
             peers = ask()
         log.info(

@@ -42,6 +42,7 @@ NONCE_SIZE = 32
 REQUEST_CONTEXT = b"host-recover/v1/request"
 CLOCK_SLACK_MS = 60_000  # the status's clock is read just before the quote is signed
 MAX_INFLIGHT = 64
+MAX_ATTEMPTS = 200  # per peer and query; refused connections retry until the deadline
 
 PcrValues = Mapping[str, Mapping[int, bytes]]
 
@@ -61,11 +62,14 @@ class Outcome(enum.StrEnum):
 
 
 class Rejected(Exception):
-    def __init__(self, outcome: Outcome, reason: str, http_status: int = 400) -> None:
+    def __init__(
+        self, outcome: Outcome, reason: str, http_status: int = 400, free_retry: bool = False
+    ) -> None:
         super().__init__(reason)
         self.outcome = outcome
         self.reason = reason
         self.http_status = http_status  # what a server answers for this problem
+        self.free_retry = free_retry  # retry until the deadline without counting it
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -411,6 +415,8 @@ async def _ask(
         code, data = await http_post(peer.host, peer.port, body, timeout)
     except TimeoutError:
         raise Rejected(Outcome.TIMEOUT, f"no answer within {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise Rejected(Outcome.UNREACHABLE, "connection refused", free_retry=True) from None
     except OSError as e:
         raise Rejected(Outcome.UNREACHABLE, e.strerror or str(e)) from None
     try:
@@ -442,11 +448,9 @@ async def _query_peer(
 
     loop = asyncio.get_running_loop()
     last = Rejected(Outcome.TIMEOUT, "deadline reached before asking")
-    attempt = 0
-    for attempt in range(1, retries + 2):
-        left = end - loop.time()
-        if left <= 0.001:
-            break
+    attempt = failures = 0
+    while attempt < MAX_ATTEMPTS:
+        attempt += 1
         async with sem:
             t0 = loop.time()
             if end - t0 <= 0.001:
@@ -459,7 +463,14 @@ async def _query_peer(
                 last = e
         if last.outcome not in _RETRYABLE:
             break
-        await asyncio.sleep(min(0.05 * 2 ** (attempt - 1), 0.5, max(0.0, end - loop.time())))
+        if not last.free_retry:  # refused connections are free: the peer may be booting
+            failures += 1
+            if failures > retries:
+                break
+        left = end - loop.time()
+        if left <= 0.001:
+            break
+        await asyncio.sleep(min(0.05 * 2 ** min(attempt - 1, 4), 0.5, left))
     return PeerResult(peer.id, last.outcome, last.reason, None, None, attempt)
 
 

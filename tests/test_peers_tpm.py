@@ -1,0 +1,260 @@
+"""Peers backed by real swtpms: `host-recover agent` processes answer this host's
+decide.run (which serves meanwhile), in the combinations a fleet meets."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from peersim import new_key, pub_pem
+from swtpm import SwTpm, free_port_pair
+
+from recover import config, decide
+from recover.inventory import pcrs_to_json
+from recover.peers import Outcome
+
+pytestmark = [pytest.mark.tpm, pytest.mark.integration]
+
+AK = 0x81010002
+COUNTER = 0x01500011
+SELECTION = "sha256:0,2,4,7,9"
+NAMES = ("self", "p1", "p2", "p3")
+
+
+class Host:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = root
+        self.tpm = SwTpm(root / f"tpm-{name}").start()
+        self.port = free_port_pair()
+        self.agent: subprocess.Popen[str] | None = None
+        from recover.tpm import Tpm
+
+        with Tpm.open(self.tpm.tcti) as t:
+            t.ensure_counter(COUNTER, orderly=True)
+            self.ak_pub = t.ensure_ak(AK).decode()
+            self.pcrs = t.pcr_read(SELECTION)
+
+    def entry(self, ak_pub: str | None = None) -> dict:
+        return {
+            "id": self.name,
+            "address": f"127.0.0.1:{self.port}",
+            "failure_domain": "rack-1",
+            "ak_pub": ak_pub or self.ak_pub,
+            "pcrs": pcrs_to_json(self.pcrs),
+        }
+
+    def write_config(self, host_id: str | None = None) -> Path:
+        path = self.root / f"{self.name}.conf"
+        path.write_text(
+            f"[tpm]\ntcti = {self.tpm.tcti}\norderly_nv = {COUNTER:#x}\npcrs = {SELECTION}\n"
+            f"[peers]\nhost_id = {host_id or self.name}\ninventory = {self.root}/peers.json\n"
+            f"listen = 127.0.0.1:{self.port}\ndeadline = 3\ntimeout = 1\nretries = 1\n"
+        )
+        return path
+
+    def extend_pcr9(self) -> None:
+        from recover.tpm import Tpm
+
+        with Tpm.open(self.tpm.tcti) as t:
+            t.pcr_extend(9, b"unexpected")
+
+    def start_agent(self, host_id: str | None = None) -> None:
+        cfgfile = self.write_config(host_id)
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "recover", "--config", str(cfgfile), "agent"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.agent.poll() is not None:
+                raise RuntimeError(f"agent {self.name} exited: {self.agent.stderr.read()}")  # type: ignore[union-attr]
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"agent {self.name} did not listen")
+
+    def stop_agent(self) -> None:
+        if self.agent is not None:
+            self.agent.terminate()  # by PID: SIGTERM, the agent stops cleanly
+            try:
+                self.agent.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait(timeout=5)
+            if self.agent.stderr:
+                self.agent.stderr.close()
+            self.agent = None
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[dict[str, Host]]:
+    hosts: dict[str, Host] = {}
+    try:
+        for n in NAMES:
+            hosts[n] = Host(n, tmp_path)
+        yield hosts
+    finally:
+        for h in hosts.values():
+            h.stop_agent()
+            h.tpm.kill()
+
+
+def write_inventory(hosts: dict[str, Host], **override: dict) -> None:
+    entries = [override.get(n, h.entry()) for n, h in hosts.items()]
+    (next(iter(hosts.values())).root / "peers.json").write_text(
+        json.dumps({"version": 1, "peers": entries})
+    )
+
+
+def boot(hosts: dict[str, Host], cut: set[str]) -> None:
+    """Power-cut the hosts in ``cut``, reboot the others orderly."""
+    for n, h in hosts.items():
+        if n in cut:
+            h.tpm.power_cut_and_restart()
+        else:
+            h.tpm.reboot_orderly()
+
+
+def run_self(hosts: dict[str, Host], **changes: Any) -> decide.Decision:
+    from recover.tpm import Tpm
+
+    me = hosts["self"]
+    cfg = config.load(me.write_config(), env={})
+    cfg = cfg.replace(peers_listen="127.0.0.1:0", **changes)
+    with Tpm.open(me.tpm.tcti) as t:
+        return decide.run(cfg, t, serve=True, pstore_dir=str(me.root / "pstore"))
+
+
+def outcomes(d: decide.Decision) -> dict[str, Outcome]:
+    assert d.peers is not None
+    return {r.peer_id: r.outcome for r in d.peers.results}
+
+
+def test_power_outage_majority_abnormal(fleet: dict[str, Host]) -> None:
+    boot(fleet, cut=set(NAMES))
+    write_inventory(fleet)
+    for n in ("p1", "p2", "p3"):
+        fleet[n].start_agent()
+    d = run_self(fleet)
+    assert d.evidence.summary == "abnormal"
+    assert str(d.verdict.kind) == "correlated-failure" and str(d.verdict.action) == "recover"
+    verified = [r for r in d.peers.results if r.outcome is Outcome.VERIFIED]  # type: ignore[union-attr]
+    assert len(verified) >= 2  # quorum 50% of 3 = 2; the third may be skipped
+    st = verified[0].status
+    assert st is not None and st.summary == "abnormal" and st.orderly is False
+    assert st.since_reset_source == "tpm" and st.since_reset_s < 60
+
+
+def test_only_this_host_abnormal(fleet: dict[str, Host]) -> None:
+    boot(fleet, cut={"self"})
+    write_inventory(fleet)
+    for n in ("p1", "p2", "p3"):
+        fleet[n].start_agent()
+    d = run_self(fleet)
+    assert str(d.verdict.kind) == "isolated-failure", d.verdict.reasons
+    assert str(d.verdict.action) == "normal"
+    assert set(outcomes(d).values()) <= {Outcome.VERIFIED, Outcome.SKIPPED}
+
+
+def test_all_clean_cli(fleet: dict[str, Host]) -> None:
+    boot(fleet, cut=set())
+    write_inventory(fleet)
+    out = subprocess.run(
+        [sys.executable, "-m", "recover", "--config", str(fleet["self"].write_config()),
+         "decide", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["verdict"]["kind"] == "clean" and data["peers"] is None
+
+
+def test_peers_down_exit_6(fleet: dict[str, Host]) -> None:
+    boot(fleet, cut={"self"})
+    write_inventory(fleet)
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "recover", "--config", str(fleet["self"].write_config()),
+         "decide", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    assert out.returncode == 6, out.stderr
+    data = json.loads(out.stdout)
+    assert data["verdict"]["kind"] == "undetermined"
+    assert {r["outcome"] for r in data["peers"]["results"]} == {"unreachable"}
+    assert "no peer could be verified" in out.stderr
+    assert took < 3 + 8  # the 3 s deadline plus interpreter and TPM start
+
+
+def test_forged_unexpected_pcrs_and_unknown_host(fleet: dict[str, Host]) -> None:
+    boot(fleet, cut=set(NAMES))
+    fleet["p2"].extend_pcr9()
+    write_inventory(fleet, p1=fleet["p1"].entry(ak_pub=pub_pem(new_key())))
+    fleet["p1"].start_agent()
+    fleet["p2"].start_agent()
+    fleet["p3"].start_agent(host_id="stranger")
+    d = run_self(fleet, verdict_quorum="1")  # one answer could still decide: all are asked
+    got = outcomes(d)
+    assert got == {
+        "p1": Outcome.FORGED,
+        "p2": Outcome.UNEXPECTED_PCRS,
+        "p3": Outcome.UNKNOWN_HOST,
+    }, d.peers
+    assert str(d.verdict.kind) == "undetermined" and d.peers_unavailable
+
+
+def test_requester_with_unexpected_pcrs_is_refused(fleet: dict[str, Host]) -> None:
+    boot(fleet, cut=set(NAMES))
+    write_inventory(fleet)
+    fleet["self"].extend_pcr9()  # after the inventory: this host booted something else
+    for n in ("p1", "p2", "p3"):
+        fleet[n].start_agent()
+    d = run_self(fleet, verdict_quorum="1")
+    assert set(outcomes(d).values()) == {Outcome.REFUSED}
+    assert all("PCR" in r.reason for r in d.peers.results)  # type: ignore[union-attr]
+
+
+def test_hosts_booting_together_find_each_other(fleet: dict[str, Host]) -> None:
+    """Two payloads, each serving while asking, started 0.5 s apart, decide together."""
+    from recover.tpm import Tpm
+
+    boot(fleet, cut=set(NAMES))
+    pair = {n: fleet[n] for n in ("self", "p1")}
+    write_inventory(pair)
+    results: dict[str, Any] = {}
+
+    def payload(name: str, delay: float) -> None:
+        time.sleep(delay)
+        h = fleet[name]
+        cfg = config.load(h.write_config(), env={})
+        with Tpm.open(h.tpm.tcti) as t:
+            results[name] = decide.run(cfg, t, serve=True, pstore_dir=str(h.root / "x"))
+
+    threads = [
+        threading.Thread(target=payload, args=("self", 0.0)),
+        threading.Thread(target=payload, args=("p1", 0.5)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for name in ("self", "p1"):
+        d = results[name]
+        assert str(d.verdict.kind) == "correlated-failure", (name, d.verdict.reasons)
+        assert d.peers.verified == 1
