@@ -90,7 +90,7 @@ def cmd_sign(args: argparse.Namespace, cfg: Any) -> int:
         raise UsageError("--policy-version must be >= 0")
     try:
         signed = sign_policy(private, selection, values, cfg.tpm_lock_pcr, version)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise UsageError(f"cannot sign with {args.key}: {e}") from None
     signed.save(output)
     log.info(

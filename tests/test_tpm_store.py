@@ -102,6 +102,25 @@ def test_lock_pcr_blocks_a_second_unseal(tpm: Tpm) -> None:
         _unseal(tpm, policy="pcr")
 
 
+def test_pcr_changed_between_policy_and_unseal_is_retried(tpm: Tpm, monkeypatch) -> None:
+    """A real concurrent extend after PolicyPCR makes the TPM answer 0x128; we retry."""
+    _seal(tpm)
+    real, calls = tpm.ectx.unseal, []
+
+    def unseal_after_concurrent_extend(*args, **kw):  # noqa: ANN202
+        calls.append(1)
+        if len(calls) == 1:
+            tpm.pcr_extend(10, b"another process measures something")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tpm.ectx, "unseal", unseal_after_concurrent_extend)
+    assert _unseal(tpm, policy="pcr") == SECRET
+    assert len(calls) == 2
+    calls.clear()
+    with pytest.raises(PolicyMismatch, match="kept changing"):
+        _unseal(tpm, policy="pcr", retries=0)
+
+
 def test_missing_objects_are_tpm_unavailable(tpm: Tpm) -> None:
     with pytest.raises(TpmUnavailable, match="does not exist"):
         tpm.unseal_master(

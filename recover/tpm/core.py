@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 from recover.errors import PolicyMismatch, TpmError, TpmUnavailable, UsageError
 from recover.pcrsel import HASH_SIZES, format_selection, parse_selection
@@ -94,7 +94,7 @@ class TpmCore:
     # --- connection -----------------------------------------------------------------
 
     @classmethod
-    def open(cls, tcti: str, timeout: float = 30):  # type: ignore[no-untyped-def]
+    def open(cls, tcti: str, timeout: float = 30) -> Self:
         """Connect to the TPM behind ``tcti``, waiting up to ``timeout`` s for a device."""
         os.environ.setdefault("TSS2_LOG", "all+none")
         from tpm2_pytss import ESAPI, TSS2_Exception
@@ -130,7 +130,7 @@ class TpmCore:
                 self.ectx.close()
             self.ectx = None
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,8 +154,8 @@ class TpmCore:
         try:
             return self.ectx.tr_from_tpmpublic(handle)
         except TSS2_Exception as e:
-            rc, err = tss_error(e)
-            if err in (RC_HANDLE, RC_NV_RANGE) or rc & 0xFF0000 != TCTI_LAYER:
+            _, err = tss_error(e)
+            if err in (RC_HANDLE, RC_NV_RANGE):
                 raise TpmUnavailable(
                     f"{what} 0x{handle:08x} does not exist in the TPM",
                     hint="run `host-recover provision` first",
