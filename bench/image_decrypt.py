@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,15 +34,20 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 SECTION = "## Image decryption"
 
 
-def median_time(fn: Callable[[], object], repeat: int, cleanup: Callable[[], None]) -> float:
-    times = []
-    for _ in range(repeat):
-        cleanup()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+def interleaved(
+    contenders: dict[str, Callable[[], object]], rounds: int, cleanup: Callable[[], None]
+) -> dict[str, list[float]]:
+    """Time every contender once per round, in turn, so load from other processes on
+    this shared machine hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            cleanup()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
     cleanup()
-    return statistics.median(times)
+    return times
 
 
 def openssl_speed(seconds: int) -> float:
@@ -109,7 +115,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--chunk-size", type=int, default=image.DEFAULT_CHUNK)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--openssl-seconds", type=int, default=3)
     ap.add_argument("--write-docs", action="store_true", help=f"update {SECTION!r} in {DOC}")
     args = ap.parse_args()
@@ -136,19 +142,21 @@ def main() -> int:
             raise SystemExit("decrypted output differs from the plaintext")
         rm()
 
-        cp_s = median_time(
-            lambda: subprocess.run(["cp", str(img), str(cpout)], check=True), args.repeat, rm
-        )
-        dec = {
-            w: median_time(
-                lambda w=w: image.decrypt_file(img, out, KEY, workers=w), args.repeat, rm
+        contenders: dict[str, Callable[[], object]] = {
+            "cp container → tmpfs (baseline)": partial(
+                subprocess.run, ["cp", str(img), str(cpout)], check=True
             )
-            for w in sorted({1, nworkers})
         }
-        ver = {
-            w: median_time(lambda w=w: image.verify_file(img, KEY, workers=w), args.repeat, rm)
-            for w in sorted({1, nworkers})
-        }
+        for w in sorted({1, nworkers}):
+            contenders[f"decrypt_file, {w} worker(s)"] = partial(
+                image.decrypt_file, img, out, KEY, workers=w
+            )
+        for w in sorted({1, nworkers}):
+            contenders[f"verify_file (no output), {w} worker(s)"] = partial(
+                image.verify_file, img, KEY, workers=w
+            )
+        load = os.getloadavg()[0]
+        times = interleaved(contenders, args.repeat, rm)
         gcm16 = gcm_in_memory(16384, args.openssl_seconds, total=16384)  # cache-hot, as openssl
         gcm1m = gcm_in_memory(1 << 20, args.openssl_seconds)
         ossl = openssl_speed(args.openssl_seconds)
@@ -161,23 +169,28 @@ def main() -> int:
     cmd = "/tmp/venv/bin/python bench/image_decrypt.py " + (
         f"--size-mib {args.size_mib} --repeat {args.repeat} --write-docs"
     )
-    rows = [
-        ("cp container → tmpfs (baseline)", cp_s, 1.0),
-        *[(f"decrypt_file, {w} worker(s)", s, cp_s / s) for w, s in dec.items()],
-        *[(f"verify_file (no output), {w} worker(s)", s, cp_s / s) for w, s in ver.items()],
-    ]
+    med = {n: statistics.median(t) for n, t in times.items()}
+    best = {n: min(t) for n, t in times.items()}
+    cp_name = next(iter(times))
+    goal_name = f"decrypt_file, {nworkers} worker(s)"
+    goal_med, goal_best = med[cp_name] / med[goal_name], best[cp_name] / best[goal_name]
     lines = [
         SECTION,
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this machine "
         f"({os.cpu_count()} cores), image {args.size_mib} MiB, chunk {args.chunk_size} bytes, "
-        f"tmpfs → tmpfs, median of {args.repeat} runs after one warm-up. Reproduce:",
+        f"tmpfs → tmpfs, {args.repeat} interleaved rounds after one warm-up, load average "
+        f"{load:.2f} at the start (the machine is shared). Reproduce:",
         "",
         f"    {cmd}",
         "",
-        "| operation | seconds | GB/s | speed vs cp |",
-        "|---|---|---|---|",
-        *[f"| {n} | {s:.3f} | {gbs(s):.2f} | {r:.2f}x |" for n, s, r in rows],
+        "| operation | median s | GB/s | vs cp (median) | best s | vs cp (best) |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {n} | {med[n]:.3f} | {gbs(med[n]):.2f} | {med[cp_name] / med[n]:.2f}x "
+            f"| {best[n]:.3f} | {best[cp_name] / best[n]:.2f}x |"
+            for n in times
+        ],
         "",
         "| in-memory AES-256-GCM | GB/s | vs openssl |",
         "|---|---|---|",
@@ -188,8 +201,14 @@ def main() -> int:
         f"| AESGCM.decrypt_into, 1 MiB chunks over 256 MiB of RAM (1 thread) | {gcm1m / 1e9:.2f} "
         f"| {gcm1m / ossl:.2f}x |",
         "",
+        "The first write to never-touched memory in this VM is 2-4x slower (the host "
+        "allocates guest pages); the warm-up round absorbs that for every contender alike. "
+        "`cp` is single-threaded in-kernel copying; decryption with N workers needs N idle "
+        "cores, so the ratio drops when other jobs load the machine (see the load average).",
+        "",
         f"Goal: decrypt + verify >= 0.9x of `cp` into tmpfs. Result with {nworkers} workers: "
-        f"{cp_s / dec[nworkers]:.2f}x ({'met' if cp_s / dec[nworkers] >= 0.9 else 'NOT met'}).",
+        f"{goal_med:.2f}x median, {goal_best:.2f}x best "
+        f"({'met' if goal_med >= 0.9 else 'NOT met'} on the median).",
         "",
     ]
     section = "\n".join(lines)
