@@ -215,9 +215,12 @@ class SealOps(TpmCore):
                         ) from None
                     with translate("PolicyAuthorize"):
                         raise
-            # Response encryption on; the session ends with this command on success.
+            # Response encryption only (Unseal has no command parameter to encrypt);
+            # continueSession cleared: the session ends with this command on success.
             self.ectx.trsess_set_attributes(
-                session, TPMA_SESSION.ENCRYPT, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT
+                session,
+                TPMA_SESSION.ENCRYPT,
+                TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT,
             )
             with translate("unsealing the master secret"):
                 data = self.ectx.unseal(sealed, session1=session)
