@@ -48,24 +48,36 @@ class AtomicFile:
                 self.name = None
                 raise UsageError(f"cannot create a file in {self.dir}: {e.strerror}") from None
 
+    def _failed(self, e: OSError) -> UsageError:
+        return UsageError(
+            f"cannot write {self.dst}: {e.strerror}",
+            hint="is there enough space (a tmpfs must be sized for the whole file)?",
+        )
+
     def write_all(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
         done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], offset + done)
+        try:
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], offset + done)
+        except OSError as e:
+            raise self._failed(e) from None
 
     def commit(self) -> None:
-        os.fsync(self.fd)
-        if self.name is None:
-            # linkat(AT_SYMLINK_FOLLOW) of the /proc magic link names the O_TMPFILE;
-            # passing a dir_fd makes CPython call linkat() rather than link().
-            name = _hidden_name(self.dst)
-            dfd = _open_dir(self.dir)
-            try:
-                os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
-            finally:
-                os.close(dfd)
-            self.name = os.path.join(self.dir, name)
+        try:
+            os.fsync(self.fd)
+            if self.name is None:
+                # linkat(AT_SYMLINK_FOLLOW) of the /proc magic link names the O_TMPFILE;
+                # passing a dir_fd makes CPython call linkat() rather than link().
+                name = _hidden_name(self.dst)
+                dfd = _open_dir(self.dir)
+                try:
+                    os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+                finally:
+                    os.close(dfd)
+                self.name = os.path.join(self.dir, name)
+        except OSError as e:
+            raise self._failed(e) from None
         try:
             os.replace(self.name, self.dst)
         except OSError as e:

@@ -260,7 +260,10 @@ def _size(fd: int) -> int:
 def _pread_exact(fd: int, buf: memoryview, offset: int) -> None:
     got = 0
     while got < len(buf):
-        n = os.preadv(fd, [buf[got:]], offset + got)
+        try:
+            n = os.preadv(fd, [buf[got:]], offset + got)
+        except OSError as e:
+            raise UsageError(f"read error at offset {offset}: {e.strerror}") from None
         if n <= 0:
             raise IntegrityError("image truncated while reading")
         got += n
