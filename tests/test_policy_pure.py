@@ -13,6 +13,8 @@ import struct
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recover.errors import IntegrityError, PolicyMismatch
 from recover.tpm import attest, verify_quote
@@ -223,3 +225,42 @@ def test_attest_module_is_pure() -> None:
         "assert 'cryptography' not in sys.modules, 'cryptography imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+_FUZZ_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pcrs=st.sets(st.integers(0, 23), min_size=1, max_size=8),
+    nonce=st.binary(max_size=64),
+    flip=st.integers(min_value=0),
+    data=st.data(),
+)
+def test_verify_quote_fuzz(pcrs: set[int], nonce: bytes, flip: int, data) -> None:
+    """Signed but mangled quotes only ever raise IntegrityError (peer data is untrusted)."""
+    values = {"sha256": {p: bytes([p]) * 32 for p in pcrs}}
+    selection = "sha256:" + ",".join(str(p) for p in sorted(pcrs))
+    att = attest.make_attest(
+        qualified_signer=b"\x00\x0b" + bytes(32), extra_data=nonce,
+        selection=selection, pcr_values=values,
+    )  # fmt: skip
+    pub = _pub(_FUZZ_KEY)
+    ok = verify_quote(
+        pub, att, _FUZZ_KEY.sign(att, ec.ECDSA(hashes.SHA256())),
+        qualifying_data=nonce, pcr_values=values,
+    )  # fmt: skip
+    assert ok.pcr_selection == selection
+    mangled = bytearray(att)
+    if data.draw(st.booleans()):
+        mangled[flip % len(att)] ^= 1 + flip % 255
+    else:
+        del mangled[flip % len(att) :]
+    mangled_b = bytes(mangled)
+    try:
+        verify_quote(
+            pub, mangled_b, _FUZZ_KEY.sign(mangled_b, ec.ECDSA(hashes.SHA256())),
+            qualifying_data=nonce, pcr_values=values,
+        )  # fmt: skip
+    except IntegrityError:
+        pass
