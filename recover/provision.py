@@ -159,10 +159,16 @@ def cmd_provision(args: argparse.Namespace, cfg: Any) -> int:
                 force=args.force,
             )
             report["secret"] = "replaced" if sealed else "sealed"
-            if args.export_image_key:
-                write_atomic(args.export_image_key, image_root_key(secret), mode=0o600)
-            if args.export_master:
-                write_atomic(args.export_master, secret, mode=0o600)
+            for path, data in ((args.export_image_key, image_root_key), (args.export_master, None)):
+                if not path:
+                    continue
+                try:
+                    write_atomic(path, data(secret) if data else secret, mode=0o600)
+                except OSError as e:
+                    raise UsageError(
+                        f"the secret is sealed, but writing {path} failed: {e.strerror}",
+                        hint="fix the path and run provision again with --force",
+                    ) from None
         counters = {
             "orderly_nv": (cfg.tpm_orderly_nv, True),
             "rollback_nv": (cfg.tpm_rollback_nv, False),
