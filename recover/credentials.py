@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -201,12 +200,34 @@ def save(path: str | os.PathLike[str], store: Store, master: bytes) -> Store:
 
 def fs_type(fd: int) -> int:
     """statfs(2) f_type of the file system holding ``fd`` (Linux; f_type is the 1st word)."""
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
     if libc.fstatfs(fd, buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
+
+
+def fs_type_name_from_mountinfo(fd: int, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The file system type of ``fd``'s mount by its device number (no ctypes needed)."""
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    with open(mountinfo, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == dev and " - " in line:
+                return line.split(" - ", 1)[1].split()[0]
+    return ""
+
+
+def on_memory_fs(fd: int) -> bool:
+    """True if ``fd`` is on tmpfs or ramfs: statfs f_type, else /proc/self/mountinfo."""
+    try:
+        return fs_type(fd) in (TMPFS_MAGIC, RAMFS_MAGIC)
+    except (ImportError, OSError, AttributeError):
+        return fs_type_name_from_mountinfo(fd) in ("tmpfs", "ramfs")
 
 
 def write_to_dir(
@@ -225,7 +246,7 @@ def write_to_dir(
     except OSError as e:
         raise UsageError(f"cannot open credential directory {directory}: {e.strerror}") from None
     try:
-        if not allow_non_tmpfs and fs_type(dfd) not in (TMPFS_MAGIC, RAMFS_MAGIC):
+        if not allow_non_tmpfs and not on_memory_fs(dfd):
             raise UsageError(
                 f"{directory} is not on tmpfs or ramfs: refusing to write credentials to disk",
                 hint="mount a tmpfs there first",

@@ -103,7 +103,7 @@ def test_decoder_raises_only_integrity_error(data: bytes) -> None:
 def test_write_to_dir_refuses_non_tmpfs(tmp_path: Path) -> None:
     fd = os.open(tmp_path, os.O_RDONLY)
     try:
-        on_tmpfs = creds.fs_type(fd) in (creds.TMPFS_MAGIC, creds.RAMFS_MAGIC)
+        on_tmpfs = creds.on_memory_fs(fd)
     finally:
         os.close(fd)
     if on_tmpfs:
@@ -120,6 +120,7 @@ def test_write_to_dir_on_tmpfs(tmp_path: Path) -> None:
     fd = os.open(base, os.O_RDONLY)
     try:
         assert creds.fs_type(fd) == creds.TMPFS_MAGIC
+        assert creds.fs_type_name_from_mountinfo(fd) == "tmpfs"
     finally:
         os.close(fd)
     target = base / f"hr-creds-test-{os.getpid()}"
@@ -176,3 +177,17 @@ def test_cli(tmp_path: Path) -> None:
     (tmp_path / "creds.hrc").unlink()
     r = _cli(tmp_path, "list", *k)
     assert r.returncode == 2 and b"no credential store" in r.stderr
+
+
+def test_mountinfo_fallback_agrees_with_statfs(tmp_path: Path) -> None:
+    for path in ("/proc", "/", "/dev/shm", str(tmp_path)):
+        if not os.path.isdir(path):
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            name = creds.fs_type_name_from_mountinfo(fd)
+            memory = creds.fs_type(fd) in (creds.TMPFS_MAGIC, creds.RAMFS_MAGIC)
+        finally:
+            os.close(fd)
+        assert name, path
+        assert (name in ("tmpfs", "ramfs")) == memory, (path, name)
