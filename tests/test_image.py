@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from recover import image
 from recover.errors import IntegrityError, RollbackError, UsageError
@@ -273,3 +275,31 @@ def test_full_target_is_a_usage_error_and_leaves_nothing(tmp_path: Path, small_t
         image.decrypt_file(img, small_tmpfs / "root.img", KEY, workers=2)
     assert list(small_tmpfs.iterdir()) == []
     assert os.statvfs(small_tmpfs).f_bfree == os.statvfs(small_tmpfs).f_blocks
+
+
+_SMALL_SRC = os.urandom(3 * 512 + 100)
+
+
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    d = tmp_path_factory.mktemp("small")
+    (d / "p").write_bytes(_SMALL_SRC)
+    image.encrypt_file(d / "p", d / "i", KEY, image_version=1, payload_type="raw", chunk_size=512)
+    return (d / "i").read_bytes()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_byte_change_anywhere_is_detected(
+    small_image: bytes, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    pos = data.draw(st.integers(0, len(small_image) - 1))
+    mask = data.draw(st.integers(1, 255))
+    bad = bytearray(small_image)
+    bad[pos] ^= mask
+    path = tmp_path_factory.mktemp("mut") / "i"
+    path.write_bytes(bytes(bad))
+    with pytest.raises(IntegrityError):
+        image.verify_file(path, KEY)
