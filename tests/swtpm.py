@@ -104,7 +104,9 @@ class SwTpm:
 
     def shutdown_orderly(self) -> None:
         """TPM2_Shutdown(CLEAR) as the kernel sends it on poweroff, then power off."""
-        subprocess.run(["tpm2_shutdown"], env=self.env, check=True, capture_output=True, timeout=10)
+        subprocess.run(
+            ["tpm2_shutdown", "--clear"], env=self.env, check=True, capture_output=True, timeout=10
+        )
         self.stop()
 
     def stop(self) -> None:
