@@ -20,7 +20,7 @@ from recover import verdict as verdict_mod
 from recover.errors import ExitCode
 from recover.evidence import Evidence, Reading
 from recover.log import step
-from recover.peers import PeerResult, PeerResults
+from recover.peers import PeerResults
 from recover.verdict import Kind, Mode, Policy, Verdict
 
 log = logging.getLogger("recover.decide")
@@ -94,10 +94,7 @@ def run(
             tpm.ensure_ak(cfg.tpm_ak_handle)
         attestor = TpmAttestor(tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, threading.Lock())
 
-        def stop_early(done: tuple[PeerResult, ...], pending: int) -> bool:
-            return verdict_mod.settled(
-                ev.summary, ev.since_reset_s, done, pending, len(domain), policy
-            )
+        stop_early = verdict_mod.EarlyStop(ev.summary, ev.since_reset_s, len(domain), policy)
 
         def ask() -> PeerResults:
             with step("peers", timings):

@@ -42,6 +42,7 @@ NONCE_SIZE = 32
 REQUEST_CONTEXT = b"host-recover/v1/request"
 CLOCK_SLACK_MS = 60_000  # the status's clock is read just before the quote is signed
 MAX_INFLIGHT = 64
+SLOT_HOLD = 0.25  # seconds a request holds an in-flight slot
 MAX_ATTEMPTS = 200  # per peer and query; refused connections retry until the deadline
 
 PcrValues = Mapping[str, Mapping[int, bytes]]
@@ -337,7 +338,7 @@ def make_request(self_id: str, nonce: bytes, quote: Quote) -> bytes:
 
 # --- the client -------------------------------------------------------------------------
 
-StopEarly = Callable[[tuple[PeerResult, ...], int], bool]
+StopEarly = Callable[[Sequence[PeerResult], int], bool]
 
 
 async def http_post(
@@ -451,16 +452,29 @@ async def _query_peer(
     attempt = failures = 0
     while attempt < MAX_ATTEMPTS:
         attempt += 1
-        async with sem:
-            t0 = loop.time()
-            if end - t0 <= 0.001:
-                break
-            try:
-                status = await _ask(peer, body, nonce, known, min(timeout, end - t0))
-                rtt = (loop.time() - t0) * 1000
-                return PeerResult(peer.id, Outcome.VERIFIED, "", status, round(rtt, 2), attempt)
-            except Rejected as e:
-                last = e
+        await sem.acquire()
+        held = True
+        t0 = loop.time()
+        if end - t0 <= 0.001:
+            sem.release()
+            break
+        ask = asyncio.ensure_future(_ask(peer, body, nonce, known, min(timeout, end - t0)))
+        try:
+            # A slow or silent peer gives its slot back after SLOT_HOLD and keeps
+            # waiting: the cap bounds bursts without letting dead peers starve live ones.
+            await asyncio.wait({ask}, timeout=SLOT_HOLD)
+            sem.release()
+            held = False
+            status = await ask
+            rtt = (loop.time() - t0) * 1000
+            return PeerResult(peer.id, Outcome.VERIFIED, "", status, round(rtt, 2), attempt)
+        except Rejected as e:
+            last = e
+        finally:
+            if held:
+                sem.release()
+            if not ask.done():
+                ask.cancel()
         if last.outcome not in _RETRYABLE:
             break
         if not last.free_retry:  # refused connections are free: the peer may be booting
@@ -514,7 +528,7 @@ async def query_all_async(
             pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
         )
         done.extend(t.result() for t in finished)
-        if pending and stop_early is not None and stop_early(tuple(done), len(pending)):
+        if pending and stop_early is not None and stop_early(done, len(pending)):
             stopped = True
             break
     for t in pending:

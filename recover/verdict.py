@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from recover.evidence import Evidence, Reading
@@ -115,31 +115,30 @@ class _Tally:
     outside: int  # of unaffected: abnormal but reset outside the window
 
 
+def _classify(own_since_reset: float | None, r: PeerResult, window: float) -> str:
+    """same | unknown | unaffected | outside (unaffected, abnormal) | unverified."""
+    if r.outcome is not Outcome.VERIFIED or r.status is None:
+        return "unverified"
+    st = r.status
+    if own_since_reset is not None and abs(st.since_reset_s - own_since_reset) > window:
+        return "outside" if st.summary == Reading.ABNORMAL else "unaffected"
+    if st.summary == Reading.ABNORMAL:  # in the window, or ours unknown (said)
+        return "same"
+    return "unaffected" if st.summary == Reading.CLEAN else "unknown"
+
+
 def _tally(
     own_since_reset: float | None, results: Iterable[PeerResult], window: float
 ) -> tuple[_Tally, dict[str, int]]:
-    same = unknown = unaffected = unverified = outside = 0
+    n = dict.fromkeys(("same", "unknown", "unaffected", "outside", "unverified"), 0)
     outcomes: dict[str, int] = {}
     for r in results:
         outcomes[str(r.outcome)] = outcomes.get(str(r.outcome), 0) + 1
-        if r.outcome is not Outcome.VERIFIED or r.status is None:
-            unverified += 1
-            continue
-        st = r.status
-        if own_since_reset is None:
-            in_window: bool | None = None
-        else:
-            in_window = abs(st.since_reset_s - own_since_reset) <= window
-        if in_window is False:
-            unaffected += 1
-            outside += st.summary == Reading.ABNORMAL
-        elif st.summary == Reading.ABNORMAL:  # in the window, or ours unknown (said)
-            same += 1
-        elif st.summary == Reading.CLEAN:
-            unaffected += 1
-        else:
-            unknown += 1
-    return _Tally(same, unknown, unaffected, unverified, outside), outcomes
+        n[_classify(own_since_reset, r, window)] += 1
+    tally = _Tally(
+        n["same"], n["unknown"], n["unaffected"] + n["outside"], n["unverified"], n["outside"]
+    )
+    return tally, outcomes
 
 
 def _kind(own: Reading, same: int, undecided: int, need: int, domain: int) -> Kind:
@@ -154,6 +153,13 @@ def _kind(own: Reading, same: int, undecided: int, need: int, domain: int) -> Ki
     return Kind.UNDETERMINED
 
 
+def _settled(own: Reading, same: int, undecided: int, pending: int, domain: int, need: int) -> bool:
+    # The kind is monotone in the number of same-event peers and of undecided ones, so it
+    # is enough to compare the two extremes: every pending peer abnormal, or every one fine.
+    high = _kind(own, same + pending, undecided, need, domain)
+    return high == _kind(own, same, undecided, need, domain)
+
+
 def settled(
     own: Reading,
     own_since_reset: float | None,
@@ -162,19 +168,34 @@ def settled(
     domain_size: int,
     policy: Policy,
 ) -> bool:
-    """True when no answer from the ``pending`` peers can change the verdict's kind.
-
-    The kind is monotone in the number of same-event peers and of undecided ones, so it
-    is enough to compare the two extremes: every pending peer abnormal, or every one fine.
-    """
+    """True when no answer from the ``pending`` peers can change the verdict's kind."""
     if policy.mode is not Mode.AUTO:
         return True
     t, _ = _tally(own_since_reset, results, policy.window)
     need = policy.needed(domain_size)
-    undecided = t.unknown + t.unverified
-    high = _kind(own, t.same + pending, undecided, need, domain_size)
-    low = _kind(own, t.same, undecided, need, domain_size)
-    return high == low
+    return _settled(own, t.same, t.unknown + t.unverified, pending, domain_size, need)
+
+
+class EarlyStop:
+    """:func:`settled` as an incremental ``stop_early`` callback for peers.query_all
+    (results arrive append-only; each is classified once)."""
+
+    def __init__(
+        self, own: Reading, own_since_reset: float | None, domain_size: int, policy: Policy
+    ) -> None:
+        self.own, self.since, self.domain, self.policy = own, own_since_reset, domain_size, policy
+        self.need = policy.needed(domain_size)
+        self.seen = self.same = self.undecided = 0
+
+    def __call__(self, done: Sequence[PeerResult], pending: int) -> bool:
+        for r in done[self.seen :]:
+            c = _classify(self.since, r, self.policy.window)
+            self.same += c == "same"
+            self.undecided += c in ("unknown", "unverified")
+        self.seen = len(done)
+        if self.policy.mode is not Mode.AUTO:
+            return True
+        return _settled(self.own, self.same, self.undecided, pending, self.domain, self.need)
 
 
 def decide(evidence: Evidence, peers: PeerResults | None, policy: Policy) -> Verdict:

@@ -223,3 +223,16 @@ def test_verdict_module_is_pure() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_early_stop_is_settled_incrementally() -> None:
+    from recover.verdict import EarlyStop
+
+    pol = Policy("3")
+    spec = "cxacaaucx"
+    res = peers(*spec)
+    stop = EarlyStop(A, OWN_RESET, len(res) + 2, pol)
+    for k in range(len(res) + 1):
+        pending = len(res) + 2 - k
+        assert stop(res[:k], pending) is settled(A, OWN_RESET, res[:k], pending, len(res) + 2, pol)
+    assert EarlyStop(C, None, 5, pol)((), 5) is True
