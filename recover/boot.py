@@ -36,7 +36,6 @@ EXIT_NORMAL = 0
 EXIT_RECOVERED = 10
 EXIT_HOLD = 11
 
-CRED_DIR = "/run/credentials/host-recover"
 RECORD_NAME = "decision.json"
 
 
@@ -218,7 +217,7 @@ def recover_root(cfg: Any, tpm: Any, newroot: str, outcome: Outcome) -> None:
             )  # fmt: skip
         with step("credentials", tl):
             store = credentials.load(creds_path, bytes(master))
-            cred_dir = Path(CRED_DIR)
+            cred_dir = Path(cfg.boot_credentials_dir)
             cred_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # /run: tmpfs
             outcome.credentials = credentials.write_to_dir(store, cred_dir)
         if header.image_version > min_version:
@@ -320,11 +319,11 @@ def _cleanup(newroot: str, cfg: Any) -> None:
     """After a failure leave nothing behind: no half-mounted $NEWROOT, no plaintext image,
     no credentials for the normal OS (the normal boot may go on)."""
     work = Path(cfg.boot_state_dir)
-    for path in (newroot, work / "overlay", work / "lower", work / "image", Path(CRED_DIR)):
+    cred = Path(cfg.boot_credentials_dir)
+    for path in (newroot, work / "overlay", work / "lower", work / "image", cred):
         with contextlib.suppress(OSError, subprocess.SubprocessError, UsageError):
             if _is_mounted(os.fspath(path)):
                 _run(["umount", "-l", os.fspath(path)])
-    cred = Path(CRED_DIR)
     if cred.is_dir():
         for f in cred.iterdir():
             with contextlib.suppress(OSError):

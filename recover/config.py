@@ -287,6 +287,12 @@ SETTINGS: tuple[Setting, ...] = (
         "/run/host-recover",
         "Where the decision record is written (survives switch_root).",
     ),
+    Setting(
+        "boot.credentials_dir",
+        str,
+        "/run/credentials/host-recover",
+        "Where the recovery root finds its credentials: one 0400 file each, on tmpfs.",
+    ),
 )
 
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}

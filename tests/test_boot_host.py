@@ -1,0 +1,265 @@
+"""The boot payload end to end on this machine, without QEMU.
+
+A real swtpm, a real provisioned secure store, a real squashfs recovery root encrypted
+in container v1, real loop/squashfs/overlay/tmpfs mounts: ``host-recover boot`` must
+pivot-prepare after a power cut, leave everything untouched after a clean shutdown, and
+leave nothing behind when it fails. Needs root (mounts), like the initramfs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from swtpm import SwTpm
+
+from recover.cli import main
+
+pytestmark = [
+    pytest.mark.tpm,
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root"),
+    pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="needs squashfs-tools"),
+]
+
+SECRET_CRED = b"restore-token: 6f1d0c0ffee\n"
+
+
+def _mounts_under(path: Path) -> list[str]:
+    root = os.path.realpath(path)
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        points = [line.split()[1] for line in f]
+    return [p for p in points if p == root or p.startswith(root + "/")]
+
+
+def _umount_all(path: Path) -> None:
+    for point in sorted(_mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+class Host:
+    """A provisioned host: TPM, config, encrypted image and credential store on 'disk'."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.tpm = SwTpm(base / "tpmstate").start()
+        self.disk = base / "disk"  # stands for the store partition (persistent storage)
+        self.run = base / "run"  # stands for the initramfs /run (tmpfs)
+        self.newroot = base / "sysroot"
+        for d in (self.disk, self.run, self.newroot):
+            d.mkdir()
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(self.run)], check=True
+        )
+        self.conf = base / "host-recover.conf"
+        self.conf.write_text(
+            "[tpm]\npcrs = sha256:0,2,4,7,9\n"
+            f"[store]\nimage = {self.disk / 'recovery.hri'}\n"
+            f"credentials = {self.disk / 'credentials.hrc'}\n"
+            f"[peers]\ninventory = {base / 'no-peers.json'}\nhost_id = host-a\n"
+            "[verdict]\non_isolated = recover\non_undetermined = recover\n"
+            f"[boot]\nstate_dir = {self.run / 'host-recover'}\n"
+            f"credentials_dir = {self.run / 'credentials' / 'host-recover'}\n"
+        )
+        self.cmdline = base / "cmdline"
+        self.cmdline.write_text("root=/dev/vda rd.host_recover.debug\n")
+
+    def cli(self, *argv: str) -> int:
+        return main(["--config", str(self.conf), "--tcti", self.tpm.tcti, *argv])
+
+    def provision_and_build(self) -> None:
+        key = self.base / "image.key"
+        assert self.cli("provision", "--export-image-key", str(key)) == 0
+        tree = self.base / "tree"
+        (tree / "etc").mkdir(parents=True)
+        (tree / "etc" / "os-release").write_text("ID=recovery\n")
+        (tree / "RECOVERY-ROOT").write_text("this is the recovery root\n")
+        plain = self.base / "root.squashfs"
+        subprocess.run(
+            ["mksquashfs", str(tree), str(plain), "-noappend", "-quiet", "-no-progress"],
+            check=True,
+            capture_output=True,
+        )
+        assert (
+            self.cli(
+                "image",
+                "create",
+                str(plain),
+                str(self.disk / "recovery.hri"),
+                "--key-file",
+                str(key),
+            )
+            == 0
+        )
+        key.unlink()
+        cred = self.base / "cred.in"
+        cred.write_bytes(SECRET_CRED)
+        assert self.cli("credential", "add", "restore-token", str(cred)) == 0
+        cred.unlink()
+
+    def boot(self, extra_cmdline: str = "") -> tuple[int, dict]:
+        if extra_cmdline:
+            self.cmdline.write_text(f"root=/dev/vda {extra_cmdline}\n")
+        code = self.cli("boot", "--newroot", str(self.newroot), "--cmdline", str(self.cmdline))
+        record = json.loads((self.run / "host-recover" / "decision.json").read_text())
+        return code, record
+
+    def close(self) -> None:
+        _umount_all(self.newroot)
+        _umount_all(self.run)
+        self.tpm.close()
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    h = Host(tmp_path)
+    try:
+        h.provision_and_build()
+        yield h
+    finally:
+        h.close()
+
+
+def _assert_nothing_left(h: Host) -> None:
+    assert _mounts_under(h.newroot) == []
+    assert _mounts_under(h.run) == [os.path.realpath(h.run)], "only the /run tmpfs itself"
+    creds = h.run / "credentials" / "host-recover"
+    assert not creds.exists() or list(creds.iterdir()) == []
+    # no plaintext image or key material anywhere on the 'disk' or in /run
+    for d in (h.disk, h.run):
+        for p in d.rglob("*"):
+            if p.is_file():
+                assert b"this is the recovery root" not in p.read_bytes()
+                assert SECRET_CRED not in p.read_bytes()
+
+
+def test_power_cut_recovers_into_the_image(host: Host) -> None:
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    try:
+        assert code == 10, rec
+        assert rec["action"] == "recover"
+        assert rec["verdict"]["kind"] == "undetermined"  # alone: no peers to correlate
+        assert rec["lock_pcr_extended"] is True
+        assert (host.newroot / "RECOVERY-ROOT").read_text() == "this is the recovery root\n"
+        # read-only image under a writable tmpfs overlay
+        (host.newroot / "written-by-recovery").write_text("ok")
+        cred = host.run / "credentials" / "host-recover" / "restore-token"
+        assert cred.read_bytes() == SECRET_CRED
+        assert stat.S_IMODE(cred.stat().st_mode) == 0o400
+        assert rec["credentials"] == ["restore-token"]
+        for phase in ("decide", "unseal", "lock", "image", "mount", "credentials"):
+            assert phase in rec["timeline_ms"], phase
+        # the lock PCR is extended: the key cannot be unsealed again in this boot
+        assert host.cli("unseal", "--check") == 4
+        # nothing on the 'disk' changed except what the operator wrote
+        assert sorted(p.name for p in host.disk.iterdir()) == ["credentials.hrc", "recovery.hri"]
+    finally:
+        _umount_all(host.newroot)
+
+
+def test_clean_shutdown_boots_normally_and_unseals_nothing(host: Host) -> None:
+    host.tpm.reboot_orderly()
+    code, rec = host.boot()
+    assert code == 0, rec
+    assert rec["action"] == "normal" and rec["verdict"]["kind"] == "clean"
+    assert rec["lock_pcr_extended"] is False
+    assert "unseal" not in rec["timeline_ms"]
+    _assert_nothing_left(host)
+    assert host.cli("unseal", "--check") == 0  # the store is intact for a later recovery
+
+
+def test_mode_never_and_disabled_do_nothing(host: Host) -> None:
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot("rd.host_recover=0")
+    assert (code, rec["action"]) == (0, "disabled")
+    code, rec = host.boot("rd.host_recover.mode=never")
+    assert (code, rec["action"]) == (0, "disabled")
+    _assert_nothing_left(host)
+
+
+def test_tampered_image_is_rejected_before_mount(host: Host) -> None:
+    img = host.disk / "recovery.hri"
+    data = bytearray(img.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    img.write_bytes(bytes(data))
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    assert code == 5, rec
+    assert rec["action"] == "error" and "on_error" in rec
+    assert rec["error"]
+    _assert_nothing_left(host)
+
+
+def test_truncated_image_is_rejected(host: Host) -> None:
+    img = host.disk / "recovery.hri"
+    with open(img, "r+b") as f:
+        f.truncate(img.stat().st_size - 100)
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    assert code == 5, rec
+    _assert_nothing_left(host)
+
+
+def test_changed_pcrs_mean_no_unseal(host: Host) -> None:
+    """A different measured boot (PCR 9: initramfs/cmdline) → policy mismatch, exit 4."""
+    host.tpm.power_cut_and_restart()
+    subprocess.run(
+        ["tpm2_pcrextend", "9:sha256=" + "11" * 32],
+        env=host.tpm.env,
+        check=True,
+        capture_output=True,
+    )
+    code, rec = host.boot("rd.host_recover.on_error=halt")
+    assert code == 4, rec
+    assert rec["on_error"] == "halt"
+    assert (host.run / "host-recover" / "on-error").read_text().strip() == "halt"
+    assert "policy" in rec["error"].lower()
+    _assert_nothing_left(host)
+
+
+def test_power_loss_during_recovery_recovers_again(host: Host) -> None:
+    """Power is lost while recovering (after the 'recovering' summary reached TPM NV,
+    before the pivot): the next boot sees it and recovers again."""
+    from recover.boot import Outcome, record_summary
+    from recover.config import load
+    from recover.tpm import Tpm
+
+    host.tpm.power_cut_and_restart()
+    cfg = load(host.conf)
+    with Tpm.open(host.tpm.tcti) as t:  # what run() stores before unsealing
+        t.nv_blob_write(cfg.tpm_record_nv, record_summary(Outcome(action="recovering")))
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    assert code == 10, rec
+    prev = [s for s in rec["evidence"]["signals"] if s["name"] == "previous_decision"]
+    assert prev and "recovery was in progress" in prev[0]["reason"], rec["evidence"]
+
+
+def test_tpm_unavailable_is_an_outcome(host: Host) -> None:
+    host.tpm.kill()
+    code = main(
+        [
+            "--config",
+            str(host.conf),
+            "--tcti",
+            "swtpm:host=127.0.0.1,port=1",
+            "--set",
+            "tpm.timeout=1",
+            "boot",
+            "--newroot",
+            str(host.newroot),
+            "--cmdline",
+            str(host.cmdline),
+        ]
+    )
+    assert code == 3
+    rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
+    assert rec["action"] == "error" and rec["exit_code"] == 3
+    host.tpm.start()  # for the fixture's cleanup symmetry
