@@ -228,11 +228,13 @@ def recover_root(cfg: Any, tpm: Any, newroot: str, outcome: Outcome) -> None:
             master[i] = 0
 
 
-def run(cfg: Any, newroot: str) -> Outcome:
+def run(cfg: Any, newroot: str, outcome: Outcome | None = None) -> Outcome:
+    """Decide and act. ``outcome`` is filled in as the boot goes, so that a failure
+    half-way still leaves the verdict and evidence in the decision record."""
     from recover import decide
     from recover.tpm import Tpm
 
-    outcome = Outcome()
+    outcome = outcome if outcome is not None else Outcome()
     tl = outcome.timeline_ms
     if cfg.boot_mode == "never":
         outcome.action = "disabled"
@@ -254,7 +256,7 @@ def run(cfg: Any, newroot: str) -> Outcome:
                 action,
                 "; ".join(decision.verdict.reasons),
             )
-            outcome.action = action
+            outcome.action = str(action)
             if action == "recover":
                 _record_nv(tpm, cfg, dataclasses.replace(outcome, action="recovering"))
                 recover_root(cfg, tpm, newroot, outcome)
@@ -264,9 +266,27 @@ def run(cfg: Any, newroot: str) -> Outcome:
                 outcome.exit_code = EXIT_HOLD
             else:
                 outcome.exit_code = EXIT_NORMAL
+        except HostRecoverError as e:
+            _fail(outcome, int(e.exit_code), e.message, e.hint)
+            raise
         finally:
+            if not outcome.lock_pcr_extended and cfg.boot_lock == "always":
+                # The normal OS boots with the same measured PCRs: without this, its root
+                # could unseal the recovery key.
+                try:
+                    tpm.pcr_extend(cfg.tpm_lock_pcr, b"host-recover: boot without unseal")
+                    outcome.lock_pcr_extended = True
+                except HostRecoverError as e:
+                    log.error("could not extend lock PCR %d: %s", cfg.tpm_lock_pcr, e)
             _record_nv(tpm, cfg, outcome)
     return outcome
+
+
+def _fail(outcome: Outcome, code: int, message: str, hint: str | None) -> None:
+    outcome.action = "error"
+    outcome.exit_code = code
+    outcome.error = message
+    outcome.hint = hint
 
 
 def _record_nv(tpm: Any, cfg: Any, outcome: Outcome) -> None:
@@ -292,21 +312,16 @@ def cmd_boot(args: argparse.Namespace, cfg: Any) -> int:
         log.info("rd.host_recover=0: normal boot")
     else:
         try:
-            outcome = run(cfg, args.newroot)
+            run(cfg, args.newroot, outcome)
         except HostRecoverError as e:
-            outcome.action = "error"
-            outcome.exit_code = int(e.exit_code)
-            outcome.error = e.message
-            outcome.hint = e.hint
+            _fail(outcome, int(e.exit_code), e.message, e.hint)
             log.error("error: %s", e.message)
             if e.hint:
                 log.error("hint: %s", e.hint)
             log.error("on-error policy: %s", cfg.boot_on_error)
             _cleanup(args.newroot, cfg)
         except Exception as e:  # noqa: BLE001 - a payload bug must still end as an outcome
-            outcome.action = "error"
-            outcome.exit_code = int(ExitCode.INTERNAL)
-            outcome.error = f"internal error: {type(e).__name__}: {e}"
+            _fail(outcome, int(ExitCode.INTERNAL), f"internal error: {type(e).__name__}: {e}", None)
             log.exception("internal error")
             _cleanup(args.newroot, cfg)
     outcome.timeline_ms["payload-total"] = round((time.monotonic() - t0) * 1000, 1)

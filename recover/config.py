@@ -288,6 +288,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the decision record is written (survives switch_root).",
     ),
     Setting(
+        "boot.lock",
+        _choice("always", "after-unseal"),
+        "always",
+        "When the payload extends the lock PCR. always: on every boot it runs, so the "
+        "normal OS (booted with the same measured PCRs) can never unseal the recovery "
+        "key; manage credentials with --key-file then. after-unseal: only after a recovery.",
+    ),
+    Setting(
         "boot.credentials_dir",
         str,
         "/run/credentials/host-recover",

@@ -169,10 +169,34 @@ def test_clean_shutdown_boots_normally_and_unseals_nothing(host: Host) -> None:
     code, rec = host.boot()
     assert code == 0, rec
     assert rec["action"] == "normal" and rec["verdict"]["kind"] == "clean"
-    assert rec["lock_pcr_extended"] is False
     assert "unseal" not in rec["timeline_ms"]
     _assert_nothing_left(host)
-    assert host.cli("unseal", "--check") == 0  # the store is intact for a later recovery
+    # boot.lock = always: the normal OS boots with the same measured PCRs, yet cannot
+    # unseal the recovery key, because the payload extended the lock PCR.
+    assert rec["lock_pcr_extended"] is True
+    assert host.cli("unseal", "--check") == 4
+    # the store is intact for a later recovery: the next boot unseals again
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    try:
+        assert code == 10, rec
+    finally:
+        _umount_all(host.newroot)
+
+
+def test_lock_after_unseal_leaves_the_normal_os_able_to_unseal(host: Host) -> None:
+    host.tpm.reboot_orderly()
+    code = host.cli(
+        "--set",
+        "boot.lock=after-unseal",
+        "boot",
+        "--newroot",
+        str(host.newroot),
+        "--cmdline",
+        str(host.cmdline),
+    )
+    assert code == 0
+    assert host.cli("unseal", "--check") == 0
 
 
 def test_mode_never_and_disabled_do_nothing(host: Host) -> None:
