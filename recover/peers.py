@@ -453,28 +453,29 @@ async def _query_peer(
     while attempt < MAX_ATTEMPTS:
         attempt += 1
         await sem.acquire()
-        held = True
         t0 = loop.time()
         if end - t0 <= 0.001:
             sem.release()
             break
-        ask = asyncio.ensure_future(_ask(peer, body, nonce, known, min(timeout, end - t0)))
+        # A slow or silent peer gives its slot back after SLOT_HOLD and keeps waiting:
+        # the cap bounds bursts without letting dead peers starve live ones.
+        held = [True]
+
+        def give_back(held: list[bool] = held) -> None:
+            if held[0]:
+                held[0] = False
+                sem.release()
+
+        timer = loop.call_later(SLOT_HOLD, give_back)
         try:
-            # A slow or silent peer gives its slot back after SLOT_HOLD and keeps
-            # waiting: the cap bounds bursts without letting dead peers starve live ones.
-            await asyncio.wait({ask}, timeout=SLOT_HOLD)
-            sem.release()
-            held = False
-            status = await ask
+            status = await _ask(peer, body, nonce, known, min(timeout, end - t0))
             rtt = (loop.time() - t0) * 1000
             return PeerResult(peer.id, Outcome.VERIFIED, "", status, round(rtt, 2), attempt)
         except Rejected as e:
             last = e
         finally:
-            if held:
-                sem.release()
-            if not ask.done():
-                ask.cancel()
+            timer.cancel()
+            give_back()
         if last.outcome not in _RETRYABLE:
             break
         if not last.free_retry:  # refused connections are free: the peer may be booting
