@@ -48,9 +48,36 @@ hr_print_record() {
     hr_say "HR-DECISION-END"
 }
 
+# hr_net_up: static network for the peer query, from rd.host_recover.net=ADDR/PREFIX,GW
+# (no DHCP client needed in the initramfs). Uses the first interface other than lo.
+hr_net_up() {
+    _hr_net=""
+    read -r _hr_cl < /proc/cmdline
+    for _hr_w in $_hr_cl; do
+        case "$_hr_w" in rd.host_recover.net=*) _hr_net=${_hr_w#*=} ;; esac
+    done
+    [ -n "$_hr_net" ] || return 0
+    _hr_if=""
+    _hr_i=0
+    while [ -z "$_hr_if" ] && [ $_hr_i -lt 100 ]; do
+        for _hr_d in /sys/class/net/*; do
+            [ "${_hr_d##*/}" = lo ] || [ ! -e "$_hr_d" ] || { _hr_if=${_hr_d##*/} && break; }
+        done
+        [ -n "$_hr_if" ] || sleep 0.1
+        _hr_i=$((_hr_i + 1))
+    done
+    [ -n "$_hr_if" ] || { hr_say "host-recover: no network interface"; return 1; }
+    ip link set lo up
+    ip link set "$_hr_if" up
+    ip addr add "${_hr_net%%,*}" dev "$_hr_if"
+    case "$_hr_net" in *,*) ip route add default via "${_hr_net#*,}" dev "$_hr_if" ;; esac
+    hr_say "HR-PHASE network-up $_hr_if ${_hr_net%%,*}"
+}
+
 # hr_run NEWROOT → sets HR_RC and HR_ACTION (normal | recover | halt | shell)
 hr_run() {
     mkdir -p "$HR_STATE"
+    hr_net_up
     hr_say "HR-PHASE payload-start"
     host-recover boot --newroot "$1"
     HR_RC=$?

@@ -1,16 +1,34 @@
 #!/bin/sh
-# /sbin/init of the test NORMAL root (busybox). switch_root moved /dev, /proc, /sys and
-# /run here. Prints a marker, the decision record if any, then does what the control
-# disk (/dev/vdc) says: poweroff (orderly: the kernel sends TPM2_Shutdown) or hold.
-export PATH=/bin
+# /sbin/init of the test NORMAL root (busybox + the host-recover tool set). switch_root
+# moved /dev, /proc, /sys and /run here. Prints a marker and the decision record if
+# any, then does what the control disk (/dev/vdc) says:
+#   provision  operator steps of a first boot: provision the TPM, encrypt the recovery
+#              image and store the service credential on the store disk, attest
+#   poweroff   orderly poweroff (the kernel sends TPM2_Shutdown)
+#   hold       stay up (the harness cuts the power)
+export PATH=/bin:/usr/bin
+mount -t tmpfs tmpfs /tmp
 ctl=$(dd if=/dev/vdc bs=4096 count=1 2> /dev/null | tr -d '\000')
 action=$(echo "$ctl" | sed -n 's/^action=//p')
 echo "HR-NORMAL-ROOT up"
 if [ -r /run/host-recover/decision.json ]; then
     echo "HR-NORMAL-RECORD $(tr -d '\n' < /run/host-recover/decision.json)"
 fi
-if [ -d /run/credentials/host-recover ]; then
+if [ -n "$(ls /run/credentials/host-recover 2> /dev/null)" ]; then
     echo "HR-NORMAL-CREDENTIALS-PRESENT"
+fi
+if [ "$action" = provision ]; then
+    mkdir -p /mnt/store
+    mount -t ext4 /dev/vdb /mnt/store \
+        && host-recover provision \
+        && host-recover image create /mnt/store/plain.squashfs /mnt/store/recovery.hri \
+        && host-recover credential add service-hmac /mnt/store/service-hmac.in \
+        && rm -f /mnt/store/plain.squashfs /mnt/store/service-hmac.in \
+        && echo "HR-ATTEST $(host-recover attest --address 10.0.2.15:7469 \
+            --failure-domain rack-1 | tr -d '\n')" \
+        && host-recover status
+    echo "HR-PROVISIONED rc=$?"
+    umount /mnt/store
 fi
 echo "HR-GUEST-DONE action=$action"
 sync

@@ -119,15 +119,21 @@ def uses_standin() -> bool:
     return os.environ.get("HOST_RECOVER_STANDIN") == "1" or not (REPO / "recover/boot.py").exists()
 
 
-def bundle() -> Path:
-    """Staging directory of the payload (real, or the stand-in of qemu-env/)."""
+#: Operator verbs the test normal root runs (first-boot provisioning, attest, status).
+TOOLS = ("recover.provision", "recover.imagecli", "recover.credentials", "recover.policy")
+
+
+def bundle(kind: str = "payload") -> Path:
+    """Staging directory: ``payload`` for the initramfs (real, or the stand-in of
+    qemu-env/), ``tools`` for the test normal root (payload + operator verbs)."""
     from recover import bundle as rb
 
-    out = BUILD / "bundle"
-    digest = _digest(REPO / "recover", HERE / "standin_boot.py", sys.prefix, uses_standin())
+    out = BUILD / f"bundle-{kind}"
+    standin = uses_standin() and kind == "payload"
+    digest = _digest(REPO / "recover", HERE / "standin_boot.py", sys.prefix, standin, kind)
     if _fresh(out, digest):
         return out
-    if uses_standin():
+    if standin:
         entry = ("recover.__main__", "recover.cli", "recover.log", "recover.config")
         rb.build(out, entry=entry, scripts=[HERE / "standin_boot.py"])
         site = out / "root" / rb.SITE_DIR
@@ -139,6 +145,8 @@ def bundle() -> Path:
             '-m recover "$@"', '-m "$([ "$1" = boot ] && echo hr_standin || echo recover)" "$@"'
         )
         wrapper.write_text(text)
+    elif kind == "tools":
+        rb.build(out, entry=(*rb.payload_entry(), *TOOLS))
     else:
         rb.build(out)
     _stamp(out, digest)
@@ -192,12 +200,18 @@ def initramfs(
     modules = list(SHELL_MODULES if init == "shell" else SYSTEMD_MODULES)
     if with_module:
         modules.append("host-recover")
-    out = BUILD / (name or f"initramfs-{init}-{'hr' if with_module else 'plain'}.img")
     digest = _digest(
-        kern.version, modules, confdir, REPO / "dracut-module", REPO / "hooks", stage and stage
+        kern.version,
+        modules,
+        confdir,
+        REPO / "dracut-module",
+        REPO / "hooks",
+        HERE / "test-modules-hook.sh",
     )
     if stage is not None:
         digest = _digest(digest, stage / "manifest.json", stage / "root")
+    kind = f"{init}-{'hr' if with_module else 'plain'}-{_digest(confdir)[:8]}"
+    out = BUILD / (name or f"initramfs-{kind}.img")
     if _fresh(out, digest):
         return out
     ov = dracut_overlay()
@@ -234,6 +248,9 @@ def initramfs(
         " ".join(modules),
         "--drivers",
         DRIVERS,
+        "--include",
+        HERE / "test-modules-hook.sh",
+        "/usr/lib/dracut/hooks/pre-pivot/90-test-modules.sh",
         "--compress",
         "zstd",
         out,
@@ -253,24 +270,43 @@ APPLETS = (
 ).split()
 
 
-def _rootfs_tree(tree: Path, init_script: Path) -> None:
-    """A tiny root made from host binaries (busybox + openssl and their libraries)."""
+def _rootfs_tree(tree: Path, init_script: Path, stage: Path | None = None) -> None:
+    """A tiny root made from host binaries (busybox + openssl and their libraries), plus
+    the host-recover tool set of a bundle ``stage`` if given."""
     from recover.bundle import elf_closure
 
     shutil.rmtree(tree, ignore_errors=True)
-    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "usr/lib", "lib64"):
+    for d in (
+        "bin",
+        "sbin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "mnt/store",
+        "usr/lib",
+        "lib64",
+    ):
         (tree / d).mkdir(parents=True, exist_ok=True)
     (tree / "lib").symlink_to("usr/lib")
     bins = [Path(shutil.which(t) or t).resolve() for t in GUEST_TOOLS]
     libs, missing = elf_closure(bins)
+    if stage is not None:
+        shutil.copytree(stage / "root", tree, symlinks=True, dirs_exist_ok=True)
+        py = [Path(p) for p in (stage / "binaries.list").read_text().split()]
+        for p in py:
+            (tree / "usr/bin").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, tree / "usr/bin" / p.name)
+        libs = sorted({*libs, *(Path(p) for p in (stage / "libraries.list").read_text().split())})
     if missing:
         raise RuntimeError(f"missing libraries for the guest root: {missing}")
     for b in bins:
         shutil.copy2(b, tree / "bin" / b.name)
     for lib in libs:
-        rel = Path(os.fspath(lib).replace("/lib/", "/usr/lib/", 1)).relative_to("/")
-        if os.fspath(lib).startswith("/lib64/"):
-            rel = Path(os.fspath(lib)[1:])
+        text = os.fspath(lib)
+        rel = Path(text[1:] if text.startswith(("/usr/", "/lib64/")) else "usr" + text)
         dest = tree / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(lib.resolve(), dest)
@@ -281,6 +317,9 @@ def _rootfs_tree(tree: Path, init_script: Path) -> None:
     (tree / "etc/ssl/openssl.cnf").write_text("# empty\n")
     shutil.copy2(init_script, tree / "sbin/init")
     (tree / "sbin/init").chmod(0o755)
+    if stage is not None:  # the normal OS's own configuration (not measured)
+        (tree / "etc/host-recover").mkdir(parents=True, exist_ok=True)
+        (tree / "etc/host-recover/host-recover.conf").write_text(NORMAL_ROOT_CONF)
 
 
 def squashfs(tree: Path, out: Path) -> Path:
@@ -302,16 +341,27 @@ def squashfs(tree: Path, out: Path) -> Path:
     return out
 
 
+NORMAL_ROOT_CONF = """[store]
+image = /mnt/store/recovery.hri
+credentials = /mnt/store/credentials.hrc
+[peers]
+host_id = host
+"""
+
+
 def root_images() -> tuple[Path, Path]:
     """(normal root, plain recovery root) squashfs images."""
     outs = []
     for kind in ("normal", "recovery"):
         init = HERE / f"guest-{kind}-init.sh"
         out = BUILD / f"{kind}-root.squashfs"
-        digest = _digest(init, GUEST_TOOLS, APPLETS)
+        stage = bundle("tools") if kind == "normal" else None
+        digest = _digest(init, GUEST_TOOLS, APPLETS, NORMAL_ROOT_CONF)
+        if stage is not None:
+            digest = _digest(digest, stage / "manifest.json", stage / "root")
         if not _fresh(out, digest):
             tree = BUILD / f"{kind}-root"
-            _rootfs_tree(tree, init)
+            _rootfs_tree(tree, init, stage)
             squashfs(tree, out)
             _stamp(out, digest)
         outs.append(out)

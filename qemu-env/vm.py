@@ -33,6 +33,9 @@ CMDLINE = (
 )
 
 
+BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
+
+
 def accel() -> str:
     """TCG unless KVM really works (a real kvm_intel/kvm_amd, not e.g. kvm_pvm)."""
     forced = os.environ.get("HOST_RECOVER_ACCEL")
@@ -214,7 +217,8 @@ class Vm:
         # Always the same NIC without option ROM: PCR 2 must not depend on the scenario.
         net = "user,id=n0,restrict=on,ipv6=off"
         for ip, gport, hport in self.guestfwd:
-            net += f",guestfwd=tcp:{ip}:{gport}-tcp:127.0.0.1:{hport}"
+            # cmd: is spawned per connection (tcp: would be one connection made at start)
+            net += f",guestfwd=tcp:{ip}:{gport}-cmd:{BUSYBOX} nc 127.0.0.1 {hport}"
         for hport, gport in self.hostfwd:
             net += f",hostfwd=tcp:127.0.0.1:{hport}-:{gport}"
         argv += ["-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile="]

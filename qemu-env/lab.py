@@ -1,0 +1,274 @@
+"""The lab: one host VM plus its failure domain's peers, run as host-side agents.
+
+Peers are ``host-recover agent`` processes, each with its own swtpm (tests/swtpm.py,
+TCP on 127.0.0.1), reached from the guest through QEMU user networking (restrict=on,
+explicit guestfwd 10.0.2.10N:7469 → 127.0.0.1:PORT). Nothing listens beyond loopback.
+
+Setup order (``Lab.setup``):
+ 1. peers: provision their TPMs, ``attest`` → inventory entries (guest-side addresses)
+ 2. host configuration + peers inventory → baked into the initramfs (measured, PCR 9)
+ 3. store disk (HRSTORE) with the plain recovery squashfs and the service credential
+ 4. first boot, normal root, control=provision: the guest provisions its own TPM (PCRs
+    are those of this very boot chain), encrypts the image and stores the credential
+    with it, and prints its inventory entry (HR-ATTEST) → the peers learn the host
+ 5. agents start
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import harness
+import vm as vmmod
+
+sys.path.insert(0, os.fspath(harness.REPO / "tests"))
+from swtpm import SwTpm  # noqa: E402
+
+HOST_CLI = [sys.executable, "-m", "recover"]
+HOST_NET = "10.0.2.15/24,10.0.2.2"
+PEER_PORT = 7469
+
+
+def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+    proc = subprocess.run(
+        [*HOST_CLI, *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"host-recover {' '.join(args)}: rc={proc.returncode} {proc.stderr}")
+    return proc.stdout
+
+
+class PeerAgent:
+    """A peer host: its swtpm and its ``host-recover agent`` on 127.0.0.1."""
+
+    def __init__(self, workdir: Path, peer_id: str, guest_ip: str) -> None:
+        self.dir = workdir / peer_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.id, self.guest_ip = peer_id, guest_ip
+        self.tpm = SwTpm(self.dir / "tpmstate")
+        self.port = vmmod.free_port()
+        self.conf = self.dir / "host-recover.conf"
+        self.inventory = self.dir / "peers.json"
+        self.conf.write_text(
+            f"[peers]\nhost_id = {peer_id}\ninventory = {self.inventory}\n"
+            f"listen = 127.0.0.1:{self.port}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        return {**self.tpm.env, "HOST_RECOVER_CONFIG": os.fspath(self.conf)}
+
+    def provision(self) -> dict[str, object]:
+        self.tpm.start()
+        cli("provision", env=self.env())
+        entry = cli(
+            "attest",
+            "--address",
+            f"{self.guest_ip}:{PEER_PORT}",
+            "--failure-domain",
+            "rack-1",
+            env=self.env(),
+        )
+        return dict(json.loads(entry))
+
+    def start_agent(self) -> None:
+        if self.tpm.proc is None:
+            self.tpm.start()
+        log = (self.dir / "agent.log").open("ab")
+        self.proc = subprocess.Popen(
+            [*HOST_CLI, "agent"], env=self.env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        for _ in range(300):  # bounded: 30 s
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent {self.id} exited; see {self.dir / 'agent.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"agent {self.id} did not listen")
+
+    def stop_agent(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def power_cut(self) -> None:
+        """The peer loses power too: agent and TPM die without TPM2_Shutdown."""
+        self.stop_agent(signal.SIGKILL)
+        self.tpm.power_cut_and_restart()
+        self.start_agent()
+
+    def close(self) -> None:
+        self.stop_agent(signal.SIGKILL)
+        self.tpm.kill()
+
+
+@dataclasses.dataclass(frozen=True)
+class BootResult:
+    console: vmmod.Console
+    record: dict[str, object] | None
+    root: str  # "normal" | "recovery" | "none"
+    proof_ok: bool | None  # the recovery service's HMAC over the challenge checked out
+    phases: dict[str, float]  # seconds since QEMU start
+
+
+class Lab:
+    def __init__(self, workdir: Path, n_peers: int = 3, init: str = "shell") -> None:
+        self.dir = workdir.resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.init = init
+        self.peers = [
+            PeerAgent(self.dir, f"peer{i + 1}", f"10.0.2.{101 + i}") for i in range(n_peers)
+        ]
+        self.credential = secrets.token_hex(32)
+        self.confdir = self.dir / "conf"
+        self.vm: vmmod.Vm | None = None
+        self.art: harness.Artefacts | None = None
+        self.host_entry: dict[str, object] | None = None
+
+    # --- setup --------------------------------------------------------------------------
+
+    def write_host_config(self, peer_entries: list[dict[str, object]]) -> None:
+        self.confdir.mkdir(parents=True, exist_ok=True)
+        (self.confdir / "host-recover.conf").write_text(
+            "[store]\n"
+            "device = /dev/disk/by-label/HRSTORE\n"
+            "image = recovery.hri\n"
+            "credentials = credentials.hrc\n"
+            "[peers]\n"
+            "host_id = host\n"
+            "inventory = /etc/host-recover/peers.json\n"
+            f"listen = 0.0.0.0:{PEER_PORT}\n"
+            "deadline = 20\n"
+            "timeout = 5\n"
+            "[verdict]\n"
+            "quorum = 50%\n"
+            "on_isolated = normal\n"
+            "[boot]\n"
+            "on_error = boot-normal\n"
+        )
+        inv = {"version": 1, "peers": peer_entries}
+        (self.confdir / "peers.json").write_text(json.dumps(inv, indent=1, sort_keys=True) + "\n")
+
+    def setup(self) -> None:
+        entries = [p.provision() for p in self.peers]
+        self.write_host_config(entries)
+        self.art = harness.build_all(self.confdir, init=self.init)
+        store = harness.store_disk(
+            self.dir / "store.img",
+            {
+                "plain.squashfs": self.art.recovery_root,
+                "service-hmac.in": self.credential.encode(),
+            },
+        )
+        self.control = self.dir / "control.ctl"
+        harness.control_disk(self.control, "provision", "-")
+        self.vm = vmmod.Vm(
+            self.dir / "host",
+            self.art.kernel.vmlinuz,
+            self.art.initramfs,
+            [self.art.normal_root, store, self.control],
+        )
+        self.vm.cmdline += f" rd.host_recover.net={HOST_NET}"
+        for p in self.peers:
+            self.vm.guestfwd.append((p.guest_ip, PEER_PORT, p.port))
+        self.vm.manufacture()
+        res = self.boot("provision")
+        line = res.console.find(r"^HR-ATTEST ")
+        if line is None or res.console.find(r"^HR-PROVISIONED rc=0") is None:
+            raise RuntimeError("provisioning boot failed:\n" + res.console.text()[-3000:])
+        self.host_entry = json.loads(line[1][len("HR-ATTEST ") :])
+        for p in self.peers:
+            inv = {"version": 1, "peers": [*entries, self.host_entry]}
+            p.inventory.write_text(json.dumps(inv, indent=1) + "\n")
+            p.tpm.reboot_orderly()  # the peers were up and shut down cleanly before
+            p.start_agent()
+
+    def set_initrd(self, path: Path) -> None:
+        assert self.vm is not None
+        self.vm.initrd = path
+
+    # --- boots --------------------------------------------------------------------------
+
+    def boot(self, action: str = "poweroff", timeout: float = 300) -> BootResult:
+        """Boot once; ``action`` for the root that comes up (poweroff | hold | provision).
+        With hold the guest stays up: call ``power_cut`` (or ``vm.wait_exit``)."""
+        assert self.vm is not None
+        challenge = secrets.token_hex(16)
+        harness.control_disk(self.control, action, challenge)
+        self.vm.start()
+        try:
+            self.vm.wait_for(r"^HR-GUEST-DONE|Kernel panic|Boot has failed", timeout)
+            if action != "hold":
+                self.vm.wait_exit(timeout)
+        except BaseException:
+            self.vm.power_cut()
+            raise
+        return self._result(challenge)
+
+    def _result(self, challenge: str) -> BootResult:
+        assert self.vm is not None
+        con = self.vm.console
+        root = "none"
+        if con.find(r"^HR-NORMAL-ROOT up"):
+            root = "normal"
+        elif con.find(r"^HR-RECOVERY-ROOT up"):
+            root = "recovery"
+        record = None
+        rec = con.find(r"^HR-(NORMAL|RECOVERY)-RECORD ")
+        if rec:
+            record = json.loads(rec[1].split(" ", 1)[1])
+        proof_ok = None
+        proof = con.find(r"^HR-SERVICE-PROOF ")
+        if proof:
+            fields = dict(kv.split("=", 1) for kv in proof[1].split()[1:])
+            want = hmac.new(
+                bytes.fromhex(self.credential), challenge.encode(), hashlib.sha256
+            ).hexdigest()
+            proof_ok = fields.get("challenge") == challenge and hmac.compare_digest(
+                fields.get("mac", ""), want
+            )
+        phases: dict[str, float] = {}
+        for pattern, name in (
+            (r"^EFI stub: Loaded initrd", "kernel"),
+            (r"^HR-PHASE init", "initramfs"),
+            (r"^HR-PHASE payload-start", "payload-start"),
+            (r"^HR-PHASE payload-exit", "payload-exit"),
+            (r"^HR-PHASE switch-root", "switch-root"),
+            (r"^HR-(NORMAL|RECOVERY)-ROOT up", "new-root"),
+        ):
+            hit = con.find(pattern)
+            if hit:
+                phases[name] = round(hit[0], 2)
+        return BootResult(con, record, root, proof_ok, phases)
+
+    def power_cut(self, peers: int = 0) -> None:
+        """Power loss of the host and of the first ``peers`` peers, together."""
+        assert self.vm is not None
+        self.vm.power_cut()
+        for p in self.peers[:peers]:
+            p.power_cut()
+
+    def close(self) -> None:
+        if self.vm is not None:
+            self.vm.close()
+        for p in self.peers:
+            p.close()
