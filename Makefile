@@ -53,6 +53,7 @@ install:
 	$(PYTHON) -m pip install --no-deps .
 	install -d /usr/lib/dracut/modules.d/90host-recover
 	install -m 0755 dracut-module/* hooks/* /usr/lib/dracut/modules.d/90host-recover/
+	install -D -m 0644 systemd/host-recover-agent.service /usr/lib/systemd/system/host-recover-agent.service
 
 clean:
 	rm -rf $(VENV) qemu-env/build
