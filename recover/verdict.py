@@ -247,10 +247,10 @@ def decide_counts(
         if t.outside:
             reasons.append(f"{t.outside} abnormal peers reset outside the window (other events)")
         if undecided:
-            reasons.append(
-                f"{undecided} peers undecided ({t.unverified} without a verified answer, "
-                f"{t.unknown} with unknown evidence)"
-            )
+            why = [f"{v} {k}" for k, v in sorted(outcomes.items()) if k != Outcome.VERIFIED]
+            if t.unknown:
+                why.append(f"{t.unknown} verified with unknown evidence")
+            reasons.append(f"{undecided} peers undecided: {', '.join(why)}")
         if own_since_reset is None:
             reasons.append("this host's time since TPM reset is unknown: no window check")
         if kind is Kind.UNDETERMINED and own == Reading.UNKNOWN and t.same < need:
