@@ -179,10 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         imgsub,
         "inspect",
         "recover.imagecli:cmd_inspect",
-        "Print the (authenticated) header of a recovery image.",
+        "Print the header of a recovery image (authenticated with --key-file).",
     )
     p.add_argument("image")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--key-file", metavar="FILE", help="image key: also check key id and header MAC")
     p = _verb(
         imgsub,
         "verify",

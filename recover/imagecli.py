@@ -118,12 +118,16 @@ def cmd_inspect(args: argparse.Namespace, cfg: Any) -> int:
 
     header = image.read_header(args.image)
     info = header.as_dict()
+    if getattr(args, "key_file", None):
+        image.authenticate(header, read_key_file(args.key_file, "image key"))
+    info["header_authenticated"] = bool(getattr(args, "key_file", None))
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for name, value in info.items():
             print(f"{name}: {value}")
-        print("(header parsed, not authenticated: use `image verify` with the key)")
+        if not info["header_authenticated"]:
+            print("(header parsed, not authenticated: pass --key-file, or `image verify`)")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ def test_create_inspect_verify_decrypt(setup: dict[str, Path]) -> None:
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["image_version"] == 7 and info["chunks"] == 13
+    assert info["header_authenticated"] is False
+    r = run("image", "inspect", s["img"], "--json", "--key-file", s["key"])
+    assert r.returncode == 0 and json.loads(r.stdout)["header_authenticated"] is True
     assert info["payload_type"] == "squashfs" and info["plaintext_length"] == 50_004
     r = run("image", "verify", s["img"], "--key-file", s["key"])
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
@@ -59,6 +63,8 @@ def test_integrity_failures_exit_5(setup: dict[str, Path]) -> None:
     wrong.write_bytes(os.urandom(32))
     r = run("image", "decrypt", s["img"], out, "--key-file", wrong)
     assert r.returncode == 5 and "wrong key" in r.stderr and "Traceback" not in r.stderr
+    r = run("image", "inspect", s["img"], "--key-file", wrong)
+    assert r.returncode == 5 and "wrong key" in r.stderr
     r = run("image", "verify", s["img"], "--key-file", s["key"], "--min-version", "2")
     assert r.returncode == 5 and "older than the minimum 2" in r.stderr
     data = bytearray(s["img"].read_bytes())
@@ -87,3 +93,33 @@ def test_usage_errors_exit_2(setup: dict[str, Path]) -> None:
     r = run("image", "create", raw, s["img"], "--key-file", s["key"], "--chunk-size", "10")
     assert r.returncode == 2 and "chunk size" in r.stderr
     assert not s["img"].exists()
+
+
+def test_progress_only_on_a_terminal(setup: dict[str, Path]) -> None:
+    s = setup
+    assert run("image", "create", s["plain"], s["img"], "--key-file", s["key"],
+               "--chunk-size", "4096").returncode == 0  # fmt: skip
+    argv = [sys.executable, "-m", "recover", "image", "verify", str(s["img"]),
+            "--key-file", str(s["key"])]  # fmt: skip
+    r = run(*argv[3:])
+    assert r.returncode == 0 and "verify:" not in r.stderr
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stdio on the pty
+        try:
+            os.environ["HOST_RECOVER_CONFIG"] = "/nonexistent/host-recover.conf"
+            os.execv(sys.executable, argv)
+        finally:
+            os._exit(127)
+    out = b""
+    for _ in range(10_000):  # bounded: ends at EOF (EIO on Linux when the child exits)
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b"verify: 100%" in out and b"OK" in out
