@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from peersim import SoftwareAttestor, entry, evidence_of
 
 from recover.agent import Limits, StatusSource, parse_listen, serve_in_background
@@ -150,3 +152,56 @@ def test_listen_address_parsing() -> None:
     assert parse_listen(":0") == ("0.0.0.0", 0)
     with pytest.raises(ConfigError):
         parse_listen("nope")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+_request = st.fixed_dictionaries(
+    {},
+    optional={
+        "version": st.sampled_from([1, 2, "1", None]),
+        "requester": st.sampled_from(["asker", "srv", "x", 5]),
+        "nonce": st.sampled_from(["00" * 32, "zz", "", None]),
+        "quote": _json
+        | st.fixed_dictionaries({"attest": st.text(max_size=8), "signature": st.text(max_size=8)}),
+        "pcrs": _json,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=_request | _json)
+def test_responder_never_crashes(body: Any) -> None:
+    """Any JSON gets a 4xx JSON error (never a traceback, never a status)."""
+    from recover.agent import Responder
+
+    asker, att = _FUZZ
+    inv = parse([entry(ME, 9, asker.pem), entry("srv", 1, att.pem)])
+    status = StatusSource("srv", "rack-1", "agent", evidence_of("clean"), "b")
+    code, reply = Responder(inv, att, status).handle(json.dumps(body).encode())
+    assert code in (400, 403) and set(reply) == {"version", "error"}
+    assert reply["error"]["message"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    reply=_json
+    | st.fixed_dictionaries(
+        {"version": st.just(1), "nonce": st.just("00" * 32), "status": _json, "quote": _json}
+    )
+)
+def test_client_never_believes_garbage(reply: Any) -> None:
+    from recover.peers import Rejected, verify_reply
+
+    asker, att = _FUZZ
+    peer = parse([entry("srv", 1, att.pem)]).peers[0]
+    with pytest.raises(Rejected):
+        verify_reply(peer, bytes(32), reply, {"srv"})
+
+
+_FUZZ = (SoftwareAttestor(), SoftwareAttestor())

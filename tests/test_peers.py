@@ -148,3 +148,81 @@ def test_other_failure_domains_are_not_asked() -> None:
     with Fleet(sims, [me_entry(att)]) as fleet:
         res = ask(fleet.inventory(me_entry(att)), att)
     assert [r.peer_id for r in res.results] == ["a1"] and res.domain_size == 1
+
+
+def _reply(att: SoftwareAttestor, nonce: bytes, **status_changes: object) -> dict:
+    """A reply as recover.agent.Responder builds it, optionally with a lying status."""
+    from peersim import evidence_of
+
+    from recover.agent import StatusSource
+    from recover.inventory import pcrs_to_json
+
+    status = StatusSource("p1", "rack-1", "boot", evidence_of("abnormal"), "b").build(att.clock())
+    status.update(status_changes)
+    q = att.quote(reply_qualifying_data(status, nonce))
+    return {
+        "version": 1,
+        "nonce": nonce.hex(),
+        "status": status,
+        "quote": q.to_json(),
+        "pcrs": pcrs_to_json(q.pcrs),
+    }
+
+
+def _flip(hexsig: str) -> str:
+    """Change the last byte of a DER signature (s's low byte)."""
+    return hexsig[:-2] + f"{int(hexsig[-2:], 16) ^ 1:02x}"
+
+
+@pytest.mark.parametrize(
+    "mutate,outcome,words",
+    [
+        (lambda r: None, Outcome.VERIFIED, ""),
+        (lambda r: r.update(nonce="00" * 32), Outcome.REPLAYED, "another nonce"),
+        (lambda r: r["status"].update(summary="clean"), Outcome.REPLAYED, "nonce and status"),
+        (lambda r: r["status"].update(since_reset_s=1e6), Outcome.REPLAYED, "nonce and status"),
+        (lambda r: r["quote"].update(signature=_flip(r["quote"]["signature"])),
+         Outcome.FORGED, "signature"),
+        (lambda r: r["status"].pop("boot_id"), Outcome.MALFORMED, "status.boot_id"),
+        (lambda r: r["status"].update(summary="fine"), Outcome.MALFORMED, "summary"),
+        (lambda r: r["status"].update(host_id="p2"), Outcome.UNKNOWN_HOST, "asked 'p1'"),
+        (lambda r: r.update(version=2), Outcome.MALFORMED, "v1"),
+        (lambda r: r.update(quote="x"), Outcome.MALFORMED, "quote"),
+    ],
+)  # fmt: skip
+def test_verify_reply_table(mutate: object, outcome: Outcome, words: str) -> None:
+    from recover.inventory import parse
+    from recover.peers import Rejected, verify_reply
+
+    att = SoftwareAttestor()
+    nonce = bytes(range(32))
+    peer = parse([entry("p1", 1, att.pem), entry("p2", 2, att.pem)]).peers[0]
+    reply = _reply(att, nonce)
+    mutate(reply)  # type: ignore[operator]
+    if outcome is Outcome.VERIFIED:
+        assert verify_reply(peer, nonce, reply, {"p1", "p2"}).host_id == "p1"
+        return
+    with pytest.raises(Rejected) as e:
+        verify_reply(peer, nonce, reply, {"p1", "p2"})
+    assert e.value.outcome is outcome and words in e.value.reason, e.value.reason
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"clock": {"clock": 5_000_000, "reset_count": 8, "restart_count": 0}}, "reset/restart"),
+        ({"clock": {"clock": 1, "reset_count": 7, "restart_count": 0}}, "signed clock"),
+        ({"since_reset_s": 9_000_000.0}, "exceeds the signed TPM clock"),
+    ],
+)
+def test_status_must_agree_with_the_signed_clock(changes: dict, words: str) -> None:
+    """A signed status whose clock claims contradict the quote's clockInfo is refused."""
+    from recover.inventory import parse
+    from recover.peers import Rejected, verify_reply
+
+    att = SoftwareAttestor(reset_count=7)
+    nonce = bytes(32)
+    peer = parse([entry("p1", 1, att.pem)]).peers[0]
+    with pytest.raises(Rejected) as e:
+        verify_reply(peer, nonce, _reply(att, nonce, **changes), {"p1"})
+    assert e.value.outcome is Outcome.INCONSISTENT and words in e.value.reason

@@ -37,6 +37,7 @@ class Host:
         self.tpm = SwTpm(root / f"tpm-{name}").start()
         self.port = free_port_pair()
         self.agent: subprocess.Popen[str] | None = None
+        self.exit_codes: list[int] = []
         from recover.tpm import Tpm
 
         with Tpm.open(self.tpm.tcti) as t:
@@ -92,10 +93,11 @@ class Host:
         if self.agent is not None:
             self.agent.terminate()  # by PID: SIGTERM, the agent stops cleanly
             try:
-                self.agent.wait(timeout=10)
+                code = self.agent.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.agent.kill()
-                self.agent.wait(timeout=5)
+                code = self.agent.wait(timeout=5)
+            self.exit_codes.append(code)
             if self.agent.stderr:
                 self.agent.stderr.close()
             self.agent = None
@@ -151,6 +153,8 @@ def test_power_outage_majority_abnormal(fleet: dict[str, Host]) -> None:
     for n in ("p1", "p2", "p3"):
         fleet[n].start_agent()
     d = run_self(fleet)
+    fleet["p1"].stop_agent()
+    assert fleet["p1"].exit_codes == [0]  # SIGTERM: a clean stop
     assert d.evidence.summary == "abnormal"
     assert str(d.verdict.kind) == "correlated-failure" and str(d.verdict.action) == "recover"
     verified = [r for r in d.peers.results if r.outcome is Outcome.VERIFIED]  # type: ignore[union-attr]
