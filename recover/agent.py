@@ -267,6 +267,9 @@ def serve_in_background(
         ready.set()
         loop.run_forever()
         loop.run_until_complete(srv.close())
+        # Wait for TPM work still running in executor threads: when this returns, the
+        # caller owns the TPM again.
+        loop.run_until_complete(loop.shutdown_default_executor())
 
     thread = threading.Thread(target=run, name="host-recover-agent", daemon=True)
     thread.start()
@@ -281,8 +284,11 @@ def serve_in_background(
         yield srv
     finally:
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+        thread.join(120)  # a real TPM may take seconds per command
+        if thread.is_alive():
+            log.error("the status server did not stop within 120 s")
+        else:
+            loop.close()
 
 
 def cmd_agent(args: argparse.Namespace, cfg: Any) -> int:

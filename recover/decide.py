@@ -90,6 +90,10 @@ def run(
         me = inventory.self_id(cfg)
         domain = inv.domain_peers(me)
         entry = inv.get(me)
+        if entry is None:
+            log.warning(
+                "this host (%s) is not in %s: peers will refuse it", me, cfg.peers_inventory
+            )
         with step("attestation-key", timings):
             tpm.ensure_ak(cfg.tpm_ak_handle)
         attestor = TpmAttestor(tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, threading.Lock())
