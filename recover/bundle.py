@@ -139,11 +139,22 @@ def _excluded(name: str) -> bool:
     return name.split(".")[0] in EXCLUDES
 
 
+def _package_parent() -> str:
+    """Where ``recover`` is imported from (an editable install is not on sys.path)."""
+    import recover
+
+    return os.fspath(Path(str(recover.__file__)).resolve().parents[1])
+
+
+def _search_path() -> list[str]:
+    return [_package_parent(), *(p for p in sys.path if p)]
+
+
 def scan_imports(entry: Sequence[str], scripts: Sequence[Path] = ()) -> dict[str, Path | None]:
     """Bytecode import graph of ``entry`` modules and ``scripts`` (name → file)."""
     import modulefinder
 
-    finder = modulefinder.ModuleFinder(excludes=list(EXCLUDES))
+    finder = modulefinder.ModuleFinder(path=_search_path(), excludes=list(EXCLUDES))
     for name in entry:
         try:
             finder.import_hook(name)
@@ -174,11 +185,9 @@ print(json.dumps({n: getattr(m, "__file__", None) for n, m in sorted(sys.modules
 def runtime_imports(entry: Sequence[str], python: str = sys.executable) -> dict[str, Path | None]:
     """Modules that really importing ``entry`` loads (a subprocess, ``-S`` like the boot)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    import recover
-
-    paths = [os.fspath(Path(str(recover.__file__)).resolve().parents[1])]
-    paths += [p for p in sys.path if p and "site-packages" in p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in _search_path() if "site-packages" in p or p == _package_parent()
+    )
     env["TSS2_LOG"] = "all+none"
     proc = subprocess.run(
         [python, "-S", "-c", _PROBE, *(n for n in entry if not n.endswith("__main__"))],
