@@ -7,6 +7,7 @@ it asks them) and by ``host-recover decide`` (a dry run that unseals nothing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,7 +18,7 @@ from typing import Any
 
 from recover import evidence as evidence_mod
 from recover import verdict as verdict_mod
-from recover.errors import ExitCode
+from recover.errors import ConfigError, ExitCode
 from recover.evidence import Evidence, Reading
 from recover.log import step
 from recover.peers import PeerResults
@@ -112,10 +113,18 @@ def run(
                     stop_early,
                 )
 
-        if serve and domain:
-            status = agent.StatusSource(me, entry.failure_domain if entry else "", "boot", ev)
-            with agent.serve_in_background(cfg, attestor, status, inventory=inv) as srv:
-                peers = ask()
+        with contextlib.ExitStack() as stack:
+            srv = None
+            if serve and domain:
+                status = agent.StatusSource(me, entry.failure_domain if entry else "", "boot", ev)
+                try:
+                    srv = stack.enter_context(
+                        agent.serve_in_background(cfg, attestor, status, inventory=inv)
+                    )
+                except ConfigError as e:  # cannot listen: still ask, peers may decide
+                    log.warning("not answering peers: %s", e.message)
+            peers = ask()
+            if srv is not None:
                 # Peers that booted later may still be asking us: answer a little longer,
                 # until every peer of the domain got its answer (at most one timeout).
                 ids = {p.id for p in domain}
@@ -123,8 +132,6 @@ def run(
                 while not ids <= srv.answered and time.monotonic() < until:
                     time.sleep(0.02)
                 log.info("answered %d of %d peers", len(ids & srv.answered), len(ids))
-        else:
-            peers = ask()
         log.info(
             "peers: %d of %d verified in %.0f ms%s",
             peers.verified,

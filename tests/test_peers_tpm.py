@@ -137,7 +137,7 @@ def run_self(hosts: dict[str, Host], **changes: Any) -> decide.Decision:
 
     me = hosts["self"]
     cfg = config.load(me.write_config(), env={})
-    cfg = cfg.replace(peers_listen="127.0.0.1:0", **changes)
+    cfg = cfg.replace(**{"peers_listen": "127.0.0.1:0", **changes})
     with Tpm.open(me.tpm.tcti) as t:
         return decide.run(cfg, t, serve=True, pstore_dir=str(me.root / "pstore"))
 
@@ -262,3 +262,18 @@ def test_hosts_booting_together_find_each_other(fleet: dict[str, Host]) -> None:
         d = results[name]
         assert str(d.verdict.kind) == "correlated-failure", (name, d.verdict.reasons)
         assert d.peers.verified == 1
+
+
+def test_cannot_listen_still_asks(fleet: dict[str, Host], caplog: Any) -> None:
+    """The payload's port is taken: it says so and still asks its peers."""
+    boot(fleet, cut=set(NAMES))
+    write_inventory(fleet)
+    for n in ("p1", "p2"):
+        fleet[n].start_agent()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        d = run_self(fleet, peers_listen=f"127.0.0.1:{taken}")
+    assert str(d.verdict.kind) == "correlated-failure", d.verdict.reasons
+    assert "not answering peers: cannot listen on 127.0.0.1" in caplog.text
