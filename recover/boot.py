@@ -139,6 +139,8 @@ def _boot_id() -> str:
 
 def record_summary(outcome: Outcome) -> bytes:
     """A compact summary for the TPM NV record (the next boot's 'previous decision')."""
+    from recover.evidence import record_fields
+
     summary = {
         "v": 1,
         "action": outcome.action,
@@ -146,6 +148,7 @@ def record_summary(outcome: Outcome) -> bytes:
         "exit": outcome.exit_code,
         "t": int(time.time()),
         "boot": _boot_id()[:8],
+        **record_fields(outcome.evidence),
     }
     return json.dumps(summary, separators=(",", ":")).encode()
 

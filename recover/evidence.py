@@ -208,6 +208,15 @@ def pstore(pstore_dir: str) -> Signal:
     return Signal(name, entries, Reading.UNKNOWN, Strength.WEAK, "no crash records")
 
 
+def record_fields(evidence_json: dict[str, Any] | None) -> dict[str, int]:
+    """What the boot's TPM NV decision record must carry for the next boot's evidence:
+    the lockout counter, the baseline of the ``lockout_counter`` signal."""
+    for s in (evidence_json or {}).get("signals", []):
+        if s.get("name") == "lockout_counter" and isinstance(s.get("value"), int):
+            return {"lockout": s["value"]}
+    return {}
+
+
 def parse_previous(blob: bytes | None) -> dict[str, Any] | None:
     if not blob:
         return None

@@ -190,3 +190,14 @@ def test_summary_rules(signals: list, summary: Reading) -> None:
     ev = Evidence(tuple(sig(r, s) for r, s in signals))
     assert summarize(ev.signals) is summary
     assert Evidence.from_json(ev.to_json()).summary is summary
+
+
+def test_record_fields_carry_the_lockout_baseline() -> None:
+    from recover.evidence import record_fields
+
+    ev = Evidence((Signal("lockout_counter", 2, Reading.UNKNOWN, Strength.WEAK, ""),))
+    assert record_fields(ev.to_json()) == {"lockout": 2}
+    assert record_fields(None) == {}
+    # The next boot compares against it.
+    prev = json.loads(json.dumps({"action": "normal", **record_fields(ev.to_json())}))
+    assert lockout_change(_Lockout(3), prev).reading is Reading.ABNORMAL
