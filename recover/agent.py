@@ -173,12 +173,14 @@ class Server:
         )
         return self
 
-    async def _handle(self, reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    async def _handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[int, dict[str, Any]]:
         import asyncio
 
         try:
             _, start, body = await asyncio.wait_for(
-                read_http_message(reader, response=False), self.limits.read_timeout
+                read_http_message(reader, response=False, writer=writer), self.limits.read_timeout
             )
         except TimeoutError:
             return 408, _error(
@@ -204,7 +206,7 @@ class Server:
             else:
                 self.active += 1
                 try:
-                    code, obj = await self._handle(reader)
+                    code, obj = await self._handle(reader, writer)
                 finally:
                     self.active -= 1
             self.served += 1

@@ -366,10 +366,14 @@ async def http_post(
 
 
 async def read_http_message(
-    reader: asyncio.StreamReader, *, response: bool
+    reader: asyncio.StreamReader,
+    *,
+    response: bool,
+    writer: asyncio.StreamWriter | None = None,
 ) -> tuple[int, str, bytes]:
     """Read one HTTP/1.1 message; return (status code or 0 for a request, start line, body).
 
+    A server passes its ``writer`` to answer ``Expect: 100-continue`` (curl sends it).
     Raises Rejected(MALFORMED) on bad framing and a body over MAX_BODY.
     """
     import asyncio
@@ -390,18 +394,25 @@ async def read_http_message(
     elif len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise Rejected(Outcome.MALFORMED, "not an HTTP/1.x request")
     length = None
+    expect = False
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            if not value.strip().isdigit():
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length":
+            if not value.isdigit() or length not in (None, int(value)):
                 raise Rejected(Outcome.MALFORMED, "bad Content-Length")
-            length = int(value.strip())
-        elif name.strip().lower() == "transfer-encoding":
+            length = int(value)
+        elif name == "transfer-encoding":
             raise Rejected(Outcome.MALFORMED, "Transfer-Encoding is not supported")
+        elif name == "expect" and value.lower() == "100-continue":
+            expect = True
     if length is None:
         raise Rejected(Outcome.MALFORMED, "Content-Length required")
     if length > MAX_BODY:
         raise Rejected(Outcome.MALFORMED, f"body of {length} bytes exceeds {MAX_BODY}", 413)
+    if expect and writer is not None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
     try:
         return code, lines[0], await reader.readexactly(length)
     except asyncio.IncompleteReadError:

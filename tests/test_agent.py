@@ -112,6 +112,22 @@ def test_oversized_wrong_path_and_framing(agent: Any) -> None:
     assert_still_serving(inv, asker)
 
 
+def test_expect_100_continue_and_duplicate_lengths(agent: Any) -> None:
+    srv, asker, inv = agent
+    body = b"{not json"
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(
+            b"POST /v1/status HTTP/1.1\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        assert b" 400 " in s.recv(1000).split(b"\r\n")[0]
+    dup = b"POST /v1/status HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+    assert raw(srv.port, dup)[1]["error"]["message"] == "bad Content-Length"
+    assert_still_serving(inv, asker)
+
+
 def test_slow_clients_time_out_and_connections_are_capped(agent: Any) -> None:
     srv, asker, inv = agent
     t0 = time.monotonic()
