@@ -47,13 +47,24 @@ test: venv lint
 	$(VPY) -m pytest -q
 
 demo: venv
-	$(VPY) -m qemu_env.demo
+	$(VPY) qemu-env/demo.py
 
-install:
-	$(PYTHON) -m pip install --no-deps .
-	install -d /usr/lib/dracut/modules.d/90host-recover
-	install -m 0755 dracut-module/* hooks/* /usr/lib/dracut/modules.d/90host-recover/
-	install -D -m 0644 systemd/host-recover-agent.service /usr/lib/systemd/system/host-recover-agent.service
+# On a real host (root): the program in its own venv (Debian's python3 refuses system-wide
+# pip installs), the CLI on PATH, the dracut module (dracut --add host-recover).
+PREFIX  := /opt/host-recover
+DRACUTMOD := $(DESTDIR)/usr/lib/dracut/modules.d/90host-recover
+install: venv
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/pip install -q --no-index --find-links $(WHEELS) \
+	  $$(grep -E '^(tpm2-pytss|cryptography|pyelftools)==' requirements.lock)
+	$(VPY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEELS) .
+	$(DESTDIR)$(PREFIX)/bin/pip install -q --no-index --find-links $(WHEELS) --no-deps \
+	  --force-reinstall host-recover
+	install -d $(DESTDIR)/usr/local/sbin $(DRACUTMOD)
+	ln -sf $(PREFIX)/bin/host-recover $(DESTDIR)/usr/local/sbin/host-recover
+	install -m 0755 dracut-module/*.sh hooks/*.sh $(DRACUTMOD)/
+	install -m 0644 dracut-module/host-recover.service $(DRACUTMOD)/
+	install -D -m 0644 systemd/host-recover-agent.service $(DESTDIR)/usr/lib/systemd/system/host-recover-agent.service
 
 clean:
 	rm -rf $(VENV) qemu-env/build

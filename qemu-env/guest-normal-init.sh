@@ -19,17 +19,23 @@ if [ -n "$(ls /run/credentials/host-recover 2> /dev/null)" ]; then
 fi
 if [ "$action" = provision ]; then
     mkdir -p /mnt/store
+    # The boot payload extended the lock PCR already (boot.lock=always): the normal OS
+    # cannot unseal, so the keys for the image factory are exported at provisioning
+    # time, used from tmpfs and deleted.
     mount -t ext4 /dev/vdb /mnt/store \
-        && host-recover provision \
-        && host-recover image create /mnt/store/plain.squashfs /mnt/store/recovery.hri \
-        && host-recover credential add service-hmac /mnt/store/service-hmac.in \
+        && host-recover provision --export-image-key /tmp/image.key --export-master /tmp/master.key \
+        && host-recover image create --key-file /tmp/image.key /mnt/store/plain.squashfs \
+            /mnt/store/recovery.hri \
+        && host-recover credential add --key-file /tmp/master.key service-hmac \
+            /mnt/store/service-hmac.in \
         && rm -f /mnt/store/plain.squashfs /mnt/store/service-hmac.in \
         && echo "HR-ATTEST $(host-recover attest --address 10.0.2.15:7469 \
-            --failure-domain rack-1 | tr -d '\n')" \
-        && host-recover status
+            --failure-domain rack-1 | tr -d '\n')"
     echo "HR-PROVISIONED rc=$?"
+    rm -f /tmp/image.key /tmp/master.key
     umount /mnt/store
 fi
+echo "HR-PCR15 $(cat /sys/class/tpm/tpm0/pcr-sha256/15 2> /dev/null)"
 echo "HR-GUEST-DONE action=$action"
 sync
 case "$action" in

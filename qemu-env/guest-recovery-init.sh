@@ -19,6 +19,7 @@ else
     echo "HR-SERVICE-NO-CREDENTIAL"
 fi
 if touch /hr-writable 2> /dev/null; then echo "HR-RECOVERY-ROOT writable"; fi
+echo "HR-PCR15 $(cat /sys/class/tpm/tpm0/pcr-sha256/15 2> /dev/null)"
 echo "HR-GUEST-DONE action=$action"
 sync
 case "$action" in

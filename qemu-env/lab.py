@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,7 +55,8 @@ class PeerAgent:
 
     def __init__(self, workdir: Path, peer_id: str, guest_ip: str) -> None:
         self.dir = workdir / peer_id
-        self.dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)  # a fresh TPM every lab
+        self.dir.mkdir(parents=True)
         self.id, self.guest_ip = peer_id, guest_ip
         self.tpm = SwTpm(self.dir / "tpmstate")
         self.port = vmmod.free_port()
@@ -116,6 +118,12 @@ class PeerAgent:
         self.tpm.power_cut_and_restart()
         self.start_agent()
 
+    def clean_reboot(self) -> None:
+        """An orderly reboot of the peer (TPM2_Shutdown, then power on)."""
+        self.stop_agent()
+        self.tpm.reboot_orderly()
+        self.start_agent()
+
     def close(self) -> None:
         self.stop_agent(signal.SIGKILL)
         self.tpm.kill()
@@ -128,6 +136,7 @@ class BootResult:
     root: str  # "normal" | "recovery" | "none"
     proof_ok: bool | None  # the recovery service's HMAC over the challenge checked out
     phases: dict[str, float]  # seconds since QEMU start
+    lock_pcr: str | None  # PCR 15 (sha256) as the booted root saw it, hex
 
 
 class Lab:
@@ -208,21 +217,55 @@ class Lab:
 
     # --- boots --------------------------------------------------------------------------
 
-    def boot(self, action: str = "poweroff", timeout: float = 300) -> BootResult:
+    def boot(
+        self,
+        action: str = "poweroff",
+        *,
+        extra_cmdline: str = "",
+        store: Path | None = None,
+        until: str | None = None,
+        timeout: float = 300,
+    ) -> BootResult:
         """Boot once; ``action`` for the root that comes up (poweroff | hold | provision).
-        With hold the guest stays up: call ``power_cut`` (or ``vm.wait_exit``)."""
+        With hold (or ``until``: return once a console line matches) the guest stays up:
+        call ``power_cut``. ``extra_cmdline`` and ``store`` change this boot only."""
         assert self.vm is not None
         challenge = secrets.token_hex(16)
         harness.control_disk(self.control, action, challenge)
-        self.vm.start()
+        base_cmdline, base_disks = self.vm.cmdline, list(self.vm.disks)
+        if extra_cmdline:
+            self.vm.cmdline += " " + extra_cmdline
+        if store is not None:
+            self.vm.disks[1] = store
         try:
-            self.vm.wait_for(r"^HR-GUEST-DONE|Kernel panic|Boot has failed", timeout)
-            if action != "hold":
+            self.vm.start()
+            self.vm.wait_for(until or r"^HR-GUEST-DONE|Kernel panic|Boot has failed", timeout)
+            if action != "hold" and until is None:
                 self.vm.wait_exit(timeout)
         except BaseException:
             self.vm.power_cut()
             raise
+        finally:
+            self.vm.cmdline, self.vm.disks = base_cmdline, base_disks
         return self._result(challenge)
+
+    def tampered_store(self, how: str) -> Path:
+        """A copy of the store whose recovery image has one bit flipped (``flip``) or
+        its last 100 bytes cut off (``truncate``)."""
+        assert self.vm is not None
+        out = self.dir / f"store-{how}.img"
+        shutil.copyfile(self.vm.disks[1], out)
+        img = self.dir / f"recovery-{how}.hri"
+        harness.sh("debugfs", "-R", f"dump /recovery.hri {img}", out)
+        data = bytearray(img.read_bytes())
+        if how == "flip":
+            data[len(data) // 2] ^= 0x01
+        else:
+            del data[-100:]
+        img.write_bytes(bytes(data))
+        harness.sh("debugfs", "-w", "-R", "rm /recovery.hri", out)
+        harness.sh("debugfs", "-w", "-R", f"write {img} recovery.hri", out)
+        return out
 
     def _result(self, challenge: str) -> BootResult:
         assert self.vm is not None
@@ -246,6 +289,7 @@ class Lab:
             proof_ok = fields.get("challenge") == challenge and hmac.compare_digest(
                 fields.get("mac", ""), want
             )
+        pcr15 = con.find(r"^HR-PCR15 ")
         phases: dict[str, float] = {}
         for pattern, name in (
             (r"^EFI stub: Loaded initrd", "kernel"),
@@ -258,7 +302,8 @@ class Lab:
             hit = con.find(pattern)
             if hit:
                 phases[name] = round(hit[0], 2)
-        return BootResult(con, record, root, proof_ok, phases)
+        lock = pcr15[1].split()[1] if pcr15 and len(pcr15[1].split()) > 1 else None
+        return BootResult(con, record, root, proof_ok, phases, lock)
 
     def power_cut(self, peers: int = 0) -> None:
         """Power loss of the host and of the first ``peers`` peers, together."""
