@@ -46,9 +46,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("recover.agent")
 
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408:
-            "Request Timeout", 413: "Content Too Large", 431: "Request Header Fields Too Large",
-            503: "Service Unavailable"}  # fmt: skip
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +215,11 @@ class Server:
                 self.active += 1
                 try:
                     code, obj = await self._handle(reader, writer)
+                except (ConnectionError, OSError):
+                    raise
+                except Exception as e:  # noqa: BLE001 - a bug must not stop the server
+                    log.exception("internal error answering a peer")
+                    code, obj = 500, _error("internal", f"{type(e).__name__}: {e}")
                 finally:
                     self.active -= 1
             self.served += 1

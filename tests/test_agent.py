@@ -221,3 +221,24 @@ def test_client_never_believes_garbage(reply: Any) -> None:
 
 
 _FUZZ = (SoftwareAttestor(), SoftwareAttestor())
+
+
+def test_a_bug_in_a_handler_is_a_500_and_the_server_goes_on() -> None:
+    class Broken:
+        inline = True
+
+        def clock(self) -> dict[str, int]:
+            raise RuntimeError("boom")
+
+        def quote(self, qualifying_data: bytes) -> Any:
+            raise AssertionError
+
+    asker = SoftwareAttestor()
+    inv = parse([entry(ME, 9, asker.pem), entry("srv", 1, asker.pem)])
+    status = StatusSource("srv", "rack-1", "agent", evidence_of("clean"), "b")
+    with serve_in_background(_Cfg(), Broken(), status, inventory=inv) as srv:  # type: ignore[arg-type]
+        inv2 = parse([entry(ME, 9, asker.pem), entry("srv", srv.port, asker.pem)])
+        for _ in range(2):
+            res = query_all(inv2, ME, asker, deadline=3, timeout=2, retries=0)
+            assert res.results[0].outcome is Outcome.REFUSED
+            assert "HTTP 500: RuntimeError: boom" in res.results[0].reason
