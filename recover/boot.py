@@ -20,9 +20,7 @@ import dataclasses
 import json
 import logging
 import os
-import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +73,8 @@ def apply_kernel_options(cfg: Any, overrides: dict[str, str]) -> Any:
 
 
 def _run(argv: list[str]) -> None:
+    import subprocess  # not on the clean boot's path
+
     log.debug("+ %s", " ".join(argv))
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
@@ -134,6 +134,8 @@ def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
+        import uuid
+
         return str(uuid.uuid4())
 
 
@@ -336,6 +338,8 @@ def cmd_boot(args: argparse.Namespace, cfg: Any) -> int:
 def _cleanup(newroot: str, cfg: Any) -> None:
     """After a failure leave nothing behind: no half-mounted $NEWROOT, no plaintext image,
     no credentials for the normal OS (the normal boot may go on)."""
+    import subprocess
+
     work = Path(cfg.boot_state_dir)
     cred = Path(cfg.boot_credentials_dir)
     for path in (newroot, work / "overlay", work / "lower", work / "image", cred):

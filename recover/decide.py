@@ -14,15 +14,17 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recover import evidence as evidence_mod
 from recover import verdict as verdict_mod
 from recover.errors import ConfigError, ExitCode
 from recover.evidence import Evidence, Reading
 from recover.log import step
-from recover.peers import PeerResults
 from recover.verdict import Kind, Mode, Policy, Verdict
+
+if TYPE_CHECKING:
+    from recover.peers import PeerResults
 
 log = logging.getLogger("recover.decide")
 
@@ -70,9 +72,6 @@ def run(
     pstore_dir: str = evidence_mod.PSTORE_DIR,
     previous: Any = evidence_mod.READ_FROM_TPM,
 ) -> Decision:
-    from recover import agent, inventory
-    from recover.peers import TpmAttestor, query_all
-
     timings: dict[str, float] = {}
     with step("evidence", timings):
         ev = evidence_mod.gather(tpm, cfg, pstore_dir=pstore_dir, previous=previous)
@@ -87,6 +86,10 @@ def run(
     elif not os.path.exists(cfg.peers_inventory):
         log.info("no peer inventory at %s: this host is alone", cfg.peers_inventory)
     else:
+        # Imported only here: a clean boot, or a host alone, never loads the peer stack.
+        from recover import agent, inventory
+        from recover.peers import TpmAttestor, query_all
+
         inv = inventory.load(cfg.peers_inventory)
         me = inventory.self_id(cfg)
         domain = inv.domain_peers(me)

@@ -16,10 +16,12 @@ import dataclasses
 import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recover.evidence import Evidence, Reading
-from recover.peers import Outcome, PeerResult, PeerResults
+
+if TYPE_CHECKING:  # the peer stack is imported only when there are peers' results
+    from recover.peers import PeerResult, PeerResults
 
 
 class Kind(enum.StrEnum):
@@ -117,6 +119,8 @@ class _Tally:
 
 def _classify(own_since_reset: float | None, r: PeerResult, window: float) -> str:
     """same | unknown | unaffected | outside (unaffected, abnormal) | unverified."""
+    from recover.peers import Outcome
+
     if r.outcome is not Outcome.VERIFIED or r.status is None:
         return "unverified"
     st = r.status
@@ -247,6 +251,8 @@ def decide_counts(
         if t.outside:
             reasons.append(f"{t.outside} abnormal peers reset outside the window (other events)")
         if undecided:
+            from recover.peers import Outcome
+
             why = [f"{v} {k}" for k, v in sorted(outcomes.items()) if k != Outcome.VERIFIED]
             if t.unknown:
                 why.append(f"{t.unknown} verified with unknown evidence")

@@ -1,0 +1,195 @@
+"""Cold start of the boot payload: what the boot path imports, and bench/coldstart.py's
+helpers (importtime parsing, the timestamping TCP relay). Cheap; no timing assertions."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import coldstart  # noqa: E402
+
+# Not imported before the first TPM command of a clean boot: heavy, or needed only when a
+# peer inventory exists, when the root is recovered, or after a failure.
+DEFERRED = (
+    "tpm2_pytss",
+    "cryptography",
+    "_cffi_backend",
+    "asyncio",
+    "ssl",
+    "http",
+    "email",
+    "socket",
+    "subprocess",
+    "uuid",
+    "platform",
+    "recover.agent",
+    "recover.peers",
+    "recover.inventory",
+    "recover.image",
+    "recover.credentials",
+    "recover.provision",
+)
+
+# What `host-recover boot` imports before Tpm.open(): the CLI, its parser, logging, the
+# configuration, the boot handler (imported by name), decide and the TPM package.
+_PROBE = """
+import json, sys
+from recover import cli
+parser = cli.build_parser()
+args = parser.parse_args(["boot"])
+from recover import config, log
+log.setup(kmsg=False)
+config.load(None, {})
+import importlib
+importlib.import_module(args.handler.partition(":")[0])
+from recover import decide
+from recover.tpm import Tpm
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _modules_after(code: str, tmp_path: Path) -> set[str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *[p for p in sys.path if "site-packages" in p]]),
+        "HOST_RECOVER_CONFIG": str(tmp_path / "absent.conf"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_boot_path_defers_heavy_imports(tmp_path: Path) -> None:
+    mods = _modules_after(_PROBE, tmp_path)
+    assert "recover.boot" in mods and "recover.decide" in mods and "recover.tpm.core" in mods
+    loaded = sorted(m for m in mods if m.split(".")[0] in DEFERRED or m in DEFERRED)
+    assert loaded == [], f"imported before the first TPM command: {loaded}"
+
+
+def test_deferred_modules_still_import_when_needed(tmp_path: Path) -> None:
+    """The lazy imports resolve: the names the boot path imports inside functions exist."""
+    code = (
+        "import json, sys\n"
+        "from recover import decide, boot, verdict\n"
+        "from recover import agent, inventory, credentials, image, keys, provision\n"
+        "from recover.peers import Outcome, PeerResults, TpmAttestor, query_all\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    mods = _modules_after(code, tmp_path)
+    assert {"recover.agent", "recover.peers", "recover.inventory"} <= mods
+
+
+def test_parse_importtime_links_parents() -> None:
+    text = "\n".join(
+        [
+            "import time: self [us] | cumulative | imported package",
+            "import time:        10 |         10 |     _json",
+            "import time:        20 |         30 |   json.scanner",
+            "import time:        40 |         40 |   json.encoder",
+            "import time:         5 |         75 | json",
+            "import time:         7 |          7 |       email",
+            "import time:       100 |        107 |     cryptography.x509",
+            "import time:        50 |        307 |   tpm2_pytss.types",
+            "import time:         3 |        310 | tpm2_pytss",
+            "host-recover: a log line in between",
+        ]
+    )
+    rows = coldstart.parse_importtime(text)
+    by = {r.name: r for r in rows}
+    assert [r.name for r in rows][:2] == ["_json", "json.scanner"]
+    assert by["_json"].parent == "json.scanner" and by["json.scanner"].parent == "json"
+    assert by["json.encoder"].parent == "json" and by["json"].parent is None
+    assert by["email"].depth == 3 and by["tpm2_pytss.types"].depth == 1
+    assert [r.name for r in coldstart.top_level(rows)] == ["tpm2_pytss", "json"]
+    groups = coldstart.group_self_times(rows)
+    assert groups == {
+        "stdlib, top level": 10 + 20 + 40 + 5,
+        "cryptography": 100,
+        "stdlib via cryptography": 7,
+        "tpm2_pytss": 50 + 3,
+    }
+
+
+def test_parse_importtime_of_a_real_interpreter() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-S", "-X", "importtime", "-c", "import json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = coldstart.parse_importtime(proc.stderr)
+    by = {r.name: r for r in rows}
+    assert by["json.decoder"].parent == "json"
+    assert by["json"].depth == 0 and by["json"].cum_us >= by["json.decoder"].cum_us
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            for _ in range(100):
+                data = conn.recv(4096)
+                if not data:
+                    return
+                conn.sendall(data[::-1])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t
+
+
+def test_relay_forwards_and_timestamps_the_first_command() -> None:
+    srv, t = _echo_server()
+    try:
+        with coldstart.Relay(srv.getsockname()[1]) as relay:
+            assert relay.tcti == f"swtpm:host=127.0.0.1,port={relay.port}"
+            relay.arm()
+            # TPM2_GetCapability header: tag 0x8001, size 22, command code 0x17a
+            cmd = bytes.fromhex("8001000000160000017a") + bytes(12)
+            with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as c:
+                c.sendall(cmd)
+                got = b""
+                for _ in range(100):
+                    got += c.recv(4096)
+                    if len(got) >= len(cmd):
+                        break
+            assert got == cmd[::-1]
+            assert relay.connected is not None and relay.first is not None
+            assert relay.first[1] == 0x17A and relay.first[0] >= relay.connected
+            relay.arm()
+            assert relay.first is None and relay.connected is None
+    finally:
+        srv.close()
+        t.join(timeout=10)
+
+
+@pytest.mark.parametrize("mode", coldstart.MODES)
+def test_tree_python_modes(tmp_path: Path, mode: str) -> None:
+    tree = coldstart.Tree("t", ROOT, tmp_path)
+    argv, env = tree.python(mode)
+    assert "-S" in argv
+    if mode == "bundle":
+        assert env["PYTHONHOME"].startswith(str(tmp_path)) and env["PYTHONDONTWRITEBYTECODE"]
+    else:
+        assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
+        assert ("-B" in argv) == (mode == "src-nopyc")
