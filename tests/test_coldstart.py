@@ -183,13 +183,16 @@ def test_relay_forwards_and_timestamps_the_first_command() -> None:
         t.join(timeout=10)
 
 
-@pytest.mark.parametrize("mode", coldstart.MODES)
+@pytest.mark.parametrize("mode", [*coldstart.MODES, "bundle-nofapi"])
 def test_tree_python_modes(tmp_path: Path, mode: str) -> None:
-    tree = coldstart.Tree("t", ROOT, tmp_path)
+    tree = coldstart.Tree("t", ROOT, tmp_path, nofapi=tmp_path / "nofapi")
     argv, env = tree.python(mode)
     assert "-S" in argv
-    if mode == "bundle":
+    if mode.startswith("bundle"):
         assert env["PYTHONHOME"].startswith(str(tmp_path)) and env["PYTHONDONTWRITEBYTECODE"]
+        site = env["PYTHONPATH"].split(":")
+        assert site[-1].endswith("/root/usr/lib/host-recover/site")
+        assert (site[0] == str(tmp_path / "nofapi")) == (mode == "bundle-nofapi")
     else:
         assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
         assert ("-B" in argv) == (mode == "src-nopyc")
