@@ -12,8 +12,10 @@ store.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 
 from recover.errors import UsageError
@@ -33,6 +35,11 @@ class AtomicFile:
     def __init__(self, dst: str | os.PathLike[str], tmp_dir: str | os.PathLike[str] | None = None):
         self.dst = os.fspath(dst)
         self.dir = os.fspath(tmp_dir) if tmp_dir else os.path.dirname(os.path.abspath(self.dst))
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.stat(self.dst).st_mode):
+                raise UsageError(
+                    f"{self.dst} is a directory", hint="give the name of a file to write"
+                )
         self.name: str | None = None  # the temporary name, while one exists
         self.fd = -1
         if os.path.isdir("/proc/self/fd"):
@@ -46,7 +53,10 @@ class AtomicFile:
                 )
             except OSError as e:
                 self.name = None
-                raise UsageError(f"cannot create a file in {self.dir}: {e.strerror}") from None
+                hint = "create the directory first" if e.errno == errno.ENOENT else None
+                raise UsageError(
+                    f"cannot create a file in {self.dir}: {e.strerror}", hint
+                ) from None
 
     def _failed(self, e: OSError) -> UsageError:
         return UsageError(
@@ -83,7 +93,9 @@ class AtomicFile:
         except OSError as e:
             raise UsageError(
                 f"cannot move the output to {self.dst}: {e.strerror}",
-                hint="the temporary directory must be on the same file system as the output",
+                hint="the temporary directory must be on the same file system as the output"
+                if e.errno == errno.EXDEV
+                else None,
             ) from None
         self.name = None
         dfd = _open_dir(os.path.dirname(os.path.abspath(self.dst)))
@@ -111,3 +123,14 @@ def atomic_output(
         yield out
     finally:
         out.close()
+
+
+def write_file(dst: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Write a small file atomically with ``mode``; failures are one-line UsageErrors."""
+    with atomic_output(dst) as out:
+        try:
+            os.fchmod(out.fd, mode)
+        except OSError as e:
+            raise out._failed(e) from None
+        out.write_all(data, 0)
+        out.commit()

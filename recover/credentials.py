@@ -57,7 +57,7 @@ def validate_name(name: str) -> str:
         0 < len(name.encode()) <= MAX_NAME and _NAME.fullmatch(name) and name not in (".", "..")
     ):
         raise UsageError(
-            f"invalid credential name {name!r}",
+            f"invalid credential name {name[:64]!r}{'...' if len(name) > 64 else ''}",
             hint="use letters, digits and _.@+:- (not starting with '.' or '-'), "
             f"at most {MAX_NAME} bytes",
         )
@@ -164,7 +164,9 @@ def unseal(data: bytes, master: bytes) -> Store:
         )
     except InvalidTag:
         raise IntegrityError(
-            "credential store failed authentication (tampered or wrong master secret)"
+            "credential store failed authentication (tampered or wrong master secret)",
+            hint="--key-file takes the master secret from `provision --export-master`, "
+            "not the image key",
         ) from None
     return Store(MappingProxyType(decode_entries(plain)), generation)
 

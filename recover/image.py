@@ -166,7 +166,10 @@ def parse_header(data: bytes) -> Header:
     (magic, version, suite, payload, res1, hsize, chunk, res2, length, image_version, salt,
      prefix, res3, kid) = _FIXED.unpack_from(raw)  # fmt: skip
     if magic != MAGIC:
-        raise IntegrityError("not a host-recover image (bad magic)")
+        raise IntegrityError(
+            "not a host-recover image (bad magic)",
+            hint="pass a file written by `host-recover image create`",
+        )
     if version != FORMAT_VERSION:
         raise IntegrityError(
             f"unsupported image format version {version}",
@@ -251,6 +254,21 @@ def _open_read(path: str | os.PathLike[str]) -> int:
         os.close(fd)
         raise UsageError(f"{os.fspath(path)} is not a regular file or block device")
     return fd
+
+
+def _refuse_same_file(fd: int, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """The output must not be the input (through any name): it would be replaced."""
+    try:
+        out = os.stat(dst)
+    except OSError:
+        return
+    st = os.fstat(fd)
+    if (out.st_dev, out.st_ino) == (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise UsageError(
+            f"the output {os.fspath(dst)} is the input {os.fspath(src)}",
+            hint="write to a new file; the input is never replaced",
+        )
 
 
 def _size(fd: int) -> int:
@@ -408,6 +426,7 @@ def decrypt_file(
     linked into place after the last chunk verified. On failure nothing remains.
     """
     fd, header, data_key = _open_authenticated(src, key, min_version)
+    _refuse_same_file(fd, src, dst_path)
     try:
         with atomic_output(dst_path, tmp_dir) as out:
             os.ftruncate(out.fd, header.plaintext_length)
@@ -449,6 +468,7 @@ def encrypt_file(
     if not 0 <= image_version < 1 << 64:
         raise UsageError(f"image version must be in [0, 2^64), got {image_version}")
     fd = _open_read(src)
+    _refuse_same_file(fd, src, dst)
     try:
         length = _size(fd)
         _check_payload(fd, payload_type, os.fspath(src))

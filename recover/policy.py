@@ -38,7 +38,11 @@ def cmd_keygen(args: argparse.Namespace, cfg: Any) -> int:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     write_atomic(args.private, private, mode=0o600)
-    write_atomic(args.public, public, mode=0o644)
+    try:
+        write_atomic(args.public, public, mode=0o644)
+    except BaseException:
+        Path(args.private).unlink(missing_ok=True)  # no half key pair
+        raise
     log.info("wrote %s (keep offline) and %s (set tpm.policy_pubkey)", args.private, args.public)
     return 0
 
@@ -46,11 +50,17 @@ def cmd_keygen(args: argparse.Namespace, cfg: Any) -> int:
 def _read_values(path: str) -> dict[str, dict[int, bytes]]:
     from recover.inventory import parse_pcrs
 
+    hint = 'expected JSON {"sha256": {"0": "<64 hex digits>", ...}}'
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read PCR values from {path}: {e}") from None
-    return parse_pcrs(doc, path)
+    except OSError as e:
+        raise UsageError(f"cannot read PCR values from {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise UsageError(f"{path} is not valid JSON: {e}", hint=hint) from None
+    try:
+        return parse_pcrs(doc, path)
+    except UsageError as e:
+        raise UsageError(e.message, hint=hint) from None
 
 
 def _previous_version(path: str) -> int:
@@ -91,7 +101,10 @@ def cmd_sign(args: argparse.Namespace, cfg: Any) -> int:
     try:
         signed = sign_policy(private, selection, values, cfg.tpm_lock_pcr, version)
     except (ValueError, TypeError) as e:
-        raise UsageError(f"cannot sign with {args.key}: {e}") from None
+        raise UsageError(
+            f"cannot sign with {args.key}: {str(e).splitlines()[0]}",
+            hint="--key takes the private key PEM written by `host-recover policy keygen`",
+        ) from None
     signed.save(output)
     log.info(
         "signed policy v%d for %s (+ lock PCR %d): %s → %s",

@@ -64,35 +64,54 @@ def unseal_master(cfg: Any, tpm: Tpm | None = None) -> bytes:
     values, version >= the TPM's policy counter) and, once it unsealed, the counter is
     raised to its version so older signed policies are refused from then on.
     """
+    with _tpm(cfg, tpm) as t:
+        try:
+            return _unseal(cfg, t)
+        except PolicyMismatch as e:
+            if _lock_pcr_extended(t, cfg):
+                raise PolicyMismatch(
+                    f"{e.message}: lock PCR {cfg.tpm_lock_pcr} is extended in this boot",
+                    hint="the boot payload extends it (boot.lock = always) so the normal OS "
+                    "cannot unseal: pass --key-file with the offline copy of the key",
+                ) from None
+            raise
+
+
+def _lock_pcr_extended(t: Tpm, cfg: Any) -> bool:
+    bank = parse_selection(cfg.tpm_pcrs)[0][0]
+    values = t.pcr_read(f"{bank}:{cfg.tpm_lock_pcr}")
+    return any(v != bytes(len(v)) for b in values.values() for v in b.values())
+
+
+def _unseal(cfg: Any, t: Tpm) -> bytes:
     from recover.tpm.policy import SignedPolicy
 
-    with _tpm(cfg, tpm) as t:
-        if cfg.tpm_policy != "signed":
-            return t.unseal_master(
-                srk_handle=cfg.tpm_srk_handle,
-                seal_handle=cfg.tpm_seal_handle,
-                selection=cfg.tpm_pcrs,
-                lock_pcr=cfg.tpm_lock_pcr,
-                policy="pcr",
-            )
-        signed = SignedPolicy.load(cfg.tpm_policy_file)
-        floor = _policy_floor(t, cfg)
-        secret = t.unseal_master(
+    if cfg.tpm_policy != "signed":
+        return t.unseal_master(
             srk_handle=cfg.tpm_srk_handle,
             seal_handle=cfg.tpm_seal_handle,
-            selection=signed.selection,
+            selection=cfg.tpm_pcrs,
             lock_pcr=cfg.tpm_lock_pcr,
-            policy="signed",
-            signed_policy=signed,
-            policy_pubkey_pem=_read_pubkey(cfg),
-            min_policy_version=floor or 0,
+            policy="pcr",
         )
-        if floor is not None and signed.policy_version > floor:
-            try:
-                t.counter_advance_to(cfg.tpm_policy_nv, signed.policy_version)
-            except HostRecoverError as e:
-                log.warning("could not raise the policy counter: %s", e.message)
-        return secret
+    signed = SignedPolicy.load(cfg.tpm_policy_file)
+    floor = _policy_floor(t, cfg)
+    secret = t.unseal_master(
+        srk_handle=cfg.tpm_srk_handle,
+        seal_handle=cfg.tpm_seal_handle,
+        selection=signed.selection,
+        lock_pcr=cfg.tpm_lock_pcr,
+        policy="signed",
+        signed_policy=signed,
+        policy_pubkey_pem=_read_pubkey(cfg),
+        min_policy_version=floor or 0,
+    )
+    if floor is not None and signed.policy_version > floor:
+        try:
+            t.counter_advance_to(cfg.tpm_policy_nv, signed.policy_version)
+        except HostRecoverError as e:
+            log.warning("could not raise the policy counter: %s", e.message)
+    return secret
 
 
 def rollback_version(cfg: Any, tpm: Tpm | None = None) -> int:
@@ -126,15 +145,20 @@ def _read_master(path: str) -> bytes:
 
 
 def cmd_provision(args: argparse.Namespace, cfg: Any) -> int:
-    from recover.tpm.policy import write_atomic
+    from recover.atomicfile import AtomicFile
 
     exports = [p for p in (args.export_image_key, args.export_master) if p]
     for p in exports:
         _check_export_target(p)
+    if len(exports) == 2 and os.path.abspath(exports[0]) == os.path.abspath(exports[1]):
+        raise UsageError("--export-image-key and --export-master name the same file")
     given = _read_master(args.master_from) if args.master_from else None
     pubkey = _read_pubkey(cfg) if cfg.tpm_policy == "signed" else None
     report: dict[str, Any] = {}
-    with _tpm(cfg) as t:
+    with contextlib.ExitStack() as stack:
+        # Export files are created (unnamed) before the TPM changes: a bad path fails here.
+        outs = {p: stack.enter_context(contextlib.closing(AtomicFile(p))) for p in exports}
+        t = stack.enter_context(_tpm(cfg))
         report["srk_created"] = t.ensure_srk(cfg.tpm_srk_handle)
         t.ensure_ak(cfg.tpm_ak_handle)
         sealed = t.has_object(cfg.tpm_seal_handle)
@@ -163,10 +187,11 @@ def cmd_provision(args: argparse.Namespace, cfg: Any) -> int:
                 if not path:
                     continue
                 try:
-                    write_atomic(path, data(secret) if data else secret, mode=0o600)
-                except OSError as e:
+                    outs[path].write_all(data(secret) if data else secret, 0)
+                    outs[path].commit()
+                except UsageError as e:
                     raise UsageError(
-                        f"the secret is sealed, but writing {path} failed: {e.strerror}",
+                        f"the secret is sealed, but {e.message}",
                         hint="fix the path and run provision again with --force",
                     ) from None
         counters = {
@@ -277,6 +302,8 @@ def status(cfg: Any) -> dict[str, Any]:
                 )
     except TpmUnavailable as e:
         doc["tpm"]["error"] = e.message
+        if e.hint:
+            doc["tpm"]["hint"] = e.hint
     return doc
 
 
@@ -286,7 +313,12 @@ def cmd_status(args: argparse.Namespace, cfg: Any) -> int:
         print(json.dumps(doc, indent=2))
     else:
         _print_status(doc)
-    return 0 if doc["tpm"]["reachable"] else int(TpmUnavailable.exit_code)
+    if not doc["tpm"]["reachable"]:
+        log.error("error: %s", doc["tpm"].get("error", "the TPM is unreachable"))
+        if doc["tpm"].get("hint"):
+            log.error("hint: %s", doc["tpm"]["hint"])
+        return int(TpmUnavailable.exit_code)
+    return 0
 
 
 def _print_status(doc: dict[str, Any]) -> None:

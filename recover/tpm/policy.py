@@ -266,7 +266,10 @@ def sign_policy(
 
     key = serialization.load_pem_private_key(private_pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise ConfigError("the policy signing key must be an ECC P-256 private key")
+        raise ConfigError(
+            "the policy signing key must be an ECC P-256 private key",
+            hint="create one with `host-recover policy keygen`",
+        )
     pub_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -289,16 +292,7 @@ def sign_policy(
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to a temporary file created with ``mode``, fsync, rename over ``path``."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``data`` atomically with ``mode`` (recover.atomicfile); errors are UsageErrors."""
+    from recover.atomicfile import write_file
+
+    write_file(path, data, mode)
