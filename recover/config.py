@@ -32,6 +32,27 @@ def _handle(text: str) -> int:
     return value
 
 
+def _persistent_handle(text: str) -> int:
+    value = _handle(text)
+    if value >> 24 != 0x81:
+        raise ValueError(f"{text!r} is not a persistent handle (0x81000000-0x81ffffff)")
+    return value
+
+
+def _nv_index(text: str) -> int:
+    value = _handle(text)
+    if value >> 24 != 0x01:
+        raise ValueError(f"{text!r} is not an NV index (0x01000000-0x01ffffff)")
+    return value
+
+
+def _pcr_index(text: str) -> int:
+    value = int(text, 0)
+    if not 0 <= value <= 23:
+        raise ValueError(f"{text!r} is not a PCR index (0..23)")
+    return value
+
+
 def _bool(text: str) -> bool:
     t = text.strip().lower()
     if t in ("1", "yes", "true", "on", ""):
@@ -117,19 +138,19 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "tpm.srk_handle",
-        _handle,
+        _persistent_handle,
         "0x81000001",
         "Persistent handle of the NODA ECC P-256 storage key (created if missing).",
     ),
     Setting(
         "tpm.seal_handle",
-        _handle,
+        _persistent_handle,
         "0x81000002",
         "Persistent handle of the sealed 32-byte master secret (the secure store).",
     ),
     Setting(
         "tpm.ak_handle",
-        _handle,
+        _persistent_handle,
         "0x81010002",
         "Persistent handle of the attestation key (restricted ECC P-256, endorsement).",
     ),
@@ -141,7 +162,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "tpm.lock_pcr",
-        _non_negative_int,
+        _pcr_index,
         "15",
         "PCR extended after unsealing so the secret cannot be unsealed again this boot. "
         "It is part of the sealed policy with its reset value (zero).",
@@ -167,26 +188,26 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "tpm.rollback_nv",
-        _handle,
+        _nv_index,
         "0x01500010",
         "NV counter index holding the lowest accepted recovery image version.",
     ),
     Setting(
         "tpm.orderly_nv",
-        _handle,
+        _nv_index,
         "0x01500011",
         "Hybrid (orderly) NV counter whose low byte becomes 0xFF after a non-orderly "
         "startup: a second TPM-native crash signal.",
     ),
     Setting(
         "tpm.record_nv",
-        _handle,
+        _nv_index,
         "0x01500012",
         "Ordinary NV index (NODA) holding the previous boot's decision record summary.",
     ),
     Setting(
         "tpm.policy_nv",
-        _handle,
+        _nv_index,
         "0x01500013",
         "NV counter index holding the lowest accepted signed-policy version (policy = "
         "signed); a successful unseal raises it, so older signed policies are refused.",
@@ -334,8 +355,14 @@ class Config(_ConfigBase):  # type: ignore[valid-type,misc]
 def _apply(raw: dict[str, str], name: str, value: str, origin: str) -> None:
     setting = BY_NAME.get(name)
     if setting is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, BY_NAME, n=1)
         raise ConfigError(
-            f"{origin}: unknown setting {name!r}", hint="see docs/configuration.md for the settings"
+            f"{origin}: unknown setting {name!r}",
+            hint=f"did you mean {close[0]}?"
+            if close
+            else "see docs/configuration.md (or `host-recover config --docs`) for the settings",
         )
     raw[name] = value
 
@@ -350,6 +377,8 @@ def _read_file(path: Path, raw: dict[str, str]) -> None:
         raise ConfigError(
             f"{path}: {e.message.splitlines()[0]}", hint="fix the file's INI syntax"
         ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", hint="fix the file's encoding") from None
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     for section in parser.sections():

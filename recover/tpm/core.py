@@ -33,6 +33,9 @@ RC_RETRY = 0x922
 RC_YIELDED = 0x908
 RC_TESTING = 0x90A
 TCTI_LAYER = 10 << 16
+TCTI_IO_ERROR = TCTI_LAYER | 0x0A
+ESYS_BAD_SEQUENCE = (7 << 16) | 0x07  # ESAPI after a command the TCTI could not finish
+_TCTI_HINT = "check tpm.tcti (--tcti), e.g. device:/dev/tpmrm0; for swtpm check host and port"
 
 # TPM_PT properties (Part 2, 6.13).
 PT_STARTUP_CLEAR = 0x201
@@ -66,7 +69,7 @@ def translate(what: str) -> Iterator[None]:
         yield
     except TSS2_Exception as e:
         rc, err = tss_error(e)
-        if rc & 0xFF0000 == TCTI_LAYER:
+        if rc & 0xFF0000 == TCTI_LAYER or rc == ESYS_BAD_SEQUENCE:
             raise TpmUnavailable(
                 f"{what}: lost the connection to the TPM (0x{rc:x})",
                 hint="check that the TPM device or swtpm is still there",
@@ -108,18 +111,23 @@ class TpmCore:
             if not os.path.exists(path):
                 raise TpmUnavailable(
                     f"no TPM device {path} after {timeout:g} s",
-                    hint="check the firmware TPM setting and the tpm_tis/tpm_crb drivers",
+                    hint="check the firmware TPM setting, the tpm_tis/tpm_crb drivers and "
+                    "tpm.tcti (--tcti)",
                 )
-        deadline = time.monotonic() + min(timeout, 5.0)
+            if os.path.isdir(path):
+                raise TpmUnavailable(f"TPM device {path} is a directory", hint=_TCTI_HINT)
+        # Only an I/O failure (device busy, swtpm still starting) is worth retrying, and
+        # briefly for a socket TCTI; an unknown TCTI or a bad parameter fails at once.
+        deadline = time.monotonic() + min(timeout, 5.0 if name == "device" else 1.0)
         while True:
             try:
                 ectx = ESAPI(tcti)
                 break
             except TSS2_Exception as e:
-                if time.monotonic() >= deadline:
+                if tss_error(e)[0] != TCTI_IO_ERROR or time.monotonic() >= deadline:
                     raise TpmUnavailable(
                         f"cannot connect to the TPM via {tcti!r}: {e}",
-                        hint="check tpm.tcti (--tcti); for swtpm check host and port",
+                        hint=_TCTI_HINT,
                     ) from None
                 time.sleep(0.1)
         return cls(ectx, tcti)
