@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -61,6 +62,7 @@ VENV_PY = sys.executable  # the venv's python: a symlink to Debian's python3.11
 SYS_PY = os.path.realpath(sys.executable)  # what the initramfs installs (binaries.list)
 SITE = next((p for p in sys.path if p.endswith("site-packages")), "")
 MODES = ("bundle", "src", "src-nopyc")
+EXTRA_MODES = ("bundle-stdlib-dir", "bundle-nofapi")  # experiments, on the last tree only
 NOFAPI = "`import tpm2_pytss`, tpm2-pytss built without FAPI (`--nofapi`)"
 BUNDLE_PASS = "python3 -S -c pass, bundle layout"
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TSS2_LOG": "all+none"}
@@ -256,6 +258,7 @@ class Tree:
         self.bundle = self.work / "bundle"
         self.pycache = self.work / "pycache"
         self.empty_pycache = self.work / "pycache-empty"
+        self.stdlib_dir = self.work / "bundle-stdlib-dir"
         self.empty_pycache.mkdir(parents=True)
 
     def build_bundle(self) -> None:
@@ -266,6 +269,20 @@ class Tree:
         if proc.returncode != 0:
             raise SystemExit(f"{self.label}: bundle failed: {proc.stderr.strip()}")
 
+    def unzip_stdlib(self) -> None:
+        """A second PYTHONHOME with the bundle's stdlib zip extracted to a directory of
+        sourceless .pyc files (mode ``bundle-stdlib-dir``); extension modules are shared."""
+        import zipfile
+
+        lib, home = self.bundle / "root/usr/lib", self.stdlib_dir / "usr/lib"
+        v = f"{sys.version_info.major}.{sys.version_info.minor}"
+        zips = list(lib.glob("python*.zip"))
+        if len(zips) != 1:
+            raise SystemExit(f"{self.label}: no single stdlib zip in {lib}")
+        with zipfile.ZipFile(zips[0]) as z:
+            z.extractall(home / f"python{v}")
+        (home / f"python{v}/lib-dynload").symlink_to(lib / f"python{v}/lib-dynload")
+
     def python(self, mode: str) -> tuple[list[str], dict[str, str]]:
         """(interpreter argv, environment) for ``mode``."""
         if mode.startswith("bundle"):  # the wrapper's environment, staging dir as prefix
@@ -273,9 +290,10 @@ class Tree:
             site = f"{root}/usr/lib/host-recover/site"
             if mode == "bundle-nofapi":
                 site = f"{self.nofapi}:{site}"
+            home = self.stdlib_dir if mode == "bundle-stdlib-dir" else root
             return [SYS_PY, "-S"], {
                 **BASE_ENV,
-                "PYTHONHOME": f"{root}/usr",
+                "PYTHONHOME": f"{home}/usr",
                 "PYTHONPATH": site,
                 "PYTHONDONTWRITEBYTECODE": "1",
             }
@@ -304,6 +322,7 @@ class BootRun:
     connect_ms: float
     first_ms: float
     exit_ms: float
+    cpu_ms: float  # user + system time of the child, to its exit: robust against load
     command: int
 
 
@@ -330,17 +349,20 @@ class Payload:
     def run(self, tree: Tree, mode: str) -> BootRun:
         argv, env = self.argv(tree, mode)
         self.relay.arm()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, env=env, cwd=self.work, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)  # fmt: skip
         _, err = proc.communicate(timeout=120)
         t_exit = time.monotonic()
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) * 1000
         first, connected = self.relay.first, self.relay.connected
         if proc.returncode != 0 or first is None or connected is None:
             tail = err.decode(errors="replace")[-600:]
             raise SystemExit(f"{tree.label}/{mode}: exit {proc.returncode}: {tail}")
         ms = [(t - t0) * 1000 for t in (connected, first[0], t_exit)]
-        return BootRun(ms[0], ms[1], ms[2], first[1])
+        return BootRun(ms[0], ms[1], ms[2], cpu, first[1])
 
     def importtime(self, tree: Tree, mode: str) -> list[Imported]:
         argv, env = self.argv(tree, mode, ("-X", "importtime"))
@@ -380,6 +402,7 @@ def measure(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -
     trees.append(Tree("after" if args.before else "tree", after_path, work, args.nofapi))
     for t in trees:
         t.build_bundle()
+    trees[-1].unzip_stdlib()
     sw = SwTpm(work / "tpmstate")
     stack.callback(sw.close)
     sw.start()
@@ -405,7 +428,10 @@ def measure(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -
         _, nenv = trees[-1].python("bundle-nofapi")
         jobs.append((f"var:{NOFAPI}", partial(import_ms, bpy, nenv, "import tpm2_pytss")))
     for t in trees:
-        for mode in MODES + (("bundle-nofapi",) if t.nofapi else ()):
+        modes = list(MODES)
+        if t is trees[-1]:
+            modes += [m for m in EXTRA_MODES if m != "bundle-nofapi" or t.nofapi]
+        for mode in modes:
             jobs.append((f"boot:{t.label}:{mode}", partial(payload.run, t, mode)))
     for rnd in range(args.rounds + 1):  # round 0: warm-up, fills the bytecode caches
         k = rnd % len(jobs)
@@ -459,11 +485,12 @@ def report(args: argparse.Namespace, res: Results) -> str:
         "`host-recover boot` with a provisioned store after an orderly shutdown (verdict "
         "clean, exit 0). *connect*: the TCTI connected (interpreter, CLI, configuration, "
         "`import tpm2_pytss`, ESAPI init); *first command*: swtpm received the first TPM "
-        "command; *exit*: the whole clean boot (evidence, NV record, decision.json).",
+        "command; *exit*: the whole clean boot (evidence, NV record, decision.json); "
+        "*CPU*: the child's user + system time to its exit (less sensitive to the load).",
         "",
         "| tree | code from | connect ms | first command ms (min) | command | "
-        "first vs `-I -S -c pass` | exit ms |",
-        "|---|---|---|---|---|---|---|",
+        "first vs `-I -S -c pass` | exit ms | CPU ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (label, mode), runs in res.boot.items():
         first = [r.first_ms for r in runs]
@@ -471,16 +498,22 @@ def report(args: argparse.Namespace, res: Results) -> str:
         out.append(
             f"| {label} | {mode} | {med([r.connect_ms for r in runs]):.1f} | "
             f"{med(first):.1f} ({min(first):.1f}) | {codes} | {med(first) / b0:.1f}x | "
-            f"{med([r.exit_ms for r in runs]):.1f} |"
+            f"{med([r.exit_ms for r in runs]):.1f} | {med([r.cpu_ms for r in runs]):.1f} |"
         )
-    if args.before:
-        out += ["", "| code from | first command, after / before | exit, after / before |",
-                "|---|---|---|"]  # fmt: skip
-        for mode in MODES:
-            b, a = res.boot[("before", mode)], res.boot[("after", mode)]
-            r1 = med([r.first_ms for r in a]) / med([r.first_ms for r in b])
-            r2 = med([r.exit_ms for r in a]) / med([r.exit_ms for r in b])
-            out.append(f"| {mode} | {r1:.2f}x | {r2:.2f}x |")
+    pairs = [(f"{m}: after / before", ("after", m), ("before", m)) for m in MODES]
+    last = res.trees[-1]
+    pairs = (pairs if args.before else []) + [
+        (f"{m} / bundle ({last})", (last, m), (last, "bundle"))
+        for m in EXTRA_MODES
+        if (last, m) in res.boot
+    ]
+    out += ["", "| ratio of medians | first command | exit | CPU |", "|---|---|---|---|"]
+    for name, a, b in pairs:
+        cells = [
+            med([getattr(r, f) for r in res.boot[a]]) / med([getattr(r, f) for r in res.boot[b]])
+            for f in ("first_ms", "exit_ms", "cpu_ms")
+        ]
+        out.append(f"| {name} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")
     out += [
         "",
         "Importing tpm2-pytss in the bundle layout (`python3 -S -c ...`, zipped stdlib, "
@@ -491,7 +524,6 @@ def report(args: argparse.Namespace, res: Results) -> str:
     ]
     for label, xs in res.variants.items():
         out.append(f"| {label} | {med(xs):.1f} | {min(xs):.1f} |")
-    last = res.trees[-1]
     out += [
         "",
         f"`-X importtime` of the payload ({last}, bundle layout, one run to its exit; "
@@ -512,8 +544,8 @@ def report(args: argparse.Namespace, res: Results) -> str:
         "|---|" + "---|" * len(groups),
     ]
     for n in names:
-        cells = " | ".join(f"{groups[label].get(n, 0) / 1000:.1f}" for label in groups)
-        out.append(f"| {n} | {cells} |")
+        row = " | ".join(f"{groups[label].get(n, 0) / 1000:.1f}" for label in groups)
+        out.append(f"| {n} | {row} |")
     out += ["", *findings(args, res), ""]
     return "\n".join(out)
 
@@ -526,7 +558,11 @@ def _linked(so: Path) -> int:
 def findings(args: argparse.Namespace, res: Results) -> list[str]:
     """What the tables say, with the figures of this run."""
     last = res.trees[-1]
-    first = {m: med([r.first_ms for r in res.boot[(last, m)]]) for m in MODES}
+
+    def m(mode: str, field: str = "first_ms") -> float:
+        return med([getattr(r, field) for r in res.boot[(last, mode)]])
+
+    fb = m("bundle")
     v = {label: med(xs) for label, xs in res.variants.items()}
     v0 = med(res.base[BUNDLE_PASS])
     pkg, esapi, tctildr, x509, skip = (v[label] for label, _ in VARIANTS)
@@ -536,21 +572,21 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         "- The initramfs runs the bundle layout: dracut-module/module-setup.sh installs the "
         "staging directory of `host-recover bundle`, whose wrapper runs `/usr/bin/python3.11 "
         "-S -m recover` on the sourceless site and the zipped stdlib. Sources with a warm "
-        f"bytecode cache reach the first TPM command in {first['src'] / first['bundle']:.2f}x "
-        f"the bundle's time, sources without bytecode in "
-        f"{first['src-nopyc'] / first['bundle']:.2f}x: ship bytecode (TCG magnifies the "
-        "difference, DESIGN.md §3).",
-        f"- Of the bundle's {first['bundle']:.0f} ms to the first TPM command: the interpreter "
-        f"in the same layout {v0:.0f} ms (fork + exec included), `import tpm2_pytss` "
-        f"{pkg:.0f} ms, of which `cryptography.x509` alone {x509:.0f} ms (tpm2_pytss.types "
-        "imports cryptography at module level for its key conversions); the remaining "
-        f"{first['bundle'] - v0 - pkg:.0f} ms are our CLI, configuration and boot modules with "
-        "the stdlib they use, ESAPI init and the evidence step up to its first call.",
+        f"bytecode cache reach the first TPM command in {m('src') / fb:.2f}x the bundle's "
+        f"time, sources without bytecode in {m('src-nopyc') / fb:.2f}x: ship bytecode (TCG "
+        "magnifies the difference, DESIGN.md §3).",
+        f"- Of the bundle's {fb:.0f} ms to the first TPM command, the bare interpreter in the "
+        f"same layout takes {v0:.0f} ms (fork + exec included); `import tpm2_pytss` alone, in "
+        f"a fresh interpreter, {pkg:.0f} ms, of which `cryptography.x509` alone {x509:.0f} ms "
+        "(tpm2_pytss.types imports cryptography at module level for its key conversions); "
+        "the rest of the path (our CLI, configuration and boot modules, the stdlib they need "
+        "beyond what tpm2_pytss loads, ESAPI init, the evidence step up to its first call) "
+        f"adds {fb - v0 - pkg:.0f} ms.",
         f"- Importing tpm2_pytss submodules directly is not cheaper: ESAPI {esapi:.0f} ms, "
         f"TCTILdr {tctildr:.0f} ms vs the package {pkg:.0f} ms, because Python runs the "
         "package `__init__` first and it imports ESAPI, FAPI, policy, TCTILdr, types and "
-        f"constants anyway. Skipping the `__init__` (experiment row) would save {pkg - skip:.0f} "
-        "ms at the price of bypassing the package's own load checks: not done.",
+        f"constants anyway. Skipping the `__init__` (experiment row) saves {pkg - skip:.0f} ms "
+        "at the price of bypassing the package's own load checks: not done.",
         "- Deferred (issue 5): recover.boot imports subprocess and uuid (which imports "
         "platform) only where it mounts or lacks a boot_id; recover.decide imports the peer "
         "stack (recover.peers, recover.inventory, recover.agent) only when an inventory exists "
@@ -563,17 +599,23 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         "`_hashlib` comes with cryptography's hmac; tpm2_pytss with cryptography is needed "
         "for the first command. `python3 -I -c pass` in the venv pays for site and the "
         "editable-install finder, which the payload (`-S`) never loads.",
+        "- Experiment `bundle-stdlib-dir` (the same sourceless stdlib .pyc files extracted "
+        f"from python311.zip into a directory): first command {m('bundle-stdlib-dir') / fb:.2f}x,"
+        f" CPU {m('bundle-stdlib-dir', 'cpu_ms') / m('bundle', 'cpu_ms'):.2f}x of the zipped "
+        "bundle. Python 3.11's zipimport is written in Python and opens the archive again for "
+        "every module it loads. The zip keeps the initramfs reproducible (fixed timestamps, "
+        "DESIGN.md §3); a directory would need its mtimes normalised the same way.",
     ]
     if args.nofapi and (last, "bundle-nofapi") in res.boot:
-        nf = med([r.first_ms for r in res.boot[(last, "bundle-nofapi")]])
         ext = "tpm2_pytss/_libtpm2_pytss.abi3.so"
         out.append(
-            f"- tpm2-pytss without FAPI: the wheel `make venv` builds links libtss2-fapi and "
-            f"with it {_linked(Path(SITE) / ext)} libraries (curl, krb5, ldap, ...); built with "
-            f"tss2-fapi.pc hidden it links {_linked(args.nofapi / ext)}. `import tpm2_pytss` "
-            f"{v[NOFAPI]:.0f} ms instead of {pkg:.0f} ms; first TPM command "
-            f"{nf:.0f} ms instead of {first['bundle']:.0f} ms. recover/ does not use FAPI. "
-            "Build used for the `--nofapi` rows: `PKG_CONFIG_LIBDIR=DIR pip wheel --no-deps "
+            f"- Experiment `bundle-nofapi`: the tpm2-pytss wheel `make venv` builds links "
+            f"libtss2-fapi and with it {_linked(Path(SITE) / ext)} libraries (curl, krb5, "
+            f"ldap, ...); built with tss2-fapi.pc hidden it links {_linked(args.nofapi / ext)}."
+            f" `import tpm2_pytss` {v[NOFAPI]:.0f} ms instead of {pkg:.0f} ms; first TPM "
+            f"command {m('bundle-nofapi') / fb:.2f}x, CPU "
+            f"{m('bundle-nofapi', 'cpu_ms') / m('bundle', 'cpu_ms'):.2f}x of the bundle's. "
+            "recover/ does not use FAPI. Build used: `PKG_CONFIG_LIBDIR=DIR pip wheel --no-deps "
             "tpm2_pytss-3.0.0.tar.gz` with DIR holding links to every .pc file except "
             "tss2-fapi.pc, then `pip install --no-deps --target SITE` of that wheel."
         )
