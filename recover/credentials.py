@@ -165,8 +165,8 @@ def unseal(data: bytes, master: bytes) -> Store:
     except InvalidTag:
         raise IntegrityError(
             "credential store failed authentication (tampered or wrong master secret)",
-            hint="--key-file takes the master secret from `provision --export-master`, "
-            "not the image key",
+            hint="--key-file takes the master secret from `provision --export-master`, not "
+            "the image key; after `provision --force` re-create the store under the new master",
         ) from None
     return Store(MappingProxyType(decode_entries(plain)), generation)
 

@@ -263,8 +263,16 @@ def _policy_state(t: Tpm, cfg: Any) -> dict[str, Any]:
         out["policy"] = "pcr" if ok or cfg.tpm_policy == "pcr" else "unknown"
         out["pcrs"] = cfg.tpm_pcrs
         reason = "" if ok else "current values of tpm.pcrs do not give the sealed policy digest"
+    out["pcrs_match"] = ok  # the policy's PCRs, apart from the lock PCR
     if not lock_zero:
-        ok, reason = False, f"lock PCR {cfg.tpm_lock_pcr} is extended (already unsealed this boot)"
+        ok, reason = (
+            False,
+            (
+                f"lock PCR {cfg.tpm_lock_pcr} is extended in this boot (after an unseal, or on "
+                f"every boot with boot.lock = always); the other PCRs {'' if ok else 'do not '}"
+                "match the policy"
+            ),
+        )
     out["satisfied"] = ok
     if reason:
         out["reason"] = reason

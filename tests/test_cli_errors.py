@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -455,6 +456,11 @@ def test_locked_pcr_points_to_key_file(tpm_ws: dict[str, Path], swtpm_module) ->
     assert snapshot(ws["dir"]) == before
     r = hr("credential", "add", "tok", "-", "--key-file", ws["master"], conf=conf, stdin=b"tok")
     assert r.returncode == 0, r.stderr
+    # status still tells whether the rest of the policy matches (the seal is right).
+    sealed = json.loads(hr("status", "--json", conf=conf).stdout)["sealed"]
+    assert sealed["satisfied"] is False and sealed["pcrs_match"] is True
+    assert "lock PCR 23 is extended" in sealed["reason"]
+    assert "other PCRs match" in sealed["reason"]
 
 
 @pytest.mark.tpm
