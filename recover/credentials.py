@@ -286,6 +286,10 @@ def cmd_add(args: argparse.Namespace, cfg: Any) -> int:
     validate_name(args.name)
     master = _master(args, cfg)
     path = cfg.store_credentials
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UsageError(
+            f"{path} is a symbolic link to a missing file", hint="fix or remove the link"
+        )
     store = load(path, master) if os.path.lexists(path) else Store()
     if args.file == "-":
         value = sys.stdin.buffer.read(MAX_VALUE + 1)

@@ -339,6 +339,24 @@ def test_credential_list_without_a_store(ws: dict[str, Path]) -> None:
     clean_error(r, 2, "no credential store", "credential add")
 
 
+def test_credential_store_path_mistakes(ws: dict[str, Path]) -> None:
+    d, master = ws["dir"], ws["master"]
+    (d / "dangling.hrc").symlink_to(d / "gone.hrc")
+    (d / "junk.hrc").write_bytes(os.urandom(100))
+    before = snapshot(d)
+    cases = [
+        (d / "nodir" / "c.hrc", 2, "No such file or directory", "create the directory"),
+        (d, 2, "Is a directory"),
+        (d / "dangling.hrc", 2, "symbolic link to a missing file", "fix or remove"),
+        (d / "junk.hrc", 5, "not a host-recover credential store"),
+    ]
+    for store, code, *frag in cases:
+        r = hr("--set", f"store.credentials={store}", "credential", "add", "a", "-",
+               "--key-file", master, conf=ws["conf"], stdin=b"v")  # fmt: skip
+        clean_error(r, code, *frag)
+    assert snapshot(d) == before
+
+
 # --- policy keys and signatures (PCR values from a file: no TPM) ------------------------
 
 PCRS = '{"sha256": {"0": "%s", "2": "%s", "4": "%s", "7": "%s", "16": "%s"}}' % (("00" * 32,) * 5)
