@@ -145,7 +145,9 @@ def _read_master(path: str) -> bytes:
 
 
 def cmd_provision(args: argparse.Namespace, cfg: Any) -> int:
+    from recover import image
     from recover.atomicfile import AtomicFile
+    from recover.credentials import on_memory_fs
 
     exports = [p for p in (args.export_image_key, args.export_master) if p]
     for p in exports:
@@ -183,12 +185,18 @@ def cmd_provision(args: argparse.Namespace, cfg: Any) -> int:
                 force=args.force,
             )
             report["secret"] = "replaced" if sealed else "sealed"
+            # Public: compare with `image inspect`'s key_id to tell which master an image needs.
+            report["image_key_id"] = image.key_id(image_root_key(secret)).hex()
             for path, data in ((args.export_image_key, image_root_key), (args.export_master, None)):
                 if not path:
                     continue
                 try:
                     outs[path].write_all(data(secret) if data else secret, 0)
                     outs[path].commit()
+                    if not on_memory_fs(outs[path].fd):
+                        log.warning(
+                            "%s is on persistent storage: move it offline and shred it", path
+                        )
                 except UsageError as e:
                     raise UsageError(
                         f"the secret is sealed, but {e.message}",
@@ -210,11 +218,12 @@ def cmd_provision(args: argparse.Namespace, cfg: Any) -> int:
         print(json.dumps(report, indent=2))
     else:
         log.info(
-            "provisioned: secret %s (%s policy over %s + lock PCR %d)%s",
+            "provisioned: secret %s (%s policy over %s + lock PCR %d)%s%s",
             report["secret"],
             cfg.tpm_policy,
             cfg.tpm_pcrs,
             cfg.tpm_lock_pcr,
+            f"; image key id {report['image_key_id']}" if "image_key_id" in report else "",
             "".join(f"; wrote {p}" for p in exports if report["secret"] != "kept"),
         )
     return 0

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from recover import image, keys
+from recover import credentials, image, keys
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -423,6 +423,13 @@ def tpm_ws(swtpm_module, ws: dict[str, Path]) -> dict[str, Path]:
     r = hr("provision", "--force", "--export-master", ws["master"],
            "--export-image-key", ws["key"], conf=ws["conf"])  # fmt: skip
     assert r.returncode == 0, r.stderr
+    assert f"image key id {image.key_id(ws['key'].read_bytes()).hex()}" in r.stderr
+    fd = os.open(ws["dir"], os.O_RDONLY)
+    try:
+        on_disk = not credentials.on_memory_fs(fd)
+    finally:
+        os.close(fd)
+    assert (f"{ws['master']} is on persistent storage" in r.stderr) == on_disk
     image.encrypt_file(ws["plain"], ws["img"], ws["key"].read_bytes(), image_version=3)
     return ws
 
