@@ -269,9 +269,26 @@ def _interrupt_when_writing(argv: list[str | Path], out_dir: Path) -> subprocess
                     if target.startswith(str(out_dir)) and "(deleted)" in target:
                         seen = True
         time.sleep(0.002)
-    assert seen, "the output was never opened (or the command finished too soon)"
+    if not seen:
+        _end(p)
+        pytest.fail("the output was never opened (or the command finished too soon)")
     p.send_signal(signal.SIGINT)
     return p
+
+
+def _end(p: subprocess.Popen[bytes]) -> None:
+    """Kill our child by PID if it is still running, and reap it."""
+    if p.poll() is None:
+        p.kill()
+        p.communicate(timeout=30)
+
+
+def _communicate(p: subprocess.Popen[bytes]) -> bytes:
+    """stderr of our child; killed by PID if it hangs."""
+    try:
+        return p.communicate(timeout=30)[1]
+    finally:
+        _end(p)
 
 
 def test_sigint_leaves_no_output_and_no_temp_files(tmp_path: Path) -> None:
@@ -284,7 +301,7 @@ def test_sigint_leaves_no_output_and_no_temp_files(tmp_path: Path) -> None:
     out.mkdir()
     argv: list[str | Path] = ["image", "create", src, out / "big.hri", "--key-file", key]
     p = _interrupt_when_writing([*argv, "--payload-type", "raw", "--chunk-size", "4194304"], out)
-    _, err = p.communicate(timeout=30)
+    err = _communicate(p)
     assert p.returncode == 130 and b"interrupted" in err and b"Traceback" not in err
     assert os.listdir(out) == []
 
@@ -297,7 +314,7 @@ def test_sigint_leaves_no_output_and_no_temp_files(tmp_path: Path) -> None:
     for workers in ("1", "2"):
         argv = ["image", "decrypt", tmp_path / "mid.hri", out / "root.img"]
         p = _interrupt_when_writing([*argv, "--key-file", key, "--workers", workers], out)
-        _, err = p.communicate(timeout=30)
+        err = _communicate(p)
         assert p.returncode == 130 and b"Traceback" not in err, err
         assert os.listdir(out) == []
 
@@ -518,7 +535,7 @@ def test_swtpm_killed_mid_command(swtpm, tmp_path: Path, verb: list[str]) -> Non
     time.sleep(1.0)
     t0 = time.monotonic()
     swtpm.kill()
-    _, err = p.communicate(timeout=20)
+    err = _communicate(p)
     r = subprocess.CompletedProcess(p.args, p.returncode, "", err.decode())
     clean_error(r, 3)
     assert time.monotonic() - t0 < 5
