@@ -36,9 +36,14 @@ class AtomicFile:
         self.dst = os.fspath(dst)
         self.dir = os.fspath(tmp_dir) if tmp_dir else os.path.dirname(os.path.abspath(self.dst))
         with contextlib.suppress(OSError):
-            if stat.S_ISDIR(os.stat(self.dst).st_mode):
+            mode = os.stat(self.dst).st_mode
+            if stat.S_ISDIR(mode):
                 raise UsageError(
                     f"{self.dst} is a directory", hint="give the name of a file to write"
+                )
+            if not stat.S_ISREG(mode):  # a device or FIFO would be replaced by a file
+                raise UsageError(
+                    f"{self.dst} is not a regular file", hint="give the name of a file to write"
                 )
         self.name: str | None = None  # the temporary name, while one exists
         self.fd = -1

@@ -67,6 +67,8 @@ def snapshot(*dirs: Path) -> dict[str, str]:
                 out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
             elif p.is_symlink():
                 out[str(p)] = "-> " + os.readlink(p)
+            elif not p.is_dir():
+                out[str(p)] = "special"  # FIFO, device: must stay what it is
     return out
 
 
@@ -189,6 +191,7 @@ def test_image_create_bad_inputs_lose_nothing(ws: dict[str, Path]) -> None:
     d, key, plain = ws["dir"], ws["key"], ws["plain"]
     (d / "short.key").write_bytes(b"k" * 31)
     (d / "link.squashfs").symlink_to(plain.name)
+    os.mkfifo(d / "fifo")
     before = snapshot(d)
     cases = [
         ((plain, plain), 2, "is the input", "never replaced"),
@@ -197,6 +200,7 @@ def test_image_create_bad_inputs_lose_nothing(ws: dict[str, Path]) -> None:
         ((d / "missing.squashfs", d / "o.hri"), 2, "cannot open", ""),
         ((d, d / "o.hri"), 2, "not a regular file", ""),
         ((plain, d), 2, "is a directory", "file"),
+        ((plain, d / "fifo"), 2, "not a regular file", ""),
         ((plain, d / "nodir" / "o.hri"), 2, "No such file or directory", "create the directory"),
         ((ws["img"], d / "o.hri"), 2, "not a squashfs image", "--payload-type raw"),
         ((plain, d / "o.hri", "--chunk-size", "0"), 2, "chunk size", ""),
