@@ -564,6 +564,25 @@ def _linked(so: Path) -> int:
     return sum("=>" in line for line in proc.stdout.splitlines())
 
 
+def _effect(args: argparse.Namespace, res: Results) -> list[str]:
+    """The before/after line of the findings (empty without ``--before``)."""
+    if not args.before:
+        return []
+
+    def ratio(mode: str, field: str) -> str:
+        a = med([getattr(r, field) for r in res.boot[("after", mode)]])
+        return f"{mode} {a / med([getattr(r, field) for r in res.boot[('before', mode)]]):.2f}x"
+
+    return [
+        "- Effect of the deferrals, after / before (medians): child CPU to exit "
+        + ", ".join(ratio(mode, "cpu_ms") for mode in MODES)
+        + "; wall time to the first command "
+        + ", ".join(ratio(mode, "first_ms") for mode in MODES)
+        + ". Wall-clock medians on this shared 2-core machine follow the other jobs' load "
+        "from run to run; the CPU time is the steadier figure."
+    ]
+
+
 def findings(args: argparse.Namespace, res: Results) -> list[str]:
     """What the tables say, with the figures of this run."""
     last = res.trees[-1]
@@ -602,6 +621,7 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         "and the peers must be asked; recover.verdict imports peers' `Outcome` only when there "
         "are peer results. tests/test_coldstart.py keeps these, tpm2_pytss, cryptography, "
         "asyncio, ssl, http, email and socket off the path up to `Tpm.open`.",
+        *_effect(args, res),
         "- Not deferrable on this path: argparse, logging, dataclasses (with inspect), "
         "pathlib, configparser and json serve every boot; argparse imports shutil and locale "
         "while it builds the parser (shutil would come anyway: tpm2_pytss FAPI → tempfile); "
