@@ -34,8 +34,8 @@ def _handle(text: str) -> int:
 
 def _persistent_handle(text: str) -> int:
     value = _handle(text)
-    if value >> 24 != 0x81:
-        raise ValueError(f"{text!r} is not a persistent handle (0x81000000-0x81ffffff)")
+    if not 0x81000000 <= value <= 0x817FFFFF:
+        raise ValueError(f"{text!r} is not an owner persistent handle (0x81000000-0x817fffff)")
     return value
 
 

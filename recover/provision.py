@@ -174,34 +174,34 @@ def cmd_provision(args: argparse.Namespace, cfg: Any) -> int:
             report["secret"] = "kept"
         else:
             secret = given if given is not None else os.urandom(MASTER_SIZE)
-            t.seal_master(
-                secret,
-                srk_handle=cfg.tpm_srk_handle,
-                seal_handle=cfg.tpm_seal_handle,
-                selection=cfg.tpm_pcrs,
-                lock_pcr=cfg.tpm_lock_pcr,
-                policy=cfg.tpm_policy,
-                policy_pubkey_pem=pubkey,
-                force=args.force,
-            )
-            report["secret"] = "replaced" if sealed else "sealed"
-            # Public: compare with `image inspect`'s key_id to tell which master an image needs.
-            report["image_key_id"] = image.key_id(image_root_key(secret)).hex()
+            # Exports are complete on disk before the TPM changes, so that neither an
+            # interruption nor a power loss can leave a sealed secret nobody has a copy of.
             for path, data in ((args.export_image_key, image_root_key), (args.export_master, None)):
-                if not path:
-                    continue
-                try:
+                if path:
                     outs[path].write_all(data(secret) if data else secret, 0)
                     outs[path].commit()
-                    if not on_memory_fs(outs[path].fd):
-                        log.warning(
-                            "%s is on persistent storage: move it offline and shred it", path
-                        )
-                except UsageError as e:
-                    raise UsageError(
-                        f"the secret is sealed, but {e.message}",
-                        hint="fix the path and run provision again with --force",
-                    ) from None
+            try:
+                t.seal_master(
+                    secret,
+                    srk_handle=cfg.tpm_srk_handle,
+                    seal_handle=cfg.tpm_seal_handle,
+                    selection=cfg.tpm_pcrs,
+                    lock_pcr=cfg.tpm_lock_pcr,
+                    policy=cfg.tpm_policy,
+                    policy_pubkey_pem=pubkey,
+                    force=args.force,
+                )
+            except BaseException:
+                for path in exports:  # nothing was sealed: no keys to a secret nobody uses
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                raise
+            report["secret"] = "replaced" if sealed else "sealed"
+            for path in exports:
+                if not on_memory_fs(outs[path].fd):
+                    log.warning("%s is on persistent storage: move it offline and shred it", path)
+            # Public: compare with `image inspect`'s key_id to tell which master an image needs.
+            report["image_key_id"] = image.key_id(image_root_key(secret)).hex()
         counters = {
             "orderly_nv": (cfg.tpm_orderly_nv, True),
             "rollback_nv": (cfg.tpm_rollback_nv, False),

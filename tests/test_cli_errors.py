@@ -123,7 +123,8 @@ CONFIG_CASES = [
     ("pcrs = sha256:0\n", (), "no section headers", "INI syntax"),
     ("[tpm]\npcrs = a\npcrs = b\n", (), "already exists", "INI syntax"),
     ("[tpm]\nlock_pcr = 99\n", (), "tpm.lock_pcr: '99' is not a PCR index", ""),
-    ("[tpm]\nsrk_handle = 0x12\n", (), "not a persistent handle", ""),
+    ("[tpm]\nsrk_handle = 0x12\n", (), "not an owner persistent handle", ""),
+    ("[tpm]\nseal_handle = 0x81800001\n", (), "not an owner persistent handle", ""),
     ("[tpm]\nrollback_nv = 0x81000001\n", (), "not an NV index", ""),
     ("[boot]\nmode = sometimes\n", (), "not one of auto, force, never", ""),
     ("[tpm]\npcrs = sha999:1\n", (), "tpm.pcrs", ""),
@@ -479,6 +480,10 @@ def test_provision_twice_and_bad_export_targets(tpm_ws: dict[str, Path]) -> None
     clean_error(r, 2, "already exists")
     for src, frag in ((d / "none", "No such file"), (d, "Is a directory"), (ws["plain"], "32")):
         clean_error(hr("provision", "--force", "--master-from", src, conf=conf), 2, frag)
+    # Sealing fails (the "SRK" is the attestation key): the exports written before it go.
+    r = hr("--set", "tpm.srk_handle=0x81010002", "provision", "--force",
+           "--export-master", d / "m5", "--export-image-key", d / "k5", conf=conf)  # fmt: skip
+    clean_error(r, 3, "0x182")
     with mounted_tmpfs(d / "ro", "ro,size=1m") as ro:
         r = hr("provision", "--force", "--export-master", ro / "m", conf=conf)
         clean_error(r, 2, "Read-only file system")
