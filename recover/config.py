@@ -392,11 +392,15 @@ def config_files(path: str | os.PathLike[str] | None) -> list[Path]:
         if path is not None
         else Path(os.environ.get("HOST_RECOVER_CONFIG", DEFAULT_PATH))
     )
-    files = [main] if main.exists() else []
-    dropins = main.with_name(main.name + ".d")
-    if dropins.is_dir():
-        files += sorted(p for p in dropins.glob("*.conf") if p.is_file())
-    if path is not None and not main.exists():
+    try:
+        main_exists = main.exists()
+        files = [main] if main_exists else []
+        dropins = main.with_name(main.name + ".d")
+        if dropins.is_dir():
+            files += sorted(p for p in dropins.glob("*.conf") if p.is_file())
+    except OSError as e:  # e.g. a directory this user may not enter
+        raise ConfigError(f"cannot read {main}: {e.strerror}") from None
+    if path is not None and not main_exists:
         raise ConfigError(
             f"config file {main} does not exist", hint="pass an existing file with --config"
         )

@@ -12,10 +12,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -548,3 +551,52 @@ def test_swtpm_killed_mid_command(swtpm, tmp_path: Path, verb: list[str]) -> Non
     r = subprocess.CompletedProcess(p.args, p.returncode, "", err.decode())
     clean_error(r, 3)
     assert time.monotonic() - t0 < 5
+
+
+# --- unreadable files and TPM device, as an unprivileged user ----------------------------
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory any user may enter (pytest's tmp_path is inside a 0700 directory)."""
+    d = Path(tempfile.mkdtemp(prefix="hr-cli-errors-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def test_permission_denied_as_nobody(tmp_path: Path, open_dir: Path) -> None:
+    """As uid/gid 65534 (root drops privileges with setpriv): EACCES is one clear line."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run as nobody")
+    # A config in a directory nobody cannot enter: used to be an internal error.
+    hidden = tmp_path / "host-recover.conf"
+    hidden.write_text("")
+    tmp_path.chmod(0o700)
+    tmp_path = open_dir
+    conf = tmp_path / "c.conf"
+    conf.write_text("[tpm]\ntimeout = 0.2\n")
+    secret = tmp_path / "image.key"
+    secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)
+    tpm = tmp_path / "tpm0"
+    os.mknod(tpm, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # a root-only character device
+    nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+
+    def run(*argv: str | Path, conf: Path = conf) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            [*nobody, sys.executable, "-m", "recover", "--config", str(conf), *map(str, argv)],
+            capture_output=True, text=True, timeout=30, check=False,
+            env={"PATH": os.environ.get("PATH", ""), "TSS2_LOG": "all+none"},
+        )  # fmt: skip
+        if "Permission denied" in r.stderr and "recover" not in r.stderr:
+            pytest.skip("the interpreter is not readable by nobody")
+        return r
+
+    clean_error(run("config", conf=hidden), 2, "cannot read", "Permission denied")
+    clean_error(run("image", "verify", tmp_path, "--key-file", secret), 2, "Permission denied")
+    clean_error(run("--tcti", f"device:{tpm}", "unseal", "--check"), 3, "no permission", "tss")
+    conf.chmod(0o600)
+    clean_error(run("config"), 2, "cannot read", "Permission denied")

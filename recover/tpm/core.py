@@ -116,6 +116,11 @@ class TpmCore:
                 )
             if os.path.isdir(path):
                 raise TpmUnavailable(f"TPM device {path} is a directory", hint=_TCTI_HINT)
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise TpmUnavailable(
+                    f"no permission to use the TPM device {path}",
+                    hint="run as root or as a member of the device's group (usually tss)",
+                )
         # Only an I/O failure (device busy, swtpm still starting) is worth retrying, and
         # briefly for a socket TCTI; an unknown TCTI or a bad parameter fails at once.
         deadline = time.monotonic() + min(timeout, 5.0 if name == "device" else 1.0)
