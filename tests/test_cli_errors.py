@@ -144,6 +144,13 @@ def test_config_mistakes(tmp_path: Path, text: str, pre: tuple[str, ...], messag
     clean_error(hr(*pre, "config", conf=conf), 2, message, hint)
 
 
+def test_traceback_only_with_debug(tmp_path: Path) -> None:
+    r = hr("image", "inspect", tmp_path / "none.hri")
+    clean_error(r, 2, "cannot open")
+    r = hr("--debug", "image", "inspect", tmp_path / "none.hri")
+    assert r.returncode == 2 and "Traceback" in r.stderr and "cannot open" in r.stderr
+
+
 def test_config_file_missing_directory_or_binary(tmp_path: Path) -> None:
     clean_error(hr("config", conf=tmp_path / "nope.conf"), 2, "does not exist", "--config")
     clean_error(hr("config", conf=tmp_path), 2, "Is a directory")
