@@ -401,6 +401,8 @@ def test_policy_keygen_sign_mistakes(tmp_path: Path) -> None:
     values.write_text(PCRS)
     r = hr("policy", "keygen", "--private", d / "priv.pem", "--public", d / "pub.pem", conf=conf)
     assert r.returncode == 0, r.stderr
+    assert (d / "priv.pem").stat().st_mode & 0o777 == 0o600
+    assert (d / "pub.pem").stat().st_mode & 0o777 == 0o644
     before = snapshot(d)
     r = hr("policy", "keygen", "--private", d / "priv.pem", "--public", d / "p2.pem", conf=conf)
     clean_error(r, 2, "already exists", "never overwritten")
@@ -536,7 +538,7 @@ def test_missing_objects_and_wrong_handles(tpm_ws: dict[str, Path]) -> None:
 @pytest.mark.tpm
 @pytest.mark.parametrize(
     "verb",
-    [["unseal", "--check"], ["provision"], ["status"], ["attest"]],
+    [["unseal", "--check"], ["provision"], ["status"], ["attest"], ["credential", "list"]],
 )
 def test_swtpm_killed_mid_command(swtpm, tmp_path: Path, verb: list[str]) -> None:
     """The TPM stops answering (SIGSTOP), then dies (SIGKILL): exit 3, one line, quickly."""
