@@ -107,6 +107,7 @@ hr_run_once() {
     [ -e "$HR_STATE/ran" ] && return 1
     mkdir -p "$HR_STATE"
     echo "$1" > "$HR_STATE/ran"
+    hr_say "HR-PHASE payload-from $1"
     hr_run "$2"
 }
 

@@ -1,14 +1,14 @@
 #!/bin/sh
 # /sbin/init of the test NORMAL root (busybox + the host-recover tool set). switch_root
 # moved /dev, /proc, /sys and /run here. Prints a marker and the decision record if
-# any, then does what the control disk (/dev/vdc) says:
+# any, then does what the control disk (virtio-hrcontrol) says:
 #   provision  operator steps of a first boot: provision the TPM, encrypt the recovery
 #              image and store the service credential on the store disk, attest
 #   poweroff   orderly poweroff (the kernel sends TPM2_Shutdown)
 #   hold       stay up (the harness cuts the power)
 export PATH=/bin:/usr/bin
 mount -t tmpfs tmpfs /tmp
-ctl=$(dd if=/dev/vdc bs=4096 count=1 2> /dev/null | tr -d '\000')
+ctl=$(dd if=/dev/disk/by-id/virtio-hrcontrol bs=4096 count=1 2> /dev/null | tr -d '\000')
 action=$(echo "$ctl" | sed -n 's/^action=//p')
 echo "HR-NORMAL-ROOT up"
 if [ -r /run/host-recover/decision.json ]; then
@@ -22,7 +22,7 @@ if [ "$action" = provision ]; then
     # The boot payload extended the lock PCR already (boot.lock=always): the normal OS
     # cannot unseal, so the keys for the image factory are exported at provisioning
     # time, used from tmpfs and deleted.
-    mount -t ext4 /dev/vdb /mnt/store \
+    mount -t ext4 /dev/disk/by-id/virtio-hrstore /mnt/store \
         && host-recover provision --export-image-key /tmp/image.key --export-master /tmp/master.key \
         && host-recover image create --key-file /tmp/image.key /mnt/store/plain.squashfs \
             /mnt/store/recovery.hri \

@@ -3,7 +3,7 @@
 # credential: HMAC-SHA256(credential service-hmac, challenge from the control disk).
 # The host checks the MAC from the serial console.
 export PATH=/bin
-ctl=$(dd if=/dev/vdc bs=4096 count=1 2> /dev/null | tr -d '\000')
+ctl=$(dd if=/dev/disk/by-id/virtio-hrcontrol bs=4096 count=1 2> /dev/null | tr -d '\000')
 action=$(echo "$ctl" | sed -n 's/^action=//p')
 challenge=$(echo "$ctl" | sed -n 's/^challenge=//p')
 echo "HR-RECOVERY-ROOT up"

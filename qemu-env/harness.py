@@ -388,7 +388,7 @@ def store_disk(out: Path, files: dict[str, Path | bytes], size_mb: int = 96) -> 
 
 
 def control_disk(out: Path, action: str, challenge: str) -> Path:
-    """The guest reads this raw disk (/dev/vdc): what to do once up, and a challenge."""
+    """The guest reads this raw disk (virtio-hrcontrol): what to do once up, a challenge."""
     data = f"action={action}\nchallenge={challenge}\n".encode()
     out.write_bytes(data.ljust(4096, b"\0"))
     return out

@@ -223,12 +223,14 @@ class Lab:
         *,
         extra_cmdline: str = "",
         store: Path | None = None,
+        normal_root: bool = True,
         until: str | None = None,
         timeout: float = 300,
     ) -> BootResult:
         """Boot once; ``action`` for the root that comes up (poweroff | hold | provision).
         With hold (or ``until``: return once a console line matches) the guest stays up:
-        call ``power_cut``. ``extra_cmdline`` and ``store`` change this boot only."""
+        call ``power_cut``. ``extra_cmdline``, ``store`` and ``normal_root=False`` (the
+        normal root disk is gone) change this boot only."""
         assert self.vm is not None
         challenge = secrets.token_hex(16)
         harness.control_disk(self.control, action, challenge)
@@ -237,6 +239,8 @@ class Lab:
             self.vm.cmdline += " " + extra_cmdline
         if store is not None:
             self.vm.disks[1] = store
+        if not normal_root:
+            self.vm.disks[0] = None
         try:
             self.vm.start()
             self.vm.wait_for(until or r"^HR-GUEST-DONE|Kernel panic|Boot has failed", timeout)
@@ -254,7 +258,9 @@ class Lab:
         its last 100 bytes cut off (``truncate``)."""
         assert self.vm is not None
         out = self.dir / f"store-{how}.img"
-        shutil.copyfile(self.vm.disks[1], out)
+        store = self.vm.disks[1]
+        assert store is not None
+        shutil.copyfile(store, out)
         img = self.dir / f"recovery-{how}.hri"
         harness.sh("debugfs", "-R", f"dump /recovery.hri {img}", out)
         data = bytearray(img.read_bytes())
@@ -292,7 +298,7 @@ class Lab:
         pcr15 = con.find(r"^HR-PCR15 ")
         phases: dict[str, float] = {}
         for pattern, name in (
-            (r"^EFI stub: Loaded initrd", "kernel"),
+            (r"EFI stub: Loaded initrd", "kernel"),
             (r"^HR-PHASE init", "initramfs"),
             (r"^HR-PHASE payload-start", "payload-start"),
             (r"^HR-PHASE payload-exit", "payload-exit"),

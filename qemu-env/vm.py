@@ -27,8 +27,11 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 #: Fixed so that PCR 0/2/4 stay the same on every boot of a VM.
 MEMORY = "1024"
 SMP = "1"
+#: The guest sees its disks as /dev/disk/by-id/virtio-<serial>, whatever is missing.
+DISK_SERIALS = ("hrnormal", "hrstore", "hrcontrol")
 CMDLINE = (
-    "console=ttyS0,115200 root=/dev/vda rootfstype=squashfs ro rd.retry=20 "
+    "console=ttyS0,115200 root=/dev/disk/by-id/virtio-hrnormal rootfstype=squashfs ro "
+    "rd.retry=20 "
     "rd.shell=0 panic=-1 loglevel=6"
 )
 
@@ -154,7 +157,7 @@ class Console:
 class Vm:
     """A guest with persistent TPM and firmware state in ``workdir``."""
 
-    def __init__(self, workdir: Path, kernel: Path, initrd: Path, disks: list[Path]) -> None:
+    def __init__(self, workdir: Path, kernel: Path, initrd: Path, disks: list[Path | None]) -> None:
         self.workdir = workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kernel, self.initrd, self.disks = kernel, initrd, disks
@@ -211,9 +214,12 @@ class Vm:
         ]
         if acc == "kvm":
             argv += ["-cpu", "host"]
-        for i, disk in enumerate(self.disks):
+        for serial, disk in zip(DISK_SERIALS, self.disks, strict=True):
+            if disk is None:  # e.g. the normal root disk is gone
+                continue
             ro = ",readonly=on" if disk.suffix in (".squashfs", ".ctl") else ""
-            argv += ["-drive", f"file={disk},if=virtio,format=raw,index={i}{ro}"]
+            argv += ["-drive", f"if=none,id={serial},file={disk},format=raw{ro}"]
+            argv += ["-device", f"virtio-blk-pci,drive={serial},serial={serial}"]
         # Always the same NIC without option ROM: PCR 2 must not depend on the scenario.
         net = "user,id=n0,restrict=on,ipv6=off"
         for ip, gport, hport in self.guestfwd:

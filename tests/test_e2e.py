@@ -120,6 +120,17 @@ def test_tampered_image_is_rejected_before_mount(lab: Any, how: str) -> None:
     lab.power_cut(peers=2)
 
 
+def test_missing_normal_root_does_not_stall_the_recovery(lab: Any) -> None:
+    # The normal root device never appears: dracut's initqueue would wait for it until
+    # "Could not boot"; the initqueue/timeout hook runs the payload, which recovers.
+    res = lab.boot("hold", normal_root=False)
+    rec = _record(res)
+    assert res.console.find(r"^HR-PHASE payload-from initqueue-timeout")
+    assert res.root == "recovery" and rec["action"] == "recover"
+    assert res.proof_ok is True
+    lab.power_cut(peers=2)
+
+
 def test_power_loss_mid_recovery_then_recovers_again(lab: Any) -> None:
     # Cut the power once the payload has decided to recover (unseal/decrypt follow).
     lab.boot("hold", until=r"verdict: correlated-failure")
