@@ -316,6 +316,7 @@ def cmd_boot(args: argparse.Namespace, cfg: Any) -> int:
         outcome.action = "disabled"
         log.info("rd.host_recover=0: normal boot")
     else:
+        _start_watchdog(cfg, outcome, t0)
         try:
             run(cfg, args.newroot, outcome)
         except HostRecoverError as e:
@@ -332,6 +333,68 @@ def cmd_boot(args: argparse.Namespace, cfg: Any) -> int:
     outcome.timeline_ms["payload-total"] = round((time.monotonic() - t0) * 1000, 1)
     path = write_record(cfg.boot_state_dir, outcome, cfg)
     log.info("decision record: %s (exit %d)", path, outcome.exit_code)
+    return outcome.exit_code
+
+
+def _start_watchdog(cfg: Any, outcome: Outcome, t0: float) -> None:
+    """End the payload after boot.timeout even if a C call (a TPM that stopped answering,
+    a hung device) never returns: write an error record and exit 3."""
+    import threading
+
+    def fire() -> None:
+        msg = f"the payload did not finish within {cfg.boot_timeout:.0f} s"
+        _fail(outcome, int(ExitCode.TPM_UNAVAILABLE), msg, "check the TPM and the store device")
+        log.error("error: %s; on-error policy: %s", msg, cfg.boot_on_error)
+        outcome.timeline_ms["payload-total"] = round((time.monotonic() - t0) * 1000, 1)
+        with contextlib.suppress(Exception):
+            write_record(cfg.boot_state_dir, outcome, cfg)
+        logging.shutdown()
+        os._exit(int(ExitCode.TPM_UNAVAILABLE))
+
+    timer = threading.Timer(cfg.boot_timeout, fire)
+    timer.daemon = True
+    timer.start()
+
+
+def boot_without_config(args: argparse.Namespace, error: HostRecoverError) -> int:
+    """The baked-in configuration is broken: still lock the secure store (built-in
+    lock PCR, through the built-in or given TCTI), write an error record and return the
+    error's exit code, so the hook applies on_error (from the kernel line, else
+    boot-normal) and the normal OS can never unseal."""
+    overrides: dict[str, str] = {}
+    for item in getattr(args, "set", []):  # keep the --set overrides that are valid
+        name, _, value = item.partition("=")
+        setting = config_mod.BY_NAME.get(name.strip())
+        with contextlib.suppress(ValueError, HostRecoverError):
+            if setting is not None:
+                setting.parse(value)
+                overrides[setting.name] = value
+    if getattr(args, "tcti", None):
+        overrides["tpm.tcti"] = args.tcti
+    cfg = config_mod.load(None, overrides, read_files=False)
+    try:
+        cmdline = Path(args.cmdline).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        cmdline = ""
+    enabled, kopts = kernel_overrides(cmdline)
+    cfg = apply_kernel_options(cfg, kopts)
+    outcome = Outcome()
+    _fail(outcome, int(error.exit_code), f"configuration: {error.message}", error.hint)
+    log.error("error: configuration: %s", error.message)
+    if error.hint:
+        log.error("hint: %s", error.hint)
+    if enabled and cfg.boot_mode != "never":
+        try:
+            from recover.tpm import Tpm
+
+            wait_for_tpm(cfg.tpm_tcti, cfg.tpm_timeout)
+            with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as tpm:
+                tpm.pcr_extend(cfg.tpm_lock_pcr, b"host-recover: configuration error")
+            outcome.lock_pcr_extended = True
+        except HostRecoverError as e:
+            log.error("could not extend lock PCR %d: %s", cfg.tpm_lock_pcr, e)
+    log.error("on-error policy: %s", cfg.boot_on_error)
+    write_record(cfg.boot_state_dir, outcome, cfg)
     return outcome.exit_code
 
 

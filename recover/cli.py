@@ -381,7 +381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     kmsg = args.verb == "boot"
     logsetup.setup(debug=args.debug, kmsg=kmsg)
     try:
-        cfg = _load_config(args)
+        try:
+            cfg = _load_config(args)
+        except HostRecoverError as e:
+            if args.verb != "boot":
+                raise
+            from recover.boot import boot_without_config
+
+            return boot_without_config(args, e)
         return int(_handler(args.handler)(args, cfg))
     except HostRecoverError as e:
         log.error("error: %s", e.message)

@@ -309,6 +309,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the decision record is written (survives switch_root).",
     ),
     Setting(
+        "boot.timeout",
+        _positive_float,
+        "300",
+        "Seconds the whole payload may take; past it the payload writes an error record "
+        "and exits 3 (a TPM or device that stops answering must not hang the boot).",
+        kernel=True,
+    ),
+    Setting(
         "boot.lock",
         _choice("always", "after-unseal"),
         "always",
@@ -433,11 +441,16 @@ def load(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    read_files: bool = True,
 ) -> Config:
-    """Defaults ← file ← drop-ins ← environment ← overrides (CLI / kernel line)."""
+    """Defaults ← file ← drop-ins ← environment ← overrides (CLI / kernel line).
+
+    ``read_files=False`` gives the built-in defaults (plus environment and overrides):
+    what the boot payload falls back to when the baked-in file is broken."""
     env = os.environ if env is None else env
     raw: dict[str, str] = {s.name: s.default for s in SETTINGS}
-    files = config_files(path)
+    files = config_files(path) if read_files else []
     for f in files:
         _read_file(f, raw)
     for s in SETTINGS:

@@ -287,3 +287,64 @@ def test_tpm_unavailable_is_an_outcome(host: Host) -> None:
     rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
     assert rec["action"] == "error" and rec["exit_code"] == 3
     host.tpm.start()  # for the fixture's cleanup symmetry
+
+
+def _pcr(host: Host, index: int) -> str:
+    out = subprocess.run(
+        ["tpm2_pcrread", f"sha256:{index}"],
+        env=host.tpm.env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.strip().splitlines()[-1].split(":")[-1].strip().lower()
+
+
+def test_broken_config_still_locks_and_records(host: Host) -> None:
+    """A typo in the baked-in config must not leave the secret unsealable by the normal OS."""
+    host.tpm.power_cut_and_restart()
+    state = host.run / "host-recover"
+    host.conf.write_text(host.conf.read_text().replace("[verdict]\n", "[verdict]\nquorom = 2\n"))
+    assert _pcr(host, 15) == "0x" + "0" * 64
+    code = host.cli(
+        "--set",
+        f"boot.state_dir={state}",
+        "boot",
+        "--newroot",
+        str(host.newroot),
+        "--cmdline",
+        str(host.cmdline),
+    )
+    assert code == 2
+    rec = json.loads((state / "decision.json").read_text())
+    assert rec["action"] == "error" and "quorom" in rec["error"]
+    assert rec["lock_pcr_extended"] is True
+    assert _pcr(host, 15) != "0x" + "0" * 64
+    _assert_nothing_left(host)
+
+
+def test_a_hung_tpm_cannot_hang_the_boot(host: Host) -> None:
+    """A TPM that stops answering (swtpm stopped with SIGSTOP): the watchdog ends the
+    payload after boot.timeout with exit 3 and an error record."""
+    import signal
+    import sys
+    import time
+
+    host.tpm.power_cut_and_restart()
+    assert host.tpm.proc is not None
+    os.kill(host.tpm.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "recover", "--config", str(host.conf), "--tcti", host.tpm.tcti,
+             "--set", "boot.timeout=2", "boot", "--newroot", str(host.newroot), "--cmdline", str(host.cmdline)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        elapsed = time.monotonic() - t0
+    finally:
+        os.kill(host.tpm.proc.pid, signal.SIGCONT)
+    assert proc.returncode == 3, proc.stderr
+    assert elapsed < 30
+    rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
+    assert rec["action"] == "error" and "did not finish within 2 s" in rec["error"]
+    _assert_nothing_left(host)
