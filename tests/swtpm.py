@@ -87,12 +87,27 @@ class SwTpm:
                 raise RuntimeError(f"swtpm exited: {err.strip()}")
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+                socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn,
             ):
+                self._ping(conn)
                 return self
             time.sleep(0.02)
         self.kill()
         raise RuntimeError("swtpm did not come up within 10 s")
+
+    @staticmethod
+    def _ping(conn: socket.socket) -> None:
+        """One TPM2_GetRandom round trip: swtpm has finished its Startup and committed
+        its state, so a power cut right after start() is a power cut of a started TPM."""
+        conn.sendall(bytes.fromhex("80010000000c0000017b0008"))
+        want, got = 10, b""
+        while len(got) < want:
+            chunk = conn.recv(want - len(got))
+            if not chunk:
+                raise OSError("swtpm closed the connection")
+            got += chunk
+            if len(got) >= 6:
+                want = int.from_bytes(got[2:6], "big")
 
     def _ctrl(self, *args: str) -> None:
         subprocess.run(
