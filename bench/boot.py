@@ -122,6 +122,8 @@ def render(m: dict[str, object]) -> str:
         f"{w / mib:.1f} MiB with it: **+{(w - wo) / mib:.1f} MiB** "
         f"({w / wo:.2f}x) for Python, the payload, cryptography, tpm2-pytss and libtss2.",
         "",
+        "Reproduce: `python bench/boot.py --runs 2 --write docs/performance.md` (root).",
+        "",
     ]
     return "\n".join(lines)
 
