@@ -211,10 +211,6 @@ class Lab:
             p.tpm.reboot_orderly()  # the peers were up and shut down cleanly before
             p.start_agent()
 
-    def set_initrd(self, path: Path) -> None:
-        assert self.vm is not None
-        self.vm.initrd = path
-
     # --- boots --------------------------------------------------------------------------
 
     def boot(
@@ -224,17 +220,20 @@ class Lab:
         extra_cmdline: str = "",
         store: Path | None = None,
         normal_root: bool = True,
+        initrd: Path | None = None,
         until: str | None = None,
         timeout: float = 300,
     ) -> BootResult:
         """Boot once; ``action`` for the root that comes up (poweroff | hold | provision).
         With hold (or ``until``: return once a console line matches) the guest stays up:
-        call ``power_cut``. ``extra_cmdline``, ``store`` and ``normal_root=False`` (the
-        normal root disk is gone) change this boot only."""
+        call ``power_cut``. ``extra_cmdline``, ``store``, ``initrd`` and
+        ``normal_root=False`` (the normal root disk is gone) change this boot only."""
         assert self.vm is not None
         challenge = secrets.token_hex(16)
         harness.control_disk(self.control, action, challenge)
-        base_cmdline, base_disks = self.vm.cmdline, list(self.vm.disks)
+        base_cmdline, base_disks, base_initrd = self.vm.cmdline, list(self.vm.disks), self.vm.initrd
+        if initrd is not None:
+            self.vm.initrd = initrd
         if extra_cmdline:
             self.vm.cmdline += " " + extra_cmdline
         if store is not None:
@@ -250,8 +249,16 @@ class Lab:
             self.vm.power_cut()
             raise
         finally:
-            self.vm.cmdline, self.vm.disks = base_cmdline, base_disks
+            self.vm.cmdline, self.vm.disks, self.vm.initrd = base_cmdline, base_disks, base_initrd
         return self._result(challenge)
+
+    def tampered_initrd(self) -> Path:
+        """The initramfs with 4 zero bytes appended: it still boots (the kernel skips
+        zero padding), but PCR 9 measures different bytes."""
+        assert self.vm is not None
+        out = self.dir / "initrd-tampered.img"
+        out.write_bytes(self.vm.initrd.read_bytes() + bytes(4))
+        return out
 
     def tampered_store(self, how: str) -> Path:
         """A copy of the store whose recovery image has one bit flipped (``flip``) or

@@ -108,6 +108,18 @@ def test_tampered_cmdline_does_not_unseal_and_falls_back(lab: Any) -> None:
     lab.power_cut(peers=2)
 
 
+def test_tampered_initramfs_does_not_unseal_and_falls_back(lab: Any) -> None:
+    # After a correlated power loss, but the initramfs is not the measured one.
+    res = lab.boot("hold", initrd=lab.tampered_initrd())
+    rec = _record(res)
+    assert res.root == "normal"
+    assert rec["credentials"] == [] and rec["image"] is None
+    # Either the peers refuse to vouch for an unknown boot chain (no recovery verdict)
+    # or the TPM refuses to unseal (policy mismatch): never a recovery.
+    assert rec["exit_code"] == 4 or rec["verdict"]["action"] != "recover", rec
+    lab.power_cut(peers=2)
+
+
 @pytest.mark.parametrize("how", ["flip", "truncate"])
 def test_tampered_image_is_rejected_before_mount(lab: Any, how: str) -> None:
     res = lab.boot("hold", store=lab.tampered_store(how))
