@@ -43,11 +43,11 @@ def show_record(res: labmod.BootResult) -> None:
     if peers:
         item(f"{BOLD}peers{OFF} (attested answers, TPM quotes checked):")
         for r in peers.get("results", []):
-            status = r.get("status") or {}
-            ev_p = status.get("evidence") or {}
+            st = r.get("status") or {}
             item(
-                f"  {r.get('peer_id', r.get('id', '?')):<8} {r.get('outcome', '?'):<10} "
-                f"evidence={ev_p.get('summary', status.get('summary', '-'))} "
+                f"  {r.get('peer', '?'):<7} {r.get('outcome', '?'):<9} "
+                f"{st.get('summary', '-'):<9} orderly={st.get('orderly')} "
+                f"TPM reset {st.get('since_reset_s', '?')} s ago, rtt {r.get('rtt_ms')} ms "
                 f"{r.get('reason') or ''}"
             )
     v = rec.get("verdict") or {}
