@@ -5,7 +5,11 @@ SHELL        := /bin/bash
 PYTHON       := /usr/bin/python3
 VENV         := .venv
 VPY          := $(VENV)/bin/python
-WHEELS       := /var/cache/host-recover/wheels
+# tpm2-pytss is built without FAPI (tss2-fapi.pc hidden from pkg-config): recover/ does
+# not use FAPI, and its closure (curl, krb5, ldap: ~30 libraries) would otherwise ride
+# into every initramfs. The wheel is built once and cached.
+WHEELS       := /var/cache/host-recover/wheels-nofapi
+PCDIR        := /var/cache/host-recover/pkgconfig-nofapi
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev python3-venv python3-dev \
                 pkg-config build-essential qemu-system-x86 ovmf dracut-core zstd \
                 squashfs-tools erofs-utils cpio shellcheck kmod openssl iproute2 \
@@ -20,13 +24,29 @@ deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-$(VENV)/.stamp: requirements.lock setup.cfg pyproject.toml
+$(PCDIR)/.stamp:
+	rm -rf $(PCDIR) && mkdir -p $(PCDIR)
+	for d in $$(pkg-config --variable pc_path pkg-config | tr : ' '); do \
+	  for f in "$$d"/*.pc; do \
+	    b=$${f##*/}; \
+	    [ -e "$$f" ] && [ "$$b" != tss2-fapi.pc ] && [ ! -e "$(PCDIR)/$$b" ] && ln -s "$$f" "$(PCDIR)/$$b"; \
+	  done; \
+	done; true
+	touch $@
+
+$(VENV)/.stamp: requirements.lock setup.cfg pyproject.toml $(PCDIR)/.stamp
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip wheel setuptools
 	mkdir -p $(WHEELS)
-	# Build tpm2-pytss (~20 s) once; later installs come from the wheel cache.
+	# Build tpm2-pytss (~20 s) once, without FAPI; later installs come from the wheel cache.
+	pin=$$(grep '^tpm2-pytss==' requirements.lock); ver=$${pin#*==}; \
+	ls $(WHEELS)/tpm2_pytss-$$ver-*.whl >/dev/null 2>&1 || \
+	  PKG_CONFIG_LIBDIR=$(PCDIR) $(VPY) -m pip wheel -q --no-cache-dir --no-deps \
+	    --no-binary tpm2-pytss -w $(WHEELS) "$$pin"
 	$(VPY) -m pip wheel -q -w $(WHEELS) --find-links $(WHEELS) -r requirements.lock
 	$(VPY) -m pip install -q --no-index --find-links $(WHEELS) -r requirements.lock
+	if ldd $(VENV)/lib/python3*/site-packages/tpm2_pytss/_libtpm2_pytss*.so | grep -q fapi; then \
+	  echo "tpm2-pytss links libtss2-fapi: remove $(WHEELS) and run make again" >&2; exit 1; fi
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
