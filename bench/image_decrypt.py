@@ -26,11 +26,13 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from perfdoc import DOC, write_section  # noqa: E402
 
 from recover import image  # noqa: E402
 
 KEY = bytes(range(32))
-DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 SECTION = "## Image decryption"
 
 
@@ -99,16 +101,6 @@ def make_plaintext(path: Path, size: int) -> str:
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def write_docs(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Performance\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
 
 
 def main() -> int:
@@ -214,7 +206,7 @@ def main() -> int:
     section = "\n".join(lines)
     print(section)
     if args.write_docs:
-        write_docs(section)
+        write_section(SECTION, section)
         print(f"(written to {DOC})")
     return 0
 
