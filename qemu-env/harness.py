@@ -162,9 +162,13 @@ def dracut_overlay() -> Path:
     ov = BUILD / "dracut"
     shutil.rmtree(ov, ignore_errors=True)
     (ov / "modules.d").mkdir(parents=True)
+    epoch = int(SOURCE_DATE_EPOCH)
     for item in base.iterdir():
         if item.name != "modules.d":
             (ov / item.name).symlink_to(item)
+            # --reproducible clamps the initramfs' mtimes to dracut-functions.sh as
+            # lstat() sees it: the symlink's own mtime, so fix it (else PCR 9 moves).
+            os.utime(ov / item.name, (epoch, epoch), follow_symlinks=False)
     for mod in (base / "modules.d").iterdir():
         (ov / "modules.d" / mod.name).symlink_to(mod)
     ours = ov / "modules.d" / "90host-recover"
@@ -207,6 +211,7 @@ def initramfs(
         REPO / "dracut-module",
         REPO / "hooks",
         HERE / "test-modules-hook.sh",
+        HERE / "harness.py",
     )
     if stage is not None:
         digest = _digest(digest, stage / "manifest.json", stage / "root")

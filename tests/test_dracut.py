@@ -84,7 +84,12 @@ def test_initramfs_carries_payload_and_hooks() -> None:
     kern = harness.kernel()
     img = harness.initramfs(kern, harness.default_confdir())
     listing = subprocess.run(
-        ["lsinitrd", os.fspath(img)], capture_output=True, text=True, check=True, timeout=300
+        ["lsinitrd", os.fspath(img)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=True,
+        timeout=300,
     ).stdout
     for needle in (
         "usr/bin/host-recover",
@@ -99,3 +104,21 @@ def test_initramfs_carries_payload_and_hooks() -> None:
     ):
         assert needle in listing, needle
     assert "/work/" not in listing.replace("--tmpdir", "").split("========")[-1]
+
+
+@pytest.mark.integration
+def test_initramfs_rebuild_is_byte_identical(tmp_path: Path) -> None:
+    """PCR 9 measures the initramfs bytes: a rebuild from the same inputs must not move it."""
+    if os.geteuid() != 0 or shutil.which("dracut") is None:
+        pytest.skip("needs root and dracut")
+    sys.path.insert(0, os.fspath(REPO / "qemu-env"))
+    import harness
+
+    kern = harness.kernel()
+    first = harness.initramfs(kern, harness.default_confdir())
+    again = harness.initramfs(kern, harness.default_confdir(), name="repro-check.img")
+    try:
+        assert first.read_bytes() == again.read_bytes()
+    finally:
+        again.unlink(missing_ok=True)
+        again.with_name(again.name + ".stamp").unlink(missing_ok=True)
