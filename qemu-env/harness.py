@@ -114,41 +114,20 @@ def kernel() -> Kernel:
 # --- payload bundle -------------------------------------------------------------------
 
 
-def uses_standin() -> bool:
-    """True while recover/boot.py (the real payload) has not landed."""
-    return os.environ.get("HOST_RECOVER_STANDIN") == "1" or not (REPO / "recover/boot.py").exists()
-
-
 #: Operator verbs the test normal root runs (first-boot provisioning, attest, status).
 TOOLS = ("recover.provision", "recover.imagecli", "recover.credentials", "recover.policy")
 
 
 def bundle(kind: str = "payload") -> Path:
-    """Staging directory: ``payload`` for the initramfs (real, or the stand-in of
-    qemu-env/), ``tools`` for the test normal root (payload + operator verbs)."""
+    """Staging directory: ``payload`` for the initramfs, ``tools`` for the test normal
+    root (payload + operator verbs)."""
     from recover import bundle as rb
 
     out = BUILD / f"bundle-{kind}"
-    standin = uses_standin() and kind == "payload"
-    digest = _digest(REPO / "recover", HERE / "standin_boot.py", sys.prefix, standin, kind)
+    digest = _digest(REPO / "recover", sys.prefix, kind)
     if _fresh(out, digest):
         return out
-    if standin:
-        entry = ("recover.__main__", "recover.cli", "recover.log", "recover.config")
-        rb.build(out, entry=entry, scripts=[HERE / "standin_boot.py"])
-        site = out / "root" / rb.SITE_DIR
-        (site / "hr_standin.pyc").write_bytes(
-            rb._pyc_bytes(HERE / "standin_boot.py", f"/{rb.SITE_DIR}/hr_standin.py")
-        )
-        wrapper = out / "root" / rb.WRAPPER
-        text = wrapper.read_text().replace(
-            '-m recover "$@"', '-m "$([ "$1" = boot ] && echo hr_standin || echo recover)" "$@"'
-        )
-        wrapper.write_text(text)
-    elif kind == "tools":
-        rb.build(out, entry=(*rb.payload_entry(), *TOOLS))
-    else:
-        rb.build(out)
+    rb.build(out, entry=(*rb.payload_entry(), *TOOLS) if kind == "tools" else None)
     _stamp(out, digest)
     return out
 
@@ -423,7 +402,6 @@ class Artefacts:
     initramfs: Path
     normal_root: Path
     recovery_root: Path
-    standin: bool
 
 
 def build_all(confdir: Path | None = None, init: str = "shell") -> Artefacts:
@@ -431,7 +409,7 @@ def build_all(confdir: Path | None = None, init: str = "shell") -> Artefacts:
     kern = kernel()
     img = initramfs(kern, confdir or default_confdir(), init=init)
     normal, recovery = root_images()
-    return Artefacts(kern, img, normal, recovery, uses_standin())
+    return Artefacts(kern, img, normal, recovery)
 
 
 def main(argv: Sequence[str]) -> int:
