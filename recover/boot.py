@@ -182,6 +182,15 @@ def recover_root(cfg: Any, tpm: Any, newroot: str, outcome: Outcome) -> None:
 
     work = Path(cfg.boot_state_dir)
     tl = outcome.timeline_ms
+    with step("store", tl):
+        image_path, creds_path = _store_paths(cfg, work / "store")
+        header = image.read_header(image_path)
+        min_version = tpm.counter_read(cfg.tpm_rollback_nv)
+        if cfg.tpm_policy == "signed" and cfg.store_device:
+            # The signed policy lives outside the measured boot path: on the store
+            # partition, next to the image (same file name as tpm.policy_file).
+            policy_file = work / "store" / os.path.basename(cfg.tpm_policy_file)
+            cfg = cfg.replace(tpm_policy_file=os.fspath(policy_file))
     with step("unseal", tl):
         master = bytearray(provision.unseal_master(cfg, tpm=tpm))
     try:
@@ -189,10 +198,6 @@ def recover_root(cfg: Any, tpm: Any, newroot: str, outcome: Outcome) -> None:
             tpm.pcr_extend(cfg.tpm_lock_pcr, b"host-recover: secret unsealed, locked")
             outcome.lock_pcr_extended = True
         image_key = keys.image_root_key(bytes(master))
-        with step("store", tl):
-            image_path, creds_path = _store_paths(cfg, work / "store")
-            header = image.read_header(image_path)
-            min_version = tpm.counter_read(cfg.tpm_rollback_nv)
         outcome.image = {
             "path": image_path,
             "version": header.image_version,

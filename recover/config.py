@@ -184,7 +184,8 @@ SETTINGS: tuple[Setting, ...] = (
         "tpm.policy_file",
         str,
         "/var/lib/host-recover/policy.json",
-        "Signed PCR policy file, outside the measured boot path (policy = signed).",
+        "Signed PCR policy file, outside the measured boot path (policy = signed). At boot "
+        "with store.device set it is read from the store partition, by the same file name.",
     ),
     Setting(
         "tpm.rollback_nv",

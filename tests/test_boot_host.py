@@ -73,9 +73,11 @@ class Host:
     def cli(self, *argv: str) -> int:
         return main(["--config", str(self.conf), "--tcti", self.tpm.tcti, *argv])
 
-    def provision_and_build(self) -> None:
+    def provision_and_build(self, sign_with: Path | None = None) -> None:
         key = self.base / "image.key"
         assert self.cli("provision", "--export-image-key", str(key)) == 0
+        if sign_with is not None:  # tpm.policy = signed: sign the current PCR values
+            assert self.cli("policy", "sign", "--key", str(sign_with)) == 0
         tree = self.base / "tree"
         (tree / "etc").mkdir(parents=True)
         (tree / "etc" / "os-release").write_text("ID=recovery\n")
@@ -348,3 +350,43 @@ def test_a_hung_tpm_cannot_hang_the_boot(host: Host) -> None:
     rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
     assert rec["action"] == "error" and "did not finish within 2 s" in rec["error"]
     _assert_nothing_left(host)
+
+
+def test_signed_policy_recovery_survives_a_kernel_update(tmp_path: Path) -> None:
+    """tpm.policy = signed: after a (simulated) kernel update the old signature no longer
+    unseals (exit 4); signing the new PCR values makes the next recovery work, without
+    re-sealing."""
+    h = Host(tmp_path)
+    try:
+        priv, pub = tmp_path / "policy.key", tmp_path / "policy-pub.pem"
+        policy_file = h.disk / "policy.json"
+        h.conf.write_text(
+            h.conf.read_text().replace(
+                "[tpm]\n",
+                f"[tpm]\npolicy = signed\npolicy_pubkey = {pub}\npolicy_file = {policy_file}\n",
+            )
+        )
+        assert h.cli("policy", "keygen", "--private", str(priv), "--public", str(pub)) == 0
+        h.provision_and_build(sign_with=priv)
+        h.tpm.power_cut_and_restart()
+        code, rec = h.boot()
+        assert code == 10, rec
+        _umount_all(h.newroot)
+        _umount_all(h.run)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(h.run)], check=True)
+        # "kernel update": PCR 4 now differs at every boot
+        h.tpm.power_cut_and_restart()
+        extend = ["tpm2_pcrextend", "4:sha256=" + "44" * 32]
+        subprocess.run(extend, env=h.tpm.env, check=True, capture_output=True)
+        code, rec = h.boot()
+        assert code == 4, rec
+        assert "policy" in rec["error"].lower()
+        _assert_nothing_left(h)
+        # the operator signs the new values (here: read from this very boot)
+        h.tpm.power_cut_and_restart()
+        subprocess.run(extend, env=h.tpm.env, check=True, capture_output=True)
+        assert h.cli("policy", "sign", "--key", str(priv)) == 0
+        code, rec = h.boot()
+        assert code == 10, rec
+    finally:
+        h.close()
