@@ -1,6 +1,6 @@
 """Build everything a QEMU boot of host-recover needs, from nothing on Debian 12 (root).
 
-kernel      ``apt-get download`` of Debian's unsigned kernel (cached in qemu-env/cache/),
+kernel      ``apt-get download`` of Debian's unsigned kernel (cached in /var/cache/host-recover/kernel),
             ``dpkg -x`` + ``depmod -b`` into qemu-env/build/kernel/
 bundle      ``recover.bundle.build`` from this interpreter's environment (sys.prefix)
 initramfs   dracut 059 with our module through a ``dracutbasedir`` overlay of symlinks;
@@ -28,7 +28,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-CACHE = HERE / "cache"
+# The kernel .deb is kept machine-wide, so fresh clones (CI) do not download it again.
+CACHE = Path(os.environ.get("HOST_RECOVER_CACHE", "/var/cache/host-recover")) / "kernel"
 BUILD = Path(os.environ.get("HOST_RECOVER_QEMU_BUILD", HERE / "build"))
 SOURCE_DATE_EPOCH = "1700000000"
 
