@@ -87,10 +87,11 @@ def run(
         log.info("no peer inventory at %s: this host is alone", cfg.peers_inventory)
     else:
         # Imported only here: a clean boot, or a host alone, never loads the peer stack.
-        from recover import agent, inventory
-        from recover.peers import TpmAttestor, query_all
+        with step("peer-stack", timings):  # imports (asyncio, cryptography) + inventory
+            from recover import agent, inventory
+            from recover.peers import TpmAttestor, query_all
 
-        inv = inventory.load(cfg.peers_inventory)
+            inv = inventory.load(cfg.peers_inventory)
         me = inventory.self_id(cfg)
         domain = inv.domain_peers(me)
         entry = inv.get(me)
@@ -121,20 +122,27 @@ def run(
             if serve and domain:
                 status = agent.StatusSource(me, entry.failure_domain if entry else "", "boot", ev)
                 try:
-                    srv = stack.enter_context(
-                        agent.serve_in_background(cfg, attestor, status, inventory=inv)
-                    )
+                    with step("serve-start", timings):
+                        srv = stack.enter_context(
+                            agent.serve_in_background(cfg, attestor, status, inventory=inv)
+                        )
                 except ConfigError as e:  # cannot listen: still ask, peers may decide
                     log.warning("not answering peers: %s", e.message)
             peers = ask()
             if srv is not None:
                 # Peers that booted later may still be asking us: answer a little longer,
-                # until every peer of the domain got its answer (at most one timeout).
-                ids = {p.id for p in domain}
-                until = time.monotonic() + cfg.peers_timeout
-                while not ids <= srv.answered and time.monotonic() < until:
-                    time.sleep(0.02)
-                log.info("answered %d of %d peers", len(ids & srv.answered), len(ids))
+                # until every peer that may ask got its answer (at most one timeout).
+                ids = may_still_ask({p.id for p in domain}, peers)
+                with step("answer-wait", timings):
+                    until = time.monotonic() + cfg.peers_timeout
+                    while not ids <= srv.answered and time.monotonic() < until:
+                        time.sleep(0.02)
+                log.info(
+                    "answered %d of %d peers that may ask (%d run their normal OS)",
+                    len(ids & srv.answered),
+                    len(ids),
+                    len(domain) - len(ids),
+                )
         log.info(
             "peers: %d of %d verified in %.0f ms%s",
             peers.verified,
@@ -143,7 +151,27 @@ def run(
             " (stopped early)" if peers.stopped_early else "",
         )
     verdict = verdict_mod.decide(ev, peers, policy)
+    if peers is not None:
+        log.info("decide steps (ms): %s", " ".join(f"{k}={v:g}" for k, v in timings.items()))
     return Decision(ev, peers, verdict, timings)
+
+
+def may_still_ask(domain_ids: set[str], peers: PeerResults) -> set[str]:
+    """The peers of the domain that may still ask this host for its status.
+
+    Only a boot payload asks; ``host-recover agent`` (role ``agent``, the peer's normal
+    OS) only answers. A peer whose attested reply says it is an agent is therefore not
+    waited for; a peer in its own payload (role ``boot``), and one whose reply was not
+    verified (it may be booting still), are.
+    """
+    from recover.peers import Outcome
+
+    agents = {
+        r.peer_id
+        for r in peers.results
+        if r.outcome is Outcome.VERIFIED and r.status is not None and r.status.role == "agent"
+    }
+    return domain_ids - agents
 
 
 def format_text(d: Decision) -> str:

@@ -277,3 +277,17 @@ def test_cannot_listen_still_asks(fleet: dict[str, Host], caplog: Any) -> None:
         d = run_self(fleet, peers_listen=f"127.0.0.1:{taken}")
     assert str(d.verdict.kind) == "correlated-failure", d.verdict.reasons
     assert "not answering peers: cannot listen on 127.0.0.1" in caplog.text
+
+
+def test_agents_are_not_waited_for_after_the_round(fleet: dict[str, Host]) -> None:
+    """Agents (the peers' normal OS) never ask back: once all three answered with an
+    attested role=agent status, the payload stops serving at once instead of waiting
+    up to peers.timeout for requests that cannot come."""
+    boot(fleet, cut=set(NAMES))
+    write_inventory(fleet)
+    for n in ("p1", "p2", "p3"):
+        fleet[n].start_agent()
+    d = run_self(fleet, peers_timeout=4.0, verdict_quorum="3")  # all three are needed
+    assert d.peers is not None and d.peers.verified == 3
+    assert {r.status.role for r in d.peers.results if r.status} == {"agent"}
+    assert d.timings["answer-wait"] < 1000, d.timings  # was the full 4000 ms

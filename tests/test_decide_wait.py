@@ -1,0 +1,55 @@
+"""decide.may_still_ask: after its own round, the boot payload keeps answering only the
+peers that may still ask it (pure: no TPM, no network)."""
+
+from __future__ import annotations
+
+from recover.decide import may_still_ask
+from recover.evidence import Reading
+from recover.peers import Outcome, PeerResult, PeerResults, PeerStatus
+
+DOMAIN = {"a", "b", "c", "d", "e"}
+
+
+def status(peer: str, role: str) -> PeerStatus:
+    return PeerStatus(
+        host_id=peer,
+        boot_id="b",
+        failure_domain="rack-1",
+        role=role,
+        summary=Reading.ABNORMAL,
+        orderly=False,
+        since_reset_s=3.0,
+        since_reset_source="tpm",
+        clock={"clock": 1, "reset_count": 1, "restart_count": 0},
+    )
+
+
+def results(*rs: PeerResult) -> PeerResults:
+    return PeerResults(tuple(rs), len(DOMAIN))
+
+
+def test_verified_agents_are_not_waited_for() -> None:
+    got = may_still_ask(
+        DOMAIN,
+        results(
+            PeerResult("a", Outcome.VERIFIED, status=status("a", "agent")),
+            PeerResult("b", Outcome.VERIFIED, status=status("b", "boot")),
+            PeerResult("c", Outcome.TIMEOUT, "no answer"),
+            PeerResult("d", Outcome.SKIPPED, "verdict settled"),
+            PeerResult("e", Outcome.REFUSED, "HTTP 403: PCR mismatch"),
+        ),
+    )
+    # only the attested agent is settled; a booting peer, a silent one, a skipped one and
+    # one whose reply was not believed may still ask
+    assert got == {"b", "c", "d", "e"}
+
+
+def test_all_agents_nothing_to_wait_for() -> None:
+    rs = results(*(PeerResult(p, Outcome.VERIFIED, status=status(p, "agent")) for p in DOMAIN))
+    assert may_still_ask(DOMAIN, rs) == set()
+
+
+def test_unverified_agent_claim_is_not_believed() -> None:
+    # a status that says "agent" but did not verify (e.g. a bad quote) settles nothing
+    rs = results(PeerResult("a", Outcome.FORGED, "signature", status("a", "agent")))
+    assert may_still_ask(DOMAIN, rs) == DOMAIN
