@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -317,11 +318,12 @@ def cmd_boot(args: argparse.Namespace, cfg: Any) -> int:
     if cfg.boot_debug:
         logging.getLogger().setLevel(logging.DEBUG)
     outcome = Outcome()
+    watchdog = None
     if not enabled:
         outcome.action = "disabled"
         log.info("rd.host_recover=0: normal boot")
     else:
-        _start_watchdog(cfg, outcome, t0)
+        watchdog = _start_watchdog(cfg, outcome, t0)
         try:
             run(cfg, args.newroot, outcome)
         except HostRecoverError as e:
@@ -336,15 +338,19 @@ def cmd_boot(args: argparse.Namespace, cfg: Any) -> int:
             log.exception("internal error")
             _cleanup(args.newroot, cfg)
     outcome.timeline_ms["payload-total"] = round((time.monotonic() - t0) * 1000, 1)
-    path = write_record(cfg.boot_state_dir, outcome, cfg)
+    try:
+        path = write_record(cfg.boot_state_dir, outcome, cfg)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
     log.info("decision record: %s (exit %d)", path, outcome.exit_code)
     return outcome.exit_code
 
 
-def _start_watchdog(cfg: Any, outcome: Outcome, t0: float) -> None:
+def _start_watchdog(cfg: Any, outcome: Outcome, t0: float) -> threading.Timer:
     """End the payload after boot.timeout even if a C call (a TPM that stopped answering,
-    a hung device) never returns: write an error record and exit 3."""
-    import threading
+    a hung device) never returns: write an error record and exit 3. The caller cancels
+    it once the record is written."""
 
     def fire() -> None:
         msg = f"the payload did not finish within {cfg.boot_timeout:.0f} s"
@@ -357,8 +363,10 @@ def _start_watchdog(cfg: Any, outcome: Outcome, t0: float) -> None:
         os._exit(int(ExitCode.TPM_UNAVAILABLE))
 
     timer = threading.Timer(cfg.boot_timeout, fire)
+    timer.name = "host-recover-watchdog"
     timer.daemon = True
     timer.start()
+    return timer
 
 
 def boot_without_config(args: argparse.Namespace, error: HostRecoverError) -> int:

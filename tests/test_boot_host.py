@@ -390,3 +390,13 @@ def test_signed_policy_recovery_survives_a_kernel_update(tmp_path: Path) -> None
         assert code == 10, rec
     finally:
         h.close()
+
+
+def test_in_process_boot_leaves_no_watchdog_running(host: Host) -> None:
+    """The watchdog is cancelled once the record is written (it would end the process)."""
+    import threading
+
+    host.tpm.reboot_orderly()
+    assert host.boot()[0] == 0
+    alive = [t for t in threading.enumerate() if t.name == "host-recover-watchdog" and t.is_alive()]
+    assert alive == []
