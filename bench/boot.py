@@ -169,7 +169,7 @@ def compare(before: dict[str, object], after: dict[str, object]) -> list[str]:
     return lines
 
 
-def render(m: dict[str, object], before: dict[str, object] | None = None) -> str:
+def render(m: dict[str, object], before: dict[str, object] | None = None, note: str = "") -> str:
     clean, rec = m["clean"], m["recovery"]
     assert isinstance(clean, dict) and isinstance(rec, dict)
     mib = 1 << 20
@@ -183,6 +183,7 @@ def render(m: dict[str, object], before: dict[str, object] | None = None) -> str
         f"1 vCPU, 1 GiB; median of {m['runs']} run(s); seconds since QEMU start, read from "
         f"the serial console. Tree `{m.get('revision', '?')}`, venv `{m.get('venv', '?')}`.",
         "",
+        *([note, ""] if note else []),
         "| phase | clean | recovery |",
         "|---|---|---|",
     ]
@@ -258,12 +259,14 @@ def main() -> int:
     ap.add_argument("--save", metavar="JSON", help="also write the measurement to JSON")
     ap.add_argument("--before", metavar="JSON", help="a --save of the baseline tree")
     ap.add_argument("--write", metavar="FILE", help="update the Boot section of FILE")
+    ap.add_argument("--note", default="", help="a line about the conditions of this run")
+    ap.add_argument("--render", metavar="JSON", help="do not boot: render a --save file")
     args = ap.parse_args()
     before = json.loads(Path(args.before).read_text()) if args.before else None
-    m = measure(args.runs)
+    m = json.loads(Path(args.render).read_text()) if args.render else measure(args.runs)
     if args.save:
         Path(args.save).write_text(json.dumps(m, indent=1) + "\n")
-    section = render(m, before)
+    section = render(m, before, args.note)
     print(section)
     if args.write:
         perfdoc.write_section("## Boot", section, Path(args.write))
