@@ -44,11 +44,13 @@ def show_record(res: labmod.BootResult) -> None:
         item(f"{BOLD}peers{OFF} (attested answers, TPM quotes checked):")
         for r in peers.get("results", []):
             st = r.get("status") or {}
+            head = f"  {r.get('peer', '?'):<7} {r.get('outcome', '?'):<9} "
+            if not st:  # not asked to the end (verdict settled), or no usable answer
+                item(f"{head}{'-':<9} {r.get('reason') or ''}")
+                continue
             item(
-                f"  {r.get('peer', '?'):<7} {r.get('outcome', '?'):<9} "
-                f"{st.get('summary', '-'):<9} orderly={st.get('orderly')} "
-                f"TPM reset {st.get('since_reset_s', '?')} s ago, rtt {r.get('rtt_ms')} ms "
-                f"{r.get('reason') or ''}"
+                f"{head}{st.get('summary', '-'):<9} orderly={st.get('orderly')} "
+                f"TPM reset {st.get('since_reset_s', '?')} s ago, rtt {r.get('rtt_ms')} ms"
             )
     v = rec.get("verdict") or {}
     item(f"{BOLD}verdict{OFF}: {v.get('kind')} → {v.get('action')}")

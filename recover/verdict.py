@@ -256,7 +256,8 @@ def decide_counts(
             why = [f"{v} {k}" for k, v in sorted(outcomes.items()) if k != Outcome.VERIFIED]
             if t.unknown:
                 why.append(f"{t.unknown} verified with unknown evidence")
-            reasons.append(f"{undecided} peers undecided: {', '.join(why)}")
+            noun = "peer" if undecided == 1 else "peers"
+            reasons.append(f"{undecided} {noun} undecided: {', '.join(why)}")
         if own_since_reset is None:
             reasons.append("this host's time since TPM reset is unknown: no window check")
         if kind is Kind.UNDETERMINED and own == Reading.UNKNOWN and t.same < need:
