@@ -89,7 +89,12 @@ class PeerAgent:
             self.tpm.start()
         log = (self.dir / "agent.log").open("ab")
         self.proc = subprocess.Popen(
-            [*HOST_CLI, "agent"], env=self.env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            [*HOST_CLI, "agent"],
+            env=self.env(),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=vmmod.die_with_parent,
         )
         log.close()
         for _ in range(300):  # bounded: 30 s

@@ -39,6 +39,14 @@ CMDLINE = (
 BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child is SIGKILLed when the process that started it dies, so a
+    test run or demo that crashes never leaves a QEMU, swtpm or agent behind."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def accel() -> str:
     """TCG unless KVM really works (a real kvm_intel/kvm_amd, not e.g. kvm_pvm)."""
     forced = os.environ.get("HOST_RECOVER_ACCEL")
@@ -101,6 +109,7 @@ class VmTpm:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         for _ in range(200):  # bounded: 10 s
             if self.sock.exists():
@@ -238,7 +247,11 @@ class Vm:
         log = (self.workdir / f"console-{self.boots}.log").open("w")
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            preexec_fn=die_with_parent,
         )
         self._reader = threading.Thread(target=self._read, args=(self.proc, log), daemon=True)
         self._reader.start()

@@ -16,6 +16,14 @@ import time
 from pathlib import Path
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child is SIGKILLed when the process that started it dies, so a
+    test run or demo that crashes never leaves a QEMU, swtpm or agent behind."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def free_port_pair() -> int:
     """A port P such that P and P+1 are free on 127.0.0.1 (server and control)."""
     for _ in range(200):
@@ -79,7 +87,9 @@ class SwTpm:
             "not-need-init,startup-clear",
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
