@@ -97,7 +97,11 @@ def run(
         entry = inv.get(me)
         if entry is None:
             log.warning(
-                "this host (%s) is not in %s: peers will refuse it", me, cfg.peers_inventory
+                "this host (%s) is not in its own inventory %s: its failure domain is "
+                "unknown, so every listed peer counts (peers answer it only if their "
+                "inventories list it)",
+                me,
+                cfg.peers_inventory,
             )
         with step("attestation-key", timings):
             tpm.ensure_ak(cfg.tpm_ak_handle)
