@@ -257,6 +257,7 @@ def run(cfg: Any, newroot: str, outcome: Outcome | None = None) -> Outcome:
         try:
             with step("decide", tl):
                 decision = decide.run(cfg, tpm, serve=True)
+            tl.update({f"decide.{k}": v for k, v in decision.timings.items()})
             outcome.verdict = decision.verdict.to_json()
             outcome.evidence = decision.evidence.to_json()
             outcome.peers = decision.peers.to_json() if decision.peers is not None else None

@@ -156,7 +156,15 @@ def test_power_cut_recovers_into_the_image(host: Host) -> None:
         assert cred.read_bytes() == SECRET_CRED
         assert stat.S_IMODE(cred.stat().st_mode) == 0o400
         assert rec["credentials"] == ["restore-token"]
-        for phase in ("decide", "unseal", "lock", "image", "mount", "credentials"):
+        for phase in (
+            "decide",
+            "decide.evidence",
+            "unseal",
+            "lock",
+            "image",
+            "mount",
+            "credentials",
+        ):
             assert phase in rec["timeline_ms"], phase
         # the lock PCR is extended: the key cannot be unsealed again in this boot
         assert host.cli("unseal", "--check") == 4
