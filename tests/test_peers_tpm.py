@@ -201,7 +201,10 @@ def test_peers_down_exit_6(fleet: dict[str, Host]) -> None:
     assert out.returncode == 6, out.stderr
     data = json.loads(out.stdout)
     assert data["verdict"]["kind"] == "undetermined"
-    assert {r["outcome"] for r in data["peers"]["results"]} == {"unreachable"}
+    # all refused until the deadline; once no answer can change the verdict, the last
+    # ones may be skipped (early stop) — which of them is a race, not a property
+    seen = {r["outcome"] for r in data["peers"]["results"]}
+    assert "unreachable" in seen and seen <= {"unreachable", "skipped"}, seen
     assert "no peer could be verified" in out.stderr
     assert took < 3 + 8  # the 3 s deadline plus interpreter and TPM start
 
