@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 _KMSG_PRIO = {
     logging.CRITICAL: 2,
@@ -42,6 +43,18 @@ class KmsgHandler(logging.Handler):
         super().close()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (not at setup)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 class _TtyFormatter(logging.Formatter):
     COLOURS = {logging.ERROR: "\033[31m", logging.WARNING: "\033[33m", logging.DEBUG: "\033[2m"}
 
@@ -68,7 +81,7 @@ def setup(debug: bool = False, kmsg: bool = False, quiet: bool = False) -> None:
         except OSError:
             kmsg = False
     if not quiet or not kmsg:
-        sh = logging.StreamHandler(sys.stderr)
+        sh = _StderrHandler()
         fmt = "host-recover: %(message)s" if not debug else "host-recover: %(name)s: %(message)s"
         sh.setFormatter(_TtyFormatter(fmt) if sys.stderr.isatty() else logging.Formatter(fmt))
         root.addHandler(sh)
