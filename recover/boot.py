@@ -344,6 +344,7 @@ def cmd_boot(args: argparse.Namespace, cfg: Any) -> int:
     finally:
         if watchdog is not None:
             watchdog.cancel()
+            watchdog.join(timeout=1)
     log.info("decision record: %s (exit %d)", path, outcome.exit_code)
     return outcome.exit_code
 
