@@ -13,7 +13,7 @@ PCDIR        := /var/cache/host-recover/pkgconfig-nofapi
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev python3-venv python3-dev \
                 pkg-config build-essential qemu-system-x86 ovmf dracut-core zstd \
                 squashfs-tools erofs-utils cpio shellcheck kmod openssl iproute2 \
-                e2fsprogs
+                e2fsprogs busybox-static
 
 .PHONY: deps venv test lint unit demo install clean
 
