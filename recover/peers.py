@@ -41,6 +41,7 @@ MAX_BODY = 64 * 1024
 NONCE_SIZE = 32
 REQUEST_CONTEXT = b"host-recover/v1/request"
 CLOCK_SLACK_MS = 60_000  # the status's clock is read just before the quote is signed
+DEADLINE_GRACE = 0.05  # seconds after the deadline for peers to report their own outcome
 MAX_INFLIGHT = 64
 SLOT_HOLD = 0.25  # seconds a request holds an in-flight slot
 MAX_ATTEMPTS = 200  # per peer and query; refused connections retry until the deadline
@@ -543,6 +544,12 @@ async def query_all_async(
         if pending and stop_early is not None and stop_early(done, len(pending)):
             stopped = True
             break
+    if pending and not stopped:
+        # Peers retrying a refused connection end their own loop at the deadline with
+        # their real outcome (unreachable): a moment's grace keeps it from being
+        # reported as a bare "deadline".
+        finished, pending = await asyncio.wait(pending, timeout=DEADLINE_GRACE)
+        done.extend(t.result() for t in finished)
     for t in pending:
         t.cancel()
     if pending:
