@@ -623,8 +623,8 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         "at the price of bypassing the package's own load checks: not done.",
         "- Deferred (issue 5): recover.boot imports subprocess and uuid (which imports "
         "platform) only where it mounts or lacks a boot_id; recover.decide imports the peer "
-        "stack (recover.peers, recover.inventory, recover.agent) only when an inventory exists "
-        "and the peers must be asked; recover.verdict imports peers' `Outcome` only when there "
+        "stack (recover.peers, recover.core.inventory, recover.agent) only when an inventory exists "
+        "and the peers must be asked; recover.core.verdict imports peers' `Outcome` only when there "
         "are peer results. tests/test_coldstart.py keeps these, tpm2_pytss, cryptography, "
         "asyncio, ssl, http, email and socket off the path up to `Tpm.open`.",
         *_effect(args, res),

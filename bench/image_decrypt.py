@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from perfdoc import DOC, write_section  # noqa: E402
 
-from recover import image  # noqa: E402
+from recover.core import imageformat  # noqa
+from recover.store import image  # noqa
 
 KEY = bytes(range(32))
 SECTION = "## Image decryption"
@@ -106,7 +107,7 @@ def sha256_file(path: Path) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--chunk-size", type=int, default=image.DEFAULT_CHUNK)
+    ap.add_argument("--chunk-size", type=int, default=imageformat.DEFAULT_CHUNK)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--openssl-seconds", type=int, default=3)
     ap.add_argument("--write-docs", action="store_true", help=f"update {SECTION!r} in {DOC}")

@@ -24,9 +24,10 @@ sys.path.insert(0, str(HERE))
 
 from peersim import Fleet, SimPeer, SoftwareAttestor, entry  # noqa: E402
 
-from recover.evidence import Reading  # noqa: E402
-from recover.peers import Outcome, PeerResults, query_all  # noqa: E402
-from recover.verdict import EarlyStop, Policy, decide_counts  # noqa: E402
+from recover.core.evidence import Reading  # noqa
+from recover.core.protocol import Outcome, PeerResults  # noqa
+from recover.core.verdict import EarlyStop, Policy, decide_counts  # noqa
+from recover.peers.client import query_all  # noqa
 
 ME = "bench-self"
 DEADLINE = 1.0  # seconds, for the dead-peer run (the product default is 5)

@@ -1,11 +1,13 @@
 #!/bin/sh
-# Shared by the dracut pre-mount hook and the systemd unit: run the payload once and
-# apply its exit code (the contract in docs/boot.md):
-#   0     normal boot continues untouched
-#   10    the recovery root is mounted on $NEWROOT: boot it instead of the normal root
-#   11    hold: the policy says stop for an operator (shell if on_error=shell, else halt)
-#   1..6  failure: apply on_error (boot-normal | halt | shell) from the payload's
-#         /run/host-recover/on-error (or the decision record, or the kernel option)
+# Shared by the dracut hooks and the systemd unit: run the payload once and do what it
+# wrote to /run/host-recover/action (recover.core.plan.HookAction):
+#   normal    boot the normal root
+#   recover   the recovery root is mounted on $NEWROOT: boot it instead
+#   halt      stop (the payload failed, or could not lock the secure store)
+#   shell     an emergency shell (only when the baked-in configuration allows it)
+# The hooks parse no kernel option and map no exit code: the payload decides. When the
+# payload never wrote an action (the interpreter could not start), the secure store is
+# not locked, so the boot halts.
 
 HR_STATE=/run/host-recover
 HR_RECORD=$HR_STATE/decision.json
@@ -14,29 +16,6 @@ hr_say() {
     # One unambiguous line on the console and in the kernel log.
     echo "<7>$*" > /dev/kmsg 2> /dev/null
     echo "$*" > /dev/console 2> /dev/null || echo "$*"
-}
-
-hr_on_error() {
-    # on_error from the decision record; else the kernel option; else boot-normal.
-    _hr_oe=""
-    if [ -r "$HR_STATE/on-error" ]; then
-        read -r _hr_oe < "$HR_STATE/on-error"
-    fi
-    if [ -z "$_hr_oe" ] && [ -r "$HR_RECORD" ]; then
-        _hr_oe=$(sed -n 's/.*"on_error"[[:space:]]*:[[:space:]]*"\([a-z-]*\)".*/\1/p' "$HR_RECORD" | head -n 1)
-    fi
-    if [ -z "$_hr_oe" ] && [ -r /proc/cmdline ]; then
-        read -r _hr_cl < /proc/cmdline
-        for _hr_w in $_hr_cl; do
-            case "$_hr_w" in
-                rd.host_recover.on_error=* | rd.host_recover.on-error=*) _hr_oe=${_hr_w#*=} ;;
-            esac
-        done
-    fi
-    case "$_hr_oe" in
-        halt | shell | boot-normal) echo "$_hr_oe" ;;
-        *) echo boot-normal ;;
-    esac
 }
 
 hr_print_record() {
@@ -77,22 +56,20 @@ hr_net_up() {
 # hr_run NEWROOT → sets HR_RC and HR_ACTION (normal | recover | halt | shell)
 hr_run() {
     mkdir -p "$HR_STATE"
+    rm -f "$HR_STATE/action"
     hr_net_up
     hr_say "HR-PHASE payload-start"
     host-recover boot --newroot "$1"
     HR_RC=$?
     hr_say "HR-PHASE payload-exit rc=$HR_RC"
     hr_print_record
-    case "$HR_RC" in
-        0) HR_ACTION=normal ;;
-        10) HR_ACTION=recover ;;
-        11)
-            HR_ACTION=$(hr_on_error)
-            [ "$HR_ACTION" = shell ] || HR_ACTION=halt
-            ;;
+    HR_ACTION=""
+    [ -r "$HR_STATE/action" ] && read -r HR_ACTION < "$HR_STATE/action"
+    case "$HR_ACTION" in
+        normal | recover | halt | shell) ;;
         *)
-            HR_ACTION=$(hr_on_error)
-            [ "$HR_ACTION" = boot-normal ] && HR_ACTION=normal
+            hr_say "host-recover: the payload left no action (rc=$HR_RC): the secure store may be unlocked, halting"
+            HR_ACTION=halt
             ;;
     esac
     if [ "$HR_ACTION" != recover ] && grep -q " $1 " /proc/mounts 2> /dev/null; then
@@ -102,9 +79,15 @@ hr_run() {
     hr_say "HR-ACTION $HR_ACTION rc=$HR_RC"
 }
 
-# hr_run_once WHO NEWROOT: hr_run unless the payload already ran in this boot.
+# hr_run_once WHO NEWROOT: hr_run unless the payload already ran in this boot; either
+# way HR_ACTION is this boot's action afterwards.
 hr_run_once() {
-    [ -e "$HR_STATE/ran" ] && return 1
+    if [ -e "$HR_STATE/ran" ]; then
+        HR_ACTION=""
+        [ -r "$HR_STATE/action" ] && read -r HR_ACTION < "$HR_STATE/action"
+        case "$HR_ACTION" in normal | recover | halt | shell) ;; *) HR_ACTION=halt ;; esac
+        return 0
+    fi
     mkdir -p "$HR_STATE"
     echo "$1" > "$HR_STATE/ran"
     hr_say "HR-PHASE payload-from $1"

@@ -5,7 +5,6 @@
 # shellcheck source=hooks/host-recover-lib.sh
 . /lib/host-recover-lib.sh
 
-grep -qw 'rd.host_recover=0' /proc/cmdline && exit 0
 hr_run /sysroot
 case "$HR_ACTION" in
     normal | recover) exit 0 ;;

@@ -1,3 +1,3 @@
-from recover.cli import main
+from recover.cli.main import main
 
 raise SystemExit(main())

@@ -68,6 +68,10 @@ EXCLUDES = (
     "sqlite3",
     "curses",
     "venv",
+    # build-time only: the payload never bundles itself or writes docs
+    "recover.bundle",
+    "recover.cli.docs",
+    "elftools",
 )
 #: Libraries opened with dlopen (invisible to DT_NEEDED and ldd), as glob patterns.
 DLOPENED = (
@@ -136,7 +140,7 @@ def _is_stdlib(path: Path, stdlib: Sequence[Path]) -> bool:
 
 
 def _excluded(name: str) -> bool:
-    return name.split(".")[0] in EXCLUDES
+    return any(name == e or name.startswith(e + ".") for e in EXCLUDES)
 
 
 def _package_parent() -> str:
@@ -383,13 +387,13 @@ def dlopened_libraries() -> list[Path]:
 
 def payload_entry() -> tuple[str, ...]:
     """Entry modules of the payload: the CLI and the handler of the ``boot`` verb."""
-    from recover.cli import build_parser
+    from recover.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "verb")
-    boot = sub.choices["boot"]  # type: ignore[index]
-    spec = boot.get_default("handler")
-    return ("recover.__main__", "recover.cli", "recover.log", "recover.config", spec.split(":")[0])
+    handler = sub.choices["boot"].get_default("handler")  # type: ignore[index]
+    return ("recover.__main__", "recover.cli.main", "recover.log", "recover.config",
+            handler.__module__, "recover.boot.payload")  # fmt: skip
 
 
 def _wrapper(site: str) -> str:
@@ -485,21 +489,3 @@ def build(
     )
     (out / "manifest.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return report
-
-
-def cmd_bundle(args: Any, cfg: Any) -> int:
-    report = build(args.output)
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        mib = 1 << 20
-        print(f"staging: {report.output}")
-        print(f"modules: {report.modules} ({report.stdlib_pyc} stdlib .pyc in the zip, ")
-        print(f"         {report.site_pyc} package .pyc, {len(report.extensions)} extensions)")
-        print(f"libraries: {len(report.libraries)} (DT_NEEDED closure + dlopen'ed)")
-        print(
-            f"size: zip {report.zip_bytes / mib:.1f} MiB, packages {report.site_bytes / mib:.1f} "
-            f"MiB, ELF {report.elf_bytes / mib:.1f} MiB, total {report.total_bytes / mib:.1f} MiB "
-            "(uncompressed; the initramfs delta is measured by bench/boot.py)"
-        )
-    return 0

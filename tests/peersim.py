@@ -28,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recover.agent import Limits, Responder, Server, StatusSource  # noqa: E402
-from recover.evidence import Evidence, Reading, Signal, Strength  # noqa: E402
-from recover.inventory import Inventory, parse, pcrs_to_json  # noqa: E402
-from recover.peers import Quote, canonical_json  # noqa: E402
+from recover.peers.server import Limits, Responder, Server, StatusSource  # noqa
+from recover.core.evidence import Evidence, Reading, Signal, Strength  # noqa
+from recover.core.inventory import Inventory, parse, pcrs_to_json  # noqa
+from recover.core.protocol import Quote, canonical_json  # noqa
 
 SELECTION = "sha256:0,2,4,7,9"
 GOOD_PCRS = {"sha256": {i: hashlib.sha256(b"pcr%d" % i).digest() for i in (0, 2, 4, 7, 9)}}
@@ -97,7 +97,7 @@ class SoftwareAttestor:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        from recover.tpm.attest import make_attest
+        from recover.core.attest import make_attest
 
         c = self.clock()
         attest = make_attest(

@@ -14,10 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from peersim import SoftwareAttestor, entry, evidence_of
 
-from recover.agent import Limits, StatusSource, parse_listen, serve_in_background
+from recover.core.inventory import parse
+from recover.core.protocol import MAX_BODY, Outcome
 from recover.errors import ConfigError
-from recover.inventory import parse
-from recover.peers import MAX_BODY, Outcome, query_all
+from recover.peers.client import query_all
+from recover.peers.server import Limits, StatusSource, parse_listen, serve_in_background
 
 ME = "asker"
 
@@ -194,7 +195,7 @@ _request = st.fixed_dictionaries(
 @given(body=_request | _json)
 def test_responder_never_crashes(body: Any) -> None:
     """Any JSON gets a 4xx JSON error (never a traceback, never a status)."""
-    from recover.agent import Responder
+    from recover.peers.server import Responder
 
     asker, att = _FUZZ
     inv = parse([entry(ME, 9, asker.pem), entry("srv", 1, att.pem)])
@@ -212,7 +213,7 @@ def test_responder_never_crashes(body: Any) -> None:
     )
 )
 def test_client_never_believes_garbage(reply: Any) -> None:
-    from recover.peers import Rejected, verify_reply
+    from recover.core.protocol import Rejected, verify_reply
 
     asker, att = _FUZZ
     peer = parse([entry("srv", 1, att.pem)]).peers[0]

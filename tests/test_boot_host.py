@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from swtpm import SwTpm
 
-from recover.cli import main
+from recover.cli.main import main
 
 pytestmark = [
     pytest.mark.tpm,
@@ -105,10 +105,12 @@ class Host:
         assert self.cli("credential", "add", "restore-token", str(cred)) == 0
         cred.unlink()
 
-    def boot(self, extra_cmdline: str = "") -> tuple[int, dict]:
+    def boot(self, extra_cmdline: str = "", *options: str) -> tuple[int, dict]:
         if extra_cmdline:
             self.cmdline.write_text(f"root=/dev/vda {extra_cmdline}\n")
-        code = self.cli("boot", "--newroot", str(self.newroot), "--cmdline", str(self.cmdline))
+        code = self.cli(
+            *options, "boot", "--newroot", str(self.newroot), "--cmdline", str(self.cmdline)
+        )
         record = json.loads((self.run / "host-recover" / "decision.json").read_text())
         return code, record
 
@@ -194,27 +196,25 @@ def test_clean_shutdown_boots_normally_and_unseals_nothing(host: Host) -> None:
         _umount_all(host.newroot)
 
 
-def test_lock_after_unseal_leaves_the_normal_os_able_to_unseal(host: Host) -> None:
+def test_lock_after_unseal_is_refused(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    """boot.lock = after-unseal left the normal OS able to unseal (issue 9): refused now,
+    and the payload still locks with the built-in configuration."""
     host.tpm.reboot_orderly()
-    code = host.cli(
-        "--set",
-        "boot.lock=after-unseal",
-        "boot",
-        "--newroot",
-        str(host.newroot),
-        "--cmdline",
-        str(host.cmdline),
-    )
-    assert code == 0
-    assert host.cli("unseal", "--check") == 0
+    state = f"boot.state_dir={host.run / 'host-recover'}"
+    code, rec = host.boot("", "--set", "boot.lock=after-unseal", "--set", state)
+    assert code == 2 and rec["lock_pcr_extended"] is True and rec["next"] == "normal"
+    assert "after-unseal" in capsys.readouterr().err
+    assert host.cli("unseal", "--check") == 4
 
 
-def test_mode_never_and_disabled_do_nothing(host: Host) -> None:
+@pytest.mark.parametrize("cmdline", ["rd.host_recover=0", "rd.host_recover.mode=never"])
+def test_mode_never_and_disabled_decide_nothing_but_lock(host: Host, cmdline: str) -> None:
     host.tpm.power_cut_and_restart()
-    code, rec = host.boot("rd.host_recover=0")
-    assert (code, rec["action"]) == (0, "disabled")
-    code, rec = host.boot("rd.host_recover.mode=never")
-    assert (code, rec["action"]) == (0, "disabled")
+    code, rec = host.boot(cmdline)
+    action = "disabled" if "=0" in cmdline else "never"
+    assert (code, rec["action"], rec["next"]) == (0, action, "normal")
+    assert rec["verdict"] is None and rec["lock_pcr_extended"] is True
+    assert host.cli("unseal", "--check") == 4  # the normal OS cannot unseal
     _assert_nothing_left(host)
 
 
@@ -261,7 +261,7 @@ def test_changed_pcrs_mean_no_unseal(host: Host) -> None:
 def test_power_loss_during_recovery_recovers_again(host: Host) -> None:
     """Power is lost while recovering (after the 'recovering' summary reached TPM NV,
     before the pivot): the next boot sees it and recovers again."""
-    from recover.boot import Outcome, record_summary
+    from recover.boot.record import Outcome, record_summary
     from recover.config import load
     from recover.tpm import Tpm
 
@@ -296,6 +296,7 @@ def test_tpm_unavailable_is_an_outcome(host: Host) -> None:
     assert code == 3
     rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
     assert rec["action"] == "error" and rec["exit_code"] == 3
+    assert rec["lock_pcr_extended"] is False and rec["next"] == "halt"  # fail closed
     host.tpm.start()  # for the fixture's cleanup symmetry
 
 

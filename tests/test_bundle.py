@@ -27,7 +27,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bundle.Bundl
 
 def test_entry_comes_from_the_cli_boot_verb() -> None:
     entry = bundle.payload_entry()
-    assert "recover.cli" in entry and "recover.boot" in entry
+    assert "recover.cli.main" in entry and "recover.boot.payload" in entry
 
 
 def test_layout_and_manifest(staged: tuple[Path, bundle.BundleReport]) -> None:
@@ -35,7 +35,7 @@ def test_layout_and_manifest(staged: tuple[Path, bundle.BundleReport]) -> None:
     v = sys.version_info
     root = out / "root"
     assert (root / f"usr/lib/python{v.major}{v.minor}.zip").is_file()
-    assert (root / bundle.SITE_DIR / "recover/boot.pyc").is_file()
+    assert (root / bundle.SITE_DIR / "recover/boot/payload.pyc").is_file()
     assert not list((root / bundle.SITE_DIR).rglob("*.py")), "sources must not be shipped"
     wrapper = (root / bundle.WRAPPER).read_text()
     assert "-m recover" in wrapper and os.access(root / bundle.WRAPPER, os.X_OK)
@@ -92,8 +92,10 @@ def test_payload_imports_from_the_bundle_alone(
     ]
     probe = (
         "import sys; sys.path[:] = sys.argv[1:]; pre = set(sys.modules)\n"
-        "import recover.cli, recover.boot, recover.decide, recover.provision\n"
-        "import recover.image, recover.credentials, recover.tpm\n"
+        "import recover.cli.main, recover.boot.payload, recover.boot.gather\n"
+        "import recover.boot.recovery, recover.store.unseal, recover.store.image\n"
+        "import recover.store.credentials, recover.peers.client, recover.peers.server\n"
+        "import recover.tpm\n"
         "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n"
         "import tpm2_pytss\n"
         "AESGCM(bytes(32)).encrypt(bytes(12), b'x', None)\n"

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from recover import credentials, image, keys
+from recover.core import imageformat, keys
+from recover.store import credentials, image
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -457,7 +458,7 @@ def tpm_ws(swtpm_module, ws: dict[str, Path]) -> dict[str, Path]:
     r = hr("provision", "--force", "--export-master", ws["master"],
            "--export-image-key", ws["key"], conf=ws["conf"])  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert f"image key id {image.key_id(ws['key'].read_bytes()).hex()}" in r.stderr
+    assert f"image key id {imageformat.key_id(ws['key'].read_bytes()).hex()}" in r.stderr
     fd = os.open(ws["dir"], os.O_RDONLY)
     try:
         on_disk = not credentials.on_memory_fs(fd)

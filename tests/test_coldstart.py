@@ -32,27 +32,28 @@ DEFERRED = (
     "subprocess",
     "uuid",
     "platform",
-    "recover.agent",
     "recover.peers",
-    "recover.inventory",
-    "recover.image",
-    "recover.credentials",
-    "recover.provision",
+    "recover.core.protocol",
+    "recover.core.inventory",
+    "recover.store.image",
+    "recover.store.credentials",
+    "recover.store.provision",
+    "recover.boot.recovery",
+    "recover.bundle",
 )
 
 # What `host-recover boot` imports before Tpm.open(): the CLI, its parser, logging, the
-# configuration, the boot handler (imported by name), decide and the TPM package.
+# configuration, the payload, gather and the TPM package.
 _PROBE = """
 import json, sys
-from recover import cli
-parser = cli.build_parser()
+from recover.cli import main
+parser = main.build_parser()
 args = parser.parse_args(["boot"])
 from recover import config, log
 log.setup(kmsg=False)
 config.load(None, {})
-import importlib
-importlib.import_module(args.handler.partition(":")[0])
-from recover import decide
+from recover.boot import payload, gather
+
 from recover.tpm import Tpm
 print(json.dumps(sorted(sys.modules)))
 """
@@ -78,7 +79,7 @@ def _modules_after(code: str, tmp_path: Path) -> set[str]:
 
 def test_boot_path_defers_heavy_imports(tmp_path: Path) -> None:
     mods = _modules_after(_PROBE, tmp_path)
-    assert "recover.boot" in mods and "recover.decide" in mods and "recover.tpm.core" in mods
+    assert {"recover.boot.payload", "recover.boot.gather", "recover.tpm.core"} <= mods
     loaded = sorted(m for m in mods if m.split(".")[0] in DEFERRED or m in DEFERRED)
     assert loaded == [], f"imported before the first TPM command: {loaded}"
 
@@ -87,13 +88,17 @@ def test_deferred_modules_still_import_when_needed(tmp_path: Path) -> None:
     """The lazy imports resolve: the names the boot path imports inside functions exist."""
     code = (
         "import json, sys\n"
-        "from recover import decide, boot, verdict\n"
-        "from recover import agent, inventory, credentials, image, keys, provision\n"
-        "from recover.peers import Outcome, PeerResults, TpmAttestor, query_all\n"
+        "from recover.boot import gather, payload, recovery\n"
+        "from recover.core import inventory, keys, verdict\n"
+        "from recover.store import credentials, image, provision\n"
+        "from recover.core.protocol import Outcome, PeerResults\n"
+        "from recover.peers.attestor import TpmAttestor\n"
+        "from recover.peers.client import query_all\n"
+        "from recover.peers.server import serve_in_background\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     mods = _modules_after(code, tmp_path)
-    assert {"recover.agent", "recover.peers", "recover.inventory"} <= mods
+    assert {"recover.peers.server", "recover.peers.client", "recover.core.inventory"} <= mods
 
 
 def test_parse_importtime_links_parents() -> None:

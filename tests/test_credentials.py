@@ -13,70 +13,71 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recover import credentials as creds
+from recover.core import credstore
 from recover.errors import IntegrityError, UsageError
+from recover.store import credentials
 
 MASTER = bytes(range(32))
 
 
-def _store(**entries: bytes) -> creds.Store:
-    store = creds.Store()
+def _store(**entries: bytes) -> credstore.Store:
+    store = credstore.Store()
     for name, value in entries.items():
-        store = creds.add(store, name, value)
+        store = credstore.add(store, name, value)
     return store
 
 
 def test_round_trip_and_generation(tmp_path: Path) -> None:
     path = tmp_path / "creds.hrc"
     store = _store(db_password=b"s3cret", **{"tls.key": b"\0" * 3000})
-    saved = creds.save(path, store, MASTER)
+    saved = credentials.save(path, store, MASTER)
     assert saved.generation == 1
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    loaded = creds.load(path, MASTER)
+    loaded = credentials.load(path, MASTER)
     assert dict(loaded.entries) == {"db_password": b"s3cret", "tls.key": b"\0" * 3000}
     assert loaded.generation == 1
     assert b"s3cret" not in path.read_bytes()
-    again = creds.save(path, creds.remove(loaded, "tls.key"), MASTER)
-    assert creds.list_names(creds.load(path, MASTER)) == ["db_password"]
+    again = credentials.save(path, credstore.remove(loaded, "tls.key"), MASTER)
+    assert credstore.list_names(credentials.load(path, MASTER)) == ["db_password"]
     assert again.generation == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["creds.hrc"]
 
 
 def test_empty_store_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "c"
-    creds.save(path, creds.Store(), MASTER)
-    assert creds.list_names(creds.load(path, MASTER)) == []
+    credentials.save(path, credstore.Store(), MASTER)
+    assert credstore.list_names(credentials.load(path, MASTER)) == []
 
 
 def test_wrong_master_and_tampering(tmp_path: Path) -> None:
     path = tmp_path / "c"
-    creds.save(path, _store(a=b"1"), MASTER)
+    credentials.save(path, _store(a=b"1"), MASTER)
     with pytest.raises(IntegrityError, match="wrong master"):
-        creds.load(path, bytes(32))
+        credentials.load(path, bytes(32))
     good = path.read_bytes()
     for i in range(len(good)):
         bad = bytearray(good)
         bad[i] ^= 0x01
         with pytest.raises(IntegrityError):
-            creds.unseal(bytes(bad), MASTER)
+            credstore.unseal(bytes(bad), MASTER)
     for n in range(len(good)):
         with pytest.raises(IntegrityError):
-            creds.unseal(good[:n], MASTER)
+            credstore.unseal(good[:n], MASTER)
     with pytest.raises(IntegrityError):
-        creds.unseal(good + b"\0", MASTER)
+        credstore.unseal(good + b"\0", MASTER)
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "-x", "a/b", "a\0b", "x" * 256, "é"])
 def test_invalid_names(name: str) -> None:
     with pytest.raises(UsageError, match="invalid credential name"):
-        creds.add(creds.Store(), name, b"v")
+        credstore.add(credstore.Store(), name, b"v")
 
 
 def test_limits_and_missing() -> None:
     with pytest.raises(UsageError, match="larger than"):
-        creds.add(creds.Store(), "big", b"\0" * (creds.MAX_VALUE + 1))
+        credstore.add(credstore.Store(), "big", b"\0" * (credstore.MAX_VALUE + 1))
     with pytest.raises(UsageError, match="no credential named"):
-        creds.remove(creds.Store(), "nope")
+        credstore.remove(credstore.Store(), "nope")
 
 
 @settings(max_examples=200, deadline=None)
@@ -88,14 +89,14 @@ def test_limits_and_missing() -> None:
     )
 )
 def test_encoding_round_trip(entries: dict[str, bytes]) -> None:
-    assert creds.decode_entries(creds.encode_entries(entries)) == entries
+    assert credstore.decode_entries(credstore.encode_entries(entries)) == entries
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_decoder_raises_only_integrity_error(data: bytes) -> None:
     try:
-        creds.decode_entries(data)
+        credstore.decode_entries(data)
     except IntegrityError:
         pass
 
@@ -103,13 +104,13 @@ def test_decoder_raises_only_integrity_error(data: bytes) -> None:
 def test_write_to_dir_refuses_non_tmpfs(tmp_path: Path) -> None:
     fd = os.open(tmp_path, os.O_RDONLY)
     try:
-        on_tmpfs = creds.on_memory_fs(fd)
+        on_tmpfs = credentials.on_memory_fs(fd)
     finally:
         os.close(fd)
     if on_tmpfs:
         pytest.skip("tmp_path is itself on tmpfs")
     with pytest.raises(UsageError, match="not on tmpfs"):
-        creds.write_to_dir(_store(a=b"1"), tmp_path / "out")
+        credentials.write_to_dir(_store(a=b"1"), tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -119,13 +120,13 @@ def test_write_to_dir_on_tmpfs(tmp_path: Path) -> None:
         pytest.skip("no /dev/shm")
     fd = os.open(base, os.O_RDONLY)
     try:
-        assert creds.fs_type(fd) == creds.TMPFS_MAGIC
-        assert creds.fs_type_name_from_mountinfo(fd) == "tmpfs"
+        assert credentials.fs_type(fd) == credentials.TMPFS_MAGIC
+        assert credentials.fs_type_name_from_mountinfo(fd) == "tmpfs"
     finally:
         os.close(fd)
     target = base / f"hr-creds-test-{os.getpid()}"
     try:
-        names = creds.write_to_dir(_store(b=b"two", a=b"one"), target)
+        names = credentials.write_to_dir(_store(b=b"two", a=b"one"), target)
         assert names == ["a", "b"]
         assert stat.S_IMODE(target.stat().st_mode) == 0o500
         assert sorted(p.name for p in target.iterdir()) == ["a", "b"]
@@ -185,8 +186,8 @@ def test_mountinfo_fallback_agrees_with_statfs(tmp_path: Path) -> None:
             continue
         fd = os.open(path, os.O_RDONLY)
         try:
-            name = creds.fs_type_name_from_mountinfo(fd)
-            memory = creds.fs_type(fd) in (creds.TMPFS_MAGIC, creds.RAMFS_MAGIC)
+            name = credentials.fs_type_name_from_mountinfo(fd)
+            memory = credentials.fs_type(fd) in (credentials.TMPFS_MAGIC, credentials.RAMFS_MAGIC)
         finally:
             os.close(fd)
         assert name, path

@@ -3,9 +3,9 @@ peers that may still ask it (pure: no TPM, no network)."""
 
 from __future__ import annotations
 
-from recover.decide import may_still_ask
-from recover.evidence import Reading
-from recover.peers import Outcome, PeerResult, PeerResults, PeerStatus
+from recover.boot.gather import may_still_ask
+from recover.core.evidence import Reading
+from recover.core.protocol import Outcome, PeerResult, PeerResults, PeerStatus
 
 DOMAIN = {"a", "b", "c", "d", "e"}
 

@@ -23,21 +23,21 @@ def test_shellcheck_clean() -> None:
     subprocess.run(["shellcheck", "-s", "bash", *module], check=True, capture_output=True)
 
 
-def _run_lib(tmp_path: Path, rc: int, on_error: str | None, cmdline: str = "") -> str:
-    """Source hooks/host-recover-lib.sh in dash with a fake payload exiting ``rc``."""
+def _run_lib(tmp_path: Path, rc: int, action: str | None) -> str:
+    """Source hooks/host-recover-lib.sh in dash with a fake payload that writes ``action``
+    (or nothing) to the state directory and exits ``rc``."""
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
-    if on_error is not None:
-        (state / "on-error").write_text(on_error + "\n")
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
     fake = bindir / "host-recover"
-    fake.write_text(f'#!/bin/sh\necho payload "$@"\nexit {rc}\n')
+    write = f'echo {action} > "{state}/action"\n' if action is not None else ""
+    fake.write_text(f'#!/bin/sh\necho payload "$@"\n{write}exit {rc}\n')
     fake.chmod(0o755)
-    (tmp_path / "cmdline").write_text(cmdline + "\n")
     lib = (HOOKS / "host-recover-lib.sh").read_text()
     lib = lib.replace("HR_STATE=/run/host-recover", f"HR_STATE={state}")
     lib = lib.replace("/proc/cmdline", os.fspath(tmp_path / "cmdline"))
+    (tmp_path / "cmdline").write_text("\n")
     lib = lib.replace("/dev/console", "/dev/stdout").replace("/dev/kmsg", "/dev/null")
     script = lib + '\nhr_run /nonexistent-newroot\necho "ACTION=$HR_ACTION RC=$HR_RC"\n'
     proc = subprocess.run(
@@ -52,23 +52,23 @@ def _run_lib(tmp_path: Path, rc: int, on_error: str | None, cmdline: str = "") -
 
 
 @pytest.mark.parametrize(
-    ("rc", "on_error", "cmdline", "action"),
+    ("rc", "written", "action"),
     [
-        (0, None, "", "normal"),
-        (10, None, "", "recover"),
-        (4, "boot-normal", "", "normal"),
-        (5, "halt", "", "halt"),
-        (3, "shell", "", "shell"),
-        (1, None, "rd.host_recover.on_error=halt", "halt"),  # payload died before recording
-        (1, None, "", "normal"),  # nothing said: boot normally
-        (11, "shell", "", "shell"),  # hold
-        (11, "boot-normal", "", "halt"),  # hold never boots the normal root silently
+        (0, "normal", "normal"),
+        (10, "recover", "recover"),
+        (4, "normal", "normal"),  # a failure after the lock, on_error = boot-normal
+        (5, "halt", "halt"),
+        (3, "shell", "shell"),
+        (11, "halt", "halt"),  # hold
+        (1, None, "halt"),  # the payload died before writing an action: not locked
+        (127, None, "halt"),  # the interpreter never ran
+        (0, "reboot-now", "halt"),  # an action the hooks do not know
     ],
 )
-def test_hook_maps_exit_codes(
-    tmp_path: Path, rc: int, on_error: str | None, cmdline: str, action: str
+def test_hook_does_what_the_payload_wrote(
+    tmp_path: Path, rc: int, written: str | None, action: str
 ) -> None:
-    out = _run_lib(tmp_path, rc, on_error, cmdline)
+    out = _run_lib(tmp_path, rc, written)
     assert "payload boot --newroot /nonexistent-newroot" in out
     assert f"ACTION={action} RC={rc}" in out
     assert f"HR-ACTION {action} rc={rc}" in out
@@ -95,7 +95,7 @@ def test_initramfs_carries_payload_and_hooks() -> None:
         "usr/bin/host-recover",
         "usr/bin/python3.11",
         "usr/lib/python311.zip",
-        "usr/lib/host-recover/site/recover/boot.pyc",
+        "usr/lib/host-recover/site/recover/boot/payload.pyc",
         "libtss2-tcti-device.so.0",
         "etc/host-recover/host-recover.conf",
         "hooks/pre-mount/50-host-recover-pre-mount.sh",

@@ -11,16 +11,13 @@ from typing import Any
 import pytest
 
 from recover import config
-from recover.evidence import (
+from recover.boot.gather import gather, lockout_change, pstore, rearm_orderly_counter
+from recover.core.evidence import (
     Evidence,
     Reading,
     Signal,
     Strength,
-    gather,
-    lockout_change,
     previous_record,
-    pstore,
-    rearm_orderly_counter,
     summarize,
 )
 
@@ -193,7 +190,7 @@ def test_summary_rules(signals: list, summary: Reading) -> None:
 
 
 def test_record_fields_carry_the_lockout_baseline() -> None:
-    from recover.evidence import record_fields
+    from recover.core.evidence import record_fields
 
     ev = Evidence((Signal("lockout_counter", 2, Reading.UNKNOWN, Strength.WEAK, ""),))
     assert record_fields(ev.to_json()) == {"lockout": 2}

@@ -12,13 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recover import image
+from recover.core import imageformat
 from recover.errors import IntegrityError, RollbackError, UsageError
+from recover.store import image
 
 CS = 4096
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
-CHUNK_STRIDE = CS + image.TAG_SIZE
+CHUNK_STRIDE = CS + imageformat.TAG_SIZE
 
 
 def _make(tmp_path: Path, size: int, *, version: int = 5, name: str = "img") -> tuple[Path, bytes]:
@@ -78,7 +79,7 @@ def _mutate(img: Path, fn) -> None:  # type: ignore[no-untyped-def]
 
 def test_truncation_detected(tmp_path: Path) -> None:
     img, _ = _make(tmp_path, 5 * CS)
-    for cut in (1, image.TAG_SIZE, CHUNK_STRIDE, CHUNK_STRIDE + 1):
+    for cut in (1, imageformat.TAG_SIZE, CHUNK_STRIDE, CHUNK_STRIDE + 1):
         trunc = tmp_path / f"t{cut}.hri"
         trunc.write_bytes(img.read_bytes()[:-cut])
         _expect_no_output(tmp_path, trunc)
@@ -90,7 +91,7 @@ def test_truncation_at_chunk_boundary_with_fixed_length_detected(tmp_path: Path)
 
     def fn(d: bytearray) -> bytearray:
         struct.pack_into(">Q", d, 24, 4 * CS)
-        return d[: image.HEADER_SIZE + 4 * CHUNK_STRIDE]
+        return d[: imageformat.HEADER_SIZE + 4 * CHUNK_STRIDE]
 
     _mutate(img, fn)
     _expect_no_output(tmp_path, img)
@@ -106,8 +107,8 @@ def test_reordered_chunks_detected(tmp_path: Path) -> None:
     img, _ = _make(tmp_path, 4 * CS)
 
     def swap(d: bytearray) -> bytearray:
-        a = image.HEADER_SIZE + 1 * CHUNK_STRIDE
-        b = image.HEADER_SIZE + 2 * CHUNK_STRIDE
+        a = imageformat.HEADER_SIZE + 1 * CHUNK_STRIDE
+        b = imageformat.HEADER_SIZE + 2 * CHUNK_STRIDE
         d[a : a + CHUNK_STRIDE], d[b : b + CHUNK_STRIDE] = (
             d[b : b + CHUNK_STRIDE],
             d[a : a + CHUNK_STRIDE],
@@ -123,7 +124,7 @@ def test_last_chunk_flag_detected(tmp_path: Path) -> None:
     img, _ = _make(tmp_path, 4 * CS)
 
     def dup_last(d: bytearray) -> bytearray:
-        last = image.HEADER_SIZE + 3 * CHUNK_STRIDE
+        last = imageformat.HEADER_SIZE + 3 * CHUNK_STRIDE
         d[last - CHUNK_STRIDE : last] = d[last : last + CHUNK_STRIDE]
         return d
 
@@ -137,7 +138,7 @@ def test_spliced_chunk_from_other_image_same_key_detected(tmp_path: Path) -> Non
     donor = other.read_bytes()
 
     def splice(d: bytearray) -> bytearray:
-        off = image.HEADER_SIZE + CHUNK_STRIDE
+        off = imageformat.HEADER_SIZE + CHUNK_STRIDE
         d[off : off + CHUNK_STRIDE] = donor[off : off + CHUNK_STRIDE]
         return d
 
@@ -148,8 +149,8 @@ def test_spliced_chunk_from_other_image_same_key_detected(tmp_path: Path) -> Non
 def test_header_swapped_from_other_image_detected(tmp_path: Path) -> None:
     img, _ = _make(tmp_path, 4 * CS, name="a")
     other, _ = _make(tmp_path, 4 * CS, name="b")
-    donor = other.read_bytes()[: image.HEADER_SIZE]
-    _mutate(img, lambda d: bytearray(donor) + d[image.HEADER_SIZE :])
+    donor = other.read_bytes()[: imageformat.HEADER_SIZE]
+    _mutate(img, lambda d: bytearray(donor) + d[imageformat.HEADER_SIZE :])
     _expect_no_output(tmp_path, img)
 
 
@@ -159,10 +160,10 @@ def test_flipped_bit_detected(tmp_path: Path, where: str) -> None:
     size = img.stat().st_size
     offset = {
         "header": 30,
-        "mac": image.HEADER_SIZE - 1,
-        "first": image.HEADER_SIZE,
-        "middle": image.HEADER_SIZE + CHUNK_STRIDE + 17,
-        "tag": image.HEADER_SIZE + CHUNK_STRIDE - 1,
+        "mac": imageformat.HEADER_SIZE - 1,
+        "first": imageformat.HEADER_SIZE,
+        "middle": imageformat.HEADER_SIZE + CHUNK_STRIDE + 17,
+        "tag": imageformat.HEADER_SIZE + CHUNK_STRIDE - 1,
         "last": size - 1,
     }[where]
 
@@ -183,9 +184,9 @@ def test_wrong_key_detected_before_chunks(tmp_path: Path) -> None:
     # The key id is public; with it forged, the HMAC commitment still rejects the key.
     header = image.read_header(img)
     forged = bytearray(header.raw)
-    forged[80:96] = image.key_id(OTHER_KEY)
+    forged[80:96] = imageformat.key_id(OTHER_KEY)
     with pytest.raises(IntegrityError, match="authentication"):
-        image.authenticate(image.parse_header(bytes(forged)), OTHER_KEY)
+        imageformat.authenticate(imageformat.parse_header(bytes(forged)), OTHER_KEY)
 
 
 def test_rollback_rejected(tmp_path: Path) -> None:

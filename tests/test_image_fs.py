@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from recover import image
 from recover.errors import UsageError
+from recover.store import image
 
 KEY = os.urandom(32)
 

@@ -6,14 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recover import image
+from recover.core import imageformat
 from recover.errors import IntegrityError, UsageError
 
 KEY = bytes(range(32))
 
 
 def _valid_header() -> bytes:
-    header, _ = image._build_header(KEY, image.PayloadType.EROFS, 1 << 16, 123456789, 42)
+    header, _ = imageformat._build_header(
+        KEY, imageformat.PayloadType.EROFS, 1 << 16, 123456789, 42
+    )
     return header.raw
 
 
@@ -21,25 +23,25 @@ VALID = _valid_header()
 
 
 def test_valid_header_parses_and_authenticates() -> None:
-    h = image.parse_header(VALID)
+    h = imageformat.parse_header(VALID)
     assert (h.payload_type, h.chunk_size, h.plaintext_length, h.image_version) == (
         "erofs",
         1 << 16,
         123456789,
         42,
     )
-    assert len(image.authenticate(h, KEY)) == 32
+    assert len(imageformat.authenticate(h, KEY)) == 32
 
 
 def _parse_and_auth(data: bytes) -> None:
-    h = image.parse_header(data)
-    image.authenticate(h, KEY)
+    h = imageformat.parse_header(data)
+    imageformat.authenticate(h, KEY)
 
 
 @settings(max_examples=400, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, image.HEADER_SIZE - 1), st.integers(1, 255)),
+        st.tuples(st.integers(0, imageformat.HEADER_SIZE - 1), st.integers(1, 255)),
         min_size=1,
         max_size=6,
     )
@@ -55,11 +57,11 @@ def test_any_xor_mutation_is_rejected(flips: list[tuple[int, int]]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, image.HEADER_SIZE - 1), st.binary(min_size=1, max_size=16))
+@given(st.integers(0, imageformat.HEADER_SIZE - 1), st.binary(min_size=1, max_size=16))
 def test_any_overwrite_is_rejected(pos: int, patch: bytes) -> None:
     data = bytearray(VALID)
     data[pos : pos + len(patch)] = patch
-    data = data[: image.HEADER_SIZE]
+    data = data[: imageformat.HEADER_SIZE]
     if bytes(data) == VALID:
         return
     with pytest.raises(IntegrityError):
@@ -67,7 +69,7 @@ def test_any_overwrite_is_rejected(pos: int, patch: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=2 * image.HEADER_SIZE))
+@given(st.binary(max_size=2 * imageformat.HEADER_SIZE))
 def test_arbitrary_bytes_raise_only_typed_errors(data: bytes) -> None:
     try:
         _parse_and_auth(data)
@@ -77,18 +79,18 @@ def test_arbitrary_bytes_raise_only_typed_errors(data: bytes) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.binary(min_size=image.HEADER_SIZE, max_size=image.HEADER_SIZE))
+@given(st.binary(min_size=imageformat.HEADER_SIZE, max_size=imageformat.HEADER_SIZE))
 def test_random_bytes_with_valid_magic_raise_only_typed_errors(tail: bytes) -> None:
-    data = image.MAGIC + tail[len(image.MAGIC) :]
+    data = imageformat.MAGIC + tail[len(imageformat.MAGIC) :]
     with pytest.raises(IntegrityError):
         _parse_and_auth(data)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(0, image.HEADER_SIZE - 1))
+@given(st.integers(0, imageformat.HEADER_SIZE - 1))
 def test_truncated_header_rejected(n: int) -> None:
     with pytest.raises(IntegrityError, match="too short"):
-        image.parse_header(VALID[:n])
+        imageformat.parse_header(VALID[:n])
 
 
 @pytest.mark.parametrize(
@@ -111,7 +113,7 @@ def test_field_checks(offset: int, fmt: str, value: int, message: str) -> None:
     data = bytearray(VALID)
     struct.pack_into(fmt, data, offset, value)
     with pytest.raises(IntegrityError, match=message):
-        image.parse_header(bytes(data))
+        imageformat.parse_header(bytes(data))
 
 
 def test_length_beyond_chunk_counter_rejected() -> None:
@@ -120,4 +122,4 @@ def test_length_beyond_chunk_counter_rejected() -> None:
     data = bytearray(VALID)
     struct.pack_into(">IIQ", data, 16, 512, 0, 512 * (1 << 32) + 1)
     with pytest.raises(IntegrityError, match="2\\^32 chunks"):
-        image.parse_header(bytes(data))
+        imageformat.parse_header(bytes(data))

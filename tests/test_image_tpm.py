@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from recover import image
+from recover.store import image
 
 pytestmark = pytest.mark.tpm
 

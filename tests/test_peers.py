@@ -11,17 +11,17 @@ import time
 import pytest
 from peersim import BAD_PCRS, Fleet, SimPeer, SoftwareAttestor, entry
 
-from recover.evidence import Reading
-from recover.inventory import Inventory
-from recover.peers import (
+from recover.core.evidence import Reading
+from recover.core.inventory import Inventory
+from recover.core.protocol import (
     Outcome,
     PeerResults,
     canonical_json,
-    query_all,
     reply_qualifying_data,
     request_qualifying_data,
 )
-from recover.verdict import Kind, Policy, decide_counts, settled
+from recover.core.verdict import Kind, Policy, decide_counts, settled
+from recover.peers.client import query_all
 
 pytestmark = pytest.mark.integration
 
@@ -154,8 +154,8 @@ def _reply(att: SoftwareAttestor, nonce: bytes, **status_changes: object) -> dic
     """A reply as recover.agent.Responder builds it, optionally with a lying status."""
     from peersim import evidence_of
 
-    from recover.agent import StatusSource
-    from recover.inventory import pcrs_to_json
+    from recover.core.inventory import pcrs_to_json
+    from recover.peers.server import StatusSource
 
     status = StatusSource("p1", "rack-1", "boot", evidence_of("abnormal"), "b").build(att.clock())
     status.update(status_changes)
@@ -191,8 +191,8 @@ def _flip(hexsig: str) -> str:
     ],
 )  # fmt: skip
 def test_verify_reply_table(mutate: object, outcome: Outcome, words: str) -> None:
-    from recover.inventory import parse
-    from recover.peers import Rejected, verify_reply
+    from recover.core.inventory import parse
+    from recover.core.protocol import Rejected, verify_reply
 
     att = SoftwareAttestor()
     nonce = bytes(range(32))
@@ -217,8 +217,8 @@ def test_verify_reply_table(mutate: object, outcome: Outcome, words: str) -> Non
 )
 def test_status_must_agree_with_the_signed_clock(changes: dict, words: str) -> None:
     """A signed status whose clock claims contradict the quote's clockInfo is refused."""
-    from recover.inventory import parse
-    from recover.peers import Rejected, verify_reply
+    from recover.core.inventory import parse
+    from recover.core.protocol import Rejected, verify_reply
 
     att = SoftwareAttestor(reset_count=7)
     nonce = bytes(32)

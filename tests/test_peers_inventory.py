@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from recover import inventory
+from recover.core import inventory
 from recover.errors import ConfigError
 
 PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEw\n-----END PUBLIC KEY-----\n"

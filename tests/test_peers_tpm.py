@@ -1,5 +1,5 @@
 """Peers backed by real swtpms: `host-recover agent` processes answer this host's
-decide.run (which serves meanwhile), in the combinations a fleet meets."""
+gather.run (which serves meanwhile), in the combinations a fleet meets."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import pytest
 from peersim import new_key, pub_pem
 from swtpm import SwTpm, free_port_pair
 
-from recover import config, decide
-from recover.inventory import pcrs_to_json
-from recover.peers import Outcome
+from recover import config
+from recover.boot import gather
+from recover.core.inventory import pcrs_to_json
+from recover.core.protocol import Outcome
 
 pytestmark = [pytest.mark.tpm, pytest.mark.integration]
 
@@ -132,17 +133,17 @@ def boot(hosts: dict[str, Host], cut: set[str]) -> None:
             h.tpm.reboot_orderly()
 
 
-def run_self(hosts: dict[str, Host], **changes: Any) -> decide.Decision:
+def run_self(hosts: dict[str, Host], **changes: Any) -> gather.Decision:
     from recover.tpm import Tpm
 
     me = hosts["self"]
     cfg = config.load(me.write_config(), env={})
     cfg = cfg.replace(**{"peers_listen": "127.0.0.1:0", **changes})
     with Tpm.open(me.tpm.tcti) as t:
-        return decide.run(cfg, t, serve=True, pstore_dir=str(me.root / "pstore"))
+        return gather.run(cfg, t, serve=True, pstore_dir=str(me.root / "pstore"))
 
 
-def outcomes(d: decide.Decision) -> dict[str, Outcome]:
+def outcomes(d: gather.Decision) -> dict[str, Outcome]:
     assert d.peers is not None
     return {r.peer_id: r.outcome for r in d.peers.results}
 
@@ -251,7 +252,7 @@ def test_hosts_booting_together_find_each_other(fleet: dict[str, Host]) -> None:
         h = fleet[name]
         cfg = config.load(h.write_config(), env={})
         with Tpm.open(h.tpm.tcti) as t:
-            results[name] = decide.run(cfg, t, serve=True, pstore_dir=str(h.root / "x"))
+            results[name] = gather.run(cfg, t, serve=True, pstore_dir=str(h.root / "x"))
 
     threads = [
         threading.Thread(target=payload, args=("self", 0.0)),

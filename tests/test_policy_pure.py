@@ -1,4 +1,4 @@
-"""Pure tests of recover/tpm/policy.py and recover/tpm/attest.py (no TPM).
+"""Pure tests of recover/core/policy.py and recover/core/attest.py (no TPM).
 
 Agreement of these digests with a real TPM and tpm2-tools is tested in
 test_tpm_crosscheck.py; here: structure, known answers, forgery and staleness.
@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recover.core import attest
+from recover.core import policy as pol
+from recover.core.attest import verify_quote
 from recover.errors import IntegrityError, PolicyMismatch
-from recover.tpm import attest, verify_quote
-from recover.tpm import policy as pol
 
 ZERO = bytes(32)
 
@@ -220,8 +221,8 @@ def test_attest_module_is_pure() -> None:
     import sys
 
     code = (
-        "import sys, recover.tpm, recover.tpm.attest, recover.tpm.policy, recover.provision, "
-        "recover.policy; assert 'tpm2_pytss' not in sys.modules, 'tpm2_pytss imported'; "
+        "import sys, recover.tpm, recover.core.attest, recover.core.policy, recover.provision, "
+        "recover.cli.policy; assert 'tpm2_pytss' not in sys.modules, 'tpm2_pytss imported'; "
         "assert 'cryptography' not in sys.modules, 'cryptography imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)

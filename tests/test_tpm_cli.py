@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from recover import cli, config, keys, provision
+from recover import config
+from recover.cli import main
+from recover.core import keys
+from recover.store import unseal
 from recover.tpm import Tpm
 
 pytestmark = pytest.mark.tpm
@@ -54,7 +57,7 @@ class Host:
 
     def run(self, capsys, *argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        rc = cli.main(["--config", str(self.conf), *argv])
+        rc = main.main(["--config", str(self.conf), *argv])
         out, err = capsys.readouterr()
         return rc, out, err
 
@@ -80,7 +83,7 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     for f in (image_key, master):
         assert f.stat().st_mode & 0o777 == 0o600
     assert image_key.read_bytes() == keys.image_root_key(master.read_bytes())
-    assert provision.unseal_master(host.cfg()) == master.read_bytes()
+    assert unseal.unseal_master(host.cfg()) == master.read_bytes()
 
     # Idempotent: a second run keeps the secret and creates nothing.
     rc, out, _ = host.run(capsys, "provision", "--json")
@@ -103,7 +106,7 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     assert {"0x81000001", "0x81000002", "0x81010002"} <= set(st["handles"]["persistent"])
     assert st["sealed"]["satisfied"] is True and st["sealed"]["policy"] == "pcr"
     assert isinstance(st["rollback_counter"], int) and st["rollback_counter"] >= 1
-    assert provision.rollback_version(host.cfg()) == st["rollback_counter"]
+    assert unseal.rollback_version(host.cfg()) == st["rollback_counter"]
 
     rc, out, err = host.run(capsys, "unseal", "--check")
     assert rc == 0
@@ -127,13 +130,13 @@ def test_force_and_master_from(host: Host, capsys) -> None:
     given.write_bytes(bytes(range(100, 132)))
     rc, _, _ = host.run(capsys, "provision", "--force", "--master-from", str(given))
     assert rc == 0
-    assert provision.unseal_master(host.cfg()) == given.read_bytes()
+    assert unseal.unseal_master(host.cfg()) == given.read_bytes()
     rc, _, err = host.run(capsys, "provision", "--master-from", str(given))
     assert rc == 2 and "--force" in err
     short = host.root / "short.key"
     short.write_bytes(b"x" * 31)
     assert host.run(capsys, "provision", "--force", "--master-from", str(short))[0] == 2
-    assert provision.unseal_master(host.cfg()) == given.read_bytes()
+    assert unseal.unseal_master(host.cfg()) == given.read_bytes()
 
 
 def test_signed_policy_cli(host: Host, capsys) -> None:
@@ -180,7 +183,7 @@ def test_signed_policy_cli(host: Host, capsys) -> None:
 
 
 def test_attest_prints_an_inventory_entry(host: Host, capsys) -> None:
-    from recover.inventory import parse_pcrs
+    from recover.core.inventory import parse_pcrs
 
     assert host.run(capsys, "provision")[0] == 0
     rc, out, _ = host.run(

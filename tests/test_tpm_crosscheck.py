@@ -1,6 +1,6 @@
 """Cross-checks with tpm2-tools, an independent TPM client, against the same swtpm.
 
-* tpm2_createpolicy computes the same PolicyPCR digest as recover.tpm.policy;
+* tpm2_createpolicy computes the same PolicyPCR digest as recover.core.policy;
 * tpm2_unseal (its own PCR policy session) unseals our persisted object;
 * tpm2_checkquote verifies our quote, and our verifier verifies tpm2_quote's.
 """
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from recover.tpm import Tpm, verify_quote
-from recover.tpm import policy as pol
+from recover.core import policy as pol
+from recover.core.attest import verify_quote
+from recover.tpm import Tpm
 from recover.tpm.quote import der_to_rs, rs_to_der
 
 pytestmark = pytest.mark.tpm

@@ -13,9 +13,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from recover.core import policy as pol
+from recover.core.attest import verify_quote
 from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
-from recover.tpm import Tpm, verify_quote
-from recover.tpm import policy as pol
+from recover.tpm import Tpm
 
 pytestmark = pytest.mark.tpm
 

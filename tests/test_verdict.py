@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from recover.evidence import Evidence, Reading, Signal, Strength
-from recover.peers import Outcome, PeerResult, PeerResults, PeerStatus
-from recover.verdict import Action, Kind, Mode, Policy, decide, decide_counts, settled
+from recover.core.evidence import Evidence, Reading, Signal, Strength
+from recover.core.protocol import Outcome, PeerResult, PeerResults, PeerStatus
+from recover.core.verdict import Action, Kind, Mode, Policy, decide, decide_counts, settled
 
 A, C, U = Reading.ABNORMAL, Reading.CLEAN, Reading.UNKNOWN
 OWN_RESET = 30.0
@@ -217,7 +217,7 @@ def test_policy_from_config() -> None:
 
 def test_verdict_module_is_pure() -> None:
     code = (
-        "import sys, recover.verdict, recover.decide;"
+        "import sys, recover.core.verdict, recover.decide;"
         "bad = [m for m in ('socket', 'asyncio', 'cryptography', 'tpm2_pytss', 'ssl')"
         " if m in sys.modules]; print(','.join(bad))"
     )
@@ -226,7 +226,7 @@ def test_verdict_module_is_pure() -> None:
 
 
 def test_early_stop_is_settled_incrementally() -> None:
-    from recover.verdict import EarlyStop
+    from recover.core.verdict import EarlyStop
 
     pol = Policy("3")
     spec = "cxacaaucx"

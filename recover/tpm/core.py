@@ -14,10 +14,11 @@ import time
 from collections.abc import Iterator
 from typing import Any, Self
 
+from recover.core.pcrsel import HASH_SIZES, format_selection, parse_selection
 from recover.errors import PolicyMismatch, TpmError, TpmUnavailable, UsageError
-from recover.pcrsel import HASH_SIZES, format_selection, parse_selection
 
 log = logging.getLogger(__name__)
+
 
 # TPM_RC values with handle/parameter/session numbers stripped (tpm2-pytss .error).
 RC_HANDLE = 0x08B
@@ -299,6 +300,6 @@ class TpmCore:
 
 
 def _alg_id(name: str) -> int:
-    from recover.tpm.policy import ALG_IDS
+    from recover.core.policy import ALG_IDS
 
     return ALG_IDS[name]

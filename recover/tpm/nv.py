@@ -22,6 +22,7 @@ from recover.tpm.core import RC_NV_UNINITIALIZED, TpmCore, translate
 
 log = logging.getLogger(__name__)
 
+
 # TPMA_NV bits (Part 2, 13.4).
 NV_OWNERWRITE = 0x2
 NV_AUTHWRITE = 0x4

@@ -13,6 +13,7 @@ from recover.tpm.core import TpmCore, translate
 
 log = logging.getLogger(__name__)
 
+
 # fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | noDA | restricted | sign
 AK_ATTRS = 0x2 | 0x10 | 0x20 | 0x40 | 0x400 | 0x10000 | 0x40000
 

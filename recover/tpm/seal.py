@@ -12,15 +12,16 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from recover.core import policy as pol
+from recover.core.pcrsel import format_selection
 from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
-from recover.pcrsel import format_selection
-from recover.tpm import policy as pol
 from recover.tpm.core import RC_SIGNATURE, RC_VALUE, PcrChanged, TpmCore, translate
 
 if TYPE_CHECKING:
-    from recover.tpm.policy import SignedPolicy
+    from recover.core.policy import SignedPolicy
 
 log = logging.getLogger(__name__)
+
 
 # TPMA_OBJECT bits (Part 2, 8.3).
 FIXEDTPM = 0x2

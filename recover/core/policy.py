@@ -26,8 +26,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from recover.core.pcrsel import (
+    HASH_SIZES,
+    Selection,
+    add_pcr,
+    format_selection,
+    parse_selection,
+)
 from recover.errors import ConfigError, PolicyMismatch
-from recover.pcrsel import HASH_SIZES, Selection, add_pcr, format_selection, parse_selection
 
 CC_POLICY_PCR = 0x0000017F
 CC_POLICY_AUTHORIZE = 0x0000016A

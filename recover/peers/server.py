@@ -13,7 +13,6 @@ serialised by the attestor's lock and runs off the event loop.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -23,28 +22,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recover.errors import ConfigError, HostRecoverError
-from recover.evidence import Evidence, since_reset
-from recover.inventory import Inventory, self_id
-from recover.peers import (
+from recover.core.evidence import Evidence, since_reset
+from recover.core.inventory import Inventory
+from recover.core.protocol import (
     MAX_BODY,
     NONCE_SIZE,
     PATH,
     VERSION,
-    Attestor,
     Quote,
     Rejected,
     canonical_json,
     check_quote,
-    read_http_message,
     reply_qualifying_data,
     request_qualifying_data,
 )
+from recover.errors import ConfigError, HostRecoverError
+from recover.peers.attestor import Attestor
+from recover.peers.http import read_http_message
 
 if TYPE_CHECKING:
     import asyncio
 
+    from recover.config import Config
+
 log = logging.getLogger("recover.agent")
+
 
 _REASONS = {
     200: "OK",
@@ -73,7 +75,7 @@ class StatusSource:
         seconds, source = since_reset(clock)
         return {
             "host_id": self.host_id,
-            "boot_id": self.boot_id or _boot_id(),
+            "boot_id": self.boot_id or boot_id(),
             "failure_domain": self.failure_domain,
             "role": self.role,
             "summary": str(self.evidence.summary),
@@ -84,7 +86,7 @@ class StatusSource:
         }
 
 
-def _boot_id() -> str:
+def boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -146,7 +148,7 @@ class Responder:
         except HostRecoverError as e:
             log.error("cannot quote: %s", e.message)
             return 503, _error("tpm", f"cannot quote: {e.message}")
-        from recover.inventory import pcrs_to_json
+        from recover.core.inventory import pcrs_to_json
 
         return 200, {
             "version": VERSION,
@@ -252,7 +254,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 @contextlib.contextmanager
 def serve_in_background(
-    cfg: Any,
+    cfg: Config,
     attestor: Attestor,
     status: StatusSource,
     inventory: Inventory | None = None,
@@ -262,7 +264,7 @@ def serve_in_background(
     """Run the status server in a thread with its own event loop while the body runs."""
     import asyncio
 
-    from recover import inventory as inv
+    from recover.core import inventory as inv
 
     inventory = inventory if inventory is not None else inv.load(cfg.peers_inventory)
     host, port = parse_listen(listen or cfg.peers_listen)
@@ -306,37 +308,20 @@ def serve_in_background(
             loop.close()
 
 
-def cmd_agent(args: argparse.Namespace, cfg: Any) -> int:
+def serve_forever(srv: Server, host: str, port: int, on_ready: Any = None) -> None:
+    """Serve until SIGTERM or SIGINT (``host-recover agent``)."""
     import asyncio
     import signal
 
-    from recover import evidence, inventory
-    from recover.peers import TpmAttestor
-    from recover.tpm import Tpm
+    async def serve() -> None:
+        await srv.start(host, port)
+        if on_ready is not None:
+            on_ready(srv)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await srv.close()
 
-    inv = inventory.load(cfg.peers_inventory)
-    me = self_id(cfg)
-    entry = inv.get(me)
-    host, port = parse_listen(args.listen or cfg.peers_listen)
-    with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as tpm:
-        ev = evidence.gather(tpm, cfg)
-        evidence.rearm_orderly_counter(tpm, cfg.tpm_orderly_nv)
-        tpm.ensure_ak(cfg.tpm_ak_handle)
-        attestor = TpmAttestor(tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs)
-        status = StatusSource(me, entry.failure_domain if entry else "", "agent", ev)
-        srv = Server(Responder(inv, attestor, status))
-
-        async def serve() -> None:
-            await srv.start(host, port)
-            log.info("host-recover agent %s answering on %s:%d (evidence: %s)",
-                     me, host, srv.port, ev.summary)  # fmt: skip
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-            await srv.close()
-
-        asyncio.run(serve())
-    log.info("agent stopped after %d requests", srv.served)
-    return 0
+    asyncio.run(serve())

@@ -12,18 +12,51 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recover.errors import PolicyMismatch, UsageError
+
+if TYPE_CHECKING:
+    from recover.config import Config
 
 log = logging.getLogger(__name__)
 
 
-def cmd_keygen(args: argparse.Namespace, cfg: Any) -> int:
+def register(sub: Any) -> None:
+    pol = sub.add_parser("policy", help="Signed PCR policies (tpm.policy = signed).")
+    polsub = pol.add_subparsers(dest="policy_verb", metavar="ACTION", required=True)
+    p = polsub.add_parser(
+        "keygen",
+        help="Create an ECC P-256 policy signing key pair (private key stays offline).",
+    )
+    p.set_defaults(handler=cmd_keygen)
+    p.add_argument("--private", required=True, metavar="FILE", help="private key PEM (0600)")
+    p.add_argument("--public", required=True, metavar="FILE", help="public key PEM")
+    p = polsub.add_parser("sign", help="Sign a PCR policy for the current (or given) PCR values.")
+    p.set_defaults(handler=cmd_sign)
+    p.add_argument("--key", required=True, metavar="FILE", help="private key PEM")
+    p.add_argument("--pcrs", help="selection (default tpm.pcrs)")
+    p.add_argument(
+        "--values",
+        metavar="FILE",
+        help='JSON {"sha256": {"0": "hex", ...}} of predicted PCR values '
+        "(default: read the current PCRs from the TPM)",
+    )
+    p.add_argument("--output", metavar="FILE", help="policy file (default tpm.policy_file)")
+    p.add_argument(
+        "--policy-version",
+        type=int,
+        metavar="N",
+        help="anti-rollback version of the signed policy (default: one more than the "
+        "existing output file's, at least the TPM's policy counter)",
+    )
+
+
+def cmd_keygen(args: argparse.Namespace, cfg: Config) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from recover.tpm.policy import write_atomic
+    from recover.core.policy import write_atomic
 
     for path in (args.private, args.public):
         if Path(path).exists():
@@ -48,7 +81,7 @@ def cmd_keygen(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def _read_values(path: str) -> dict[str, dict[int, bytes]]:
-    from recover.inventory import parse_pcrs
+    from recover.core.inventory import parse_pcrs
 
     hint = 'expected JSON {"sha256": {"0": "<64 hex digits>", ...}}'
     try:
@@ -64,7 +97,7 @@ def _read_values(path: str) -> dict[str, dict[int, bytes]]:
 
 
 def _previous_version(path: str) -> int:
-    from recover.tpm.policy import SignedPolicy
+    from recover.core.policy import SignedPolicy
 
     if not Path(path).exists():
         return 0
@@ -74,8 +107,8 @@ def _previous_version(path: str) -> int:
         return 0
 
 
-def cmd_sign(args: argparse.Namespace, cfg: Any) -> int:
-    from recover.tpm.policy import sign_policy
+def cmd_sign(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.core.policy import sign_policy
 
     selection = args.pcrs or cfg.tpm_pcrs
     output = args.output or cfg.tpm_policy_file

@@ -18,10 +18,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from recover.evidence import Evidence, Reading
+from recover.core.evidence import Evidence, Reading
+from recover.settings import Action, Mode
 
-if TYPE_CHECKING:  # the peer stack is imported only when there are peers' results
-    from recover.peers import PeerResult, PeerResults
+if TYPE_CHECKING:
+    from recover.config import Config
+    from recover.core.protocol import PeerResult, PeerResults
 
 
 class Kind(enum.StrEnum):
@@ -29,18 +31,6 @@ class Kind(enum.StrEnum):
     CORRELATED = "correlated-failure"
     ISOLATED = "isolated-failure"
     UNDETERMINED = "undetermined"
-
-
-class Action(enum.StrEnum):
-    RECOVER = "recover"
-    NORMAL = "normal"
-    HOLD = "hold"
-
-
-class Mode(enum.StrEnum):
-    AUTO = "auto"
-    FORCE = "force"
-    NEVER = "never"
 
 
 def parse_quorum(text: str) -> tuple[int | None, float | None]:
@@ -74,7 +64,7 @@ class Policy:
         object.__setattr__(self, "mode", Mode(self.mode))
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Policy:
+    def from_config(cls, cfg: Config) -> Policy:
         return cls(
             quorum=cfg.verdict_quorum,
             window=float(cfg.verdict_window),
@@ -119,7 +109,7 @@ class _Tally:
 
 def _classify(own_since_reset: float | None, r: PeerResult, window: float) -> str:
     """same | unknown | unaffected | outside (unaffected, abnormal) | unverified."""
-    from recover.peers import Outcome
+    from recover.core.protocol import Outcome
 
     if r.outcome is not Outcome.VERIFIED or r.status is None:
         return "unverified"
@@ -251,7 +241,7 @@ def decide_counts(
         if t.outside:
             reasons.append(f"{t.outside} abnormal peers reset outside the window (other events)")
         if undecided:
-            from recover.peers import Outcome
+            from recover.core.protocol import Outcome
 
             why = [f"{v} {k}" for k, v in sorted(outcomes.items()) if k != Outcome.VERIFIED]
             if t.unknown:

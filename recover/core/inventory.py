@@ -16,10 +16,13 @@ import dataclasses
 import json
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from recover.core.pcrsel import HASH_SIZES, format_selection
 from recover.errors import ConfigError
-from recover.pcrsel import HASH_SIZES, format_selection
+
+if TYPE_CHECKING:
+    from recover.config import Config
 
 FIELDS = ("id", "address", "failure_domain", "ak_pub", "pcrs")
 _HINT = "fix the inventory (docs/peer-protocol.md); `host-recover attest` prints valid entries"
@@ -79,7 +82,7 @@ class Inventory:
         return {"version": 1, "peers": [p.to_json() for p in self.peers]}
 
 
-def self_id(cfg: Any) -> str:
+def self_id(cfg: Config) -> str:
     """This host's id in the inventory: peers.host_id, else the host name."""
     return str(cfg.peers_host_id or os.uname().nodename)
 

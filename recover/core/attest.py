@@ -15,9 +15,9 @@ import dataclasses
 import struct
 from collections.abc import Mapping
 
+from recover.core.pcrsel import Selection, format_selection, parse_selection
+from recover.core.policy import ALG_IDS, marshal_pcr_selection, pcr_composite
 from recover.errors import ConfigError, IntegrityError
-from recover.pcrsel import Selection, format_selection, parse_selection
-from recover.tpm.policy import ALG_IDS, marshal_pcr_selection, pcr_composite
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018

@@ -10,53 +10,78 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recover.errors import UsageError
 
-KEY_FILE_SIZE = 32
+if TYPE_CHECKING:
+    from recover.config import Config
+
+_MIN_VERSION_HELP = "reject images older than this (with the TPM: at least its rollback counter)"
 
 
-def read_key_file(path: str | os.PathLike[str], what: str = "key") -> bytes:
-    """Read a 32-byte raw key file (image root key or master secret)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(KEY_FILE_SIZE + 1)
-    except OSError as e:
-        raise UsageError(f"cannot read {what} file {os.fspath(path)}: {e.strerror}") from None
-    if len(data) != KEY_FILE_SIZE:
-        raise UsageError(
-            f"{what} file {os.fspath(path)} must hold exactly {KEY_FILE_SIZE} raw bytes",
-            hint="use the file written by `host-recover provision --export-...`",
-        )
-    return data
+def register(sub: Any) -> None:
+    img = sub.add_parser("image", help="Encrypted recovery images (container v1).")
+    imgsub = img.add_subparsers(dest="image_verb", metavar="ACTION", required=True)
+    p = imgsub.add_parser("create", help="Encrypt a file system image into a recovery image.")
+    p.set_defaults(handler=cmd_create)
+    p.add_argument("input", help="plain file system image (squashfs or erofs)")
+    p.add_argument("output", help="recovery image to write")
+    p.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="image key from `provision --export-image-key` (default: the TPM)",
+    )
+    p.add_argument("--image-version", type=int, default=1, help="anti-rollback version")
+    p.add_argument("--payload-type", default="squashfs", choices=["squashfs", "erofs", "raw"])
+    p.add_argument("--chunk-size", type=int, default=1 << 20)
+    p = imgsub.add_parser(
+        "inspect", help="Print the header of a recovery image (authenticated with --key-file)."
+    )
+    p.set_defaults(handler=cmd_inspect)
+    p.add_argument("image")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--key-file", metavar="FILE", help="image key: also check key id and header MAC")
+    p = imgsub.add_parser(
+        "verify",
+        help="Authenticate every chunk of a recovery image without writing plaintext.",
+    )
+    p.set_defaults(handler=cmd_verify)
+    p.add_argument("image")
+    p.add_argument("--key-file", metavar="FILE")
+    p.add_argument("--min-version", type=int, default=0, help=_MIN_VERSION_HELP)
+    p = imgsub.add_parser(
+        "decrypt",
+        help="Verify and decrypt a recovery image (output only appears when all is valid).",
+    )
+    p.set_defaults(handler=cmd_decrypt)
+    p.add_argument("image")
+    p.add_argument("output")
+    p.add_argument("--key-file", metavar="FILE")
+    p.add_argument("--workers", type=int, default=0, help="0: one per core")
+    p.add_argument("--min-version", type=int, default=0, help=_MIN_VERSION_HELP)
 
 
-def tpm_master(cfg: Any) -> bytes:
-    """The master secret, unsealed from the TPM (recover.provision)."""
-    from recover.provision import unseal_master  # lazy: TPM stack only when needed
-
-    return bytes(unseal_master(cfg))
-
-
-def _image_key(args: argparse.Namespace, cfg: Any) -> tuple[bytes, bool]:
+def _image_key(args: argparse.Namespace, cfg: Config) -> tuple[bytes, bool]:
     """(image root key, whether it came from the TPM)."""
+    from recover.store.keyfile import read_key_file
+    from recover.store.unseal import tpm_master
+
     if args.key_file:
         return read_key_file(args.key_file, "image key"), False
-    from recover import keys
+    from recover.core import keys
 
     return keys.image_root_key(tpm_master(cfg)), True
 
 
-def _min_version(args: argparse.Namespace, cfg: Any, from_tpm: bool) -> int:
+def _min_version(args: argparse.Namespace, cfg: Config, from_tpm: bool) -> int:
     """--min-version, raised to the TPM's anti-rollback counter when the TPM is used."""
     explicit = int(getattr(args, "min_version", 0) or 0)
     if not from_tpm:
         return explicit
-    from recover.provision import rollback_version
+    from recover.store.unseal import rollback_version
 
     return max(int(rollback_version(cfg)), explicit)
 
@@ -94,8 +119,8 @@ def _run_with_progress(label: str, fn: Any, *a: Any, **kw: Any) -> Any:
             progress.end()
 
 
-def cmd_create(args: argparse.Namespace, cfg: Any) -> int:
-    from recover import image
+def cmd_create(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store import image
 
     key, _ = _image_key(args, cfg)
     header = image.encrypt_file(
@@ -113,13 +138,15 @@ def cmd_create(args: argparse.Namespace, cfg: Any) -> int:
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace, cfg: Any) -> int:
-    from recover import image
+def cmd_inspect(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.core import imageformat
+    from recover.store import image
+    from recover.store.keyfile import read_key_file
 
     header = image.read_header(args.image)
     info = header.as_dict()
     if getattr(args, "key_file", None):
-        image.authenticate(header, read_key_file(args.key_file, "image key"))
+        imageformat.authenticate(header, read_key_file(args.key_file, "image key"))
     info["header_authenticated"] = bool(getattr(args, "key_file", None))
     if args.json:
         print(json.dumps(info, indent=2))
@@ -131,8 +158,8 @@ def cmd_inspect(args: argparse.Namespace, cfg: Any) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace, cfg: Any) -> int:
-    from recover import image
+def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store import image
 
     key, from_tpm = _image_key(args, cfg)
     min_version = _min_version(args, cfg, from_tpm)
@@ -143,8 +170,8 @@ def cmd_verify(args: argparse.Namespace, cfg: Any) -> int:
     return 0
 
 
-def cmd_decrypt(args: argparse.Namespace, cfg: Any) -> int:
-    from recover import image
+def cmd_decrypt(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store import image
 
     if args.workers < 0:
         raise UsageError("--workers must be >= 0")

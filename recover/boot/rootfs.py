@@ -1,0 +1,106 @@
+"""Mounts of the recovery boot: the store partition, the decrypted image, the tmpfs
+overlay on $NEWROOT, and the cleanup that leaves nothing behind after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from recover.config import Config
+from recover.errors import SystemFault
+
+log = logging.getLogger(__name__)
+
+
+# The store holds data an attacker with the disks may have written: never devices,
+# set-id programs or anything executable from it.
+STORE_MOUNT_OPTIONS = "ro,nodev,nosuid,noexec"
+
+
+def run_cmd(argv: list[str]) -> None:
+    """Run a mount helper (argv list, logged under debug); a failure is a SystemFault."""
+    import subprocess  # not on the clean boot's path
+
+    log.debug("+ %s", " ".join(argv))
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SystemFault(f"{argv[0]} could not run: {e}") from None
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SystemFault(
+            f"{argv[0]} failed ({proc.returncode}): {msg[-1] if msg else 'no output'}",
+            hint="check that the initramfs carries the loop, squashfs and overlay modules",
+        )
+
+
+def is_mounted(path: str | os.PathLike[str]) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        return any(line.split()[1] == target for line in f if len(line.split()) > 1)
+
+
+def store_dir(cfg: Config) -> Path:
+    return Path(cfg.boot_state_dir) / "store"
+
+
+def mount_store(cfg: Config) -> tuple[str, str]:
+    """Mount the store device (``STORE_MOUNT_OPTIONS``) when configured; return the
+    image and credential store paths."""
+    if not cfg.store_device:
+        return cfg.store_image, cfg.store_credentials
+    mount_dir = store_dir(cfg)
+    mount_dir.mkdir(parents=True, exist_ok=True)
+    if not is_mounted(mount_dir):
+        run_cmd(["mount", "-o", STORE_MOUNT_OPTIONS, cfg.store_device, os.fspath(mount_dir)])
+    return (
+        os.fspath(mount_dir / os.path.basename(cfg.store_image)),
+        os.fspath(mount_dir / os.path.basename(cfg.store_credentials)),
+    )
+
+
+def unmount_store(cfg: Config) -> None:
+    """The store is not left mounted inside the recovery root (nor the normal one)."""
+    if cfg.store_device and is_mounted(store_dir(cfg)):
+        run_cmd(["umount", os.fspath(store_dir(cfg))])
+
+
+def tmpfs(path: Path, size_bytes: int | None = None, mode: str = "0700") -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if is_mounted(path):
+        return
+    opts = f"mode={mode}" + (f",size={size_bytes}" if size_bytes else "")
+    run_cmd(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", os.fspath(path)])
+
+
+def mount_image(plain: Path, payload_type: str, work: Path, newroot: str) -> None:
+    """The decrypted image read-only, under a tmpfs overlay, on ``newroot``."""
+    lower, upper = work / "lower", work / "overlay"
+    lower.mkdir(parents=True, exist_ok=True)
+    fstype = {"squashfs": "squashfs", "erofs": "erofs"}.get(payload_type, "auto")
+    run_cmd(["mount", "-t", fstype, "-o", "ro,loop,nodev", os.fspath(plain), os.fspath(lower)])
+    tmpfs(upper, mode="0755")
+    (upper / "upper").mkdir(exist_ok=True)
+    (upper / "work").mkdir(exist_ok=True)
+    opts = f"lowerdir={lower},upperdir={upper}/upper,workdir={upper}/work"
+    run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts, newroot])
+
+
+def cleanup(newroot: str, cfg: Config) -> None:
+    """After a failure leave nothing behind: no half-mounted $NEWROOT, no plaintext image,
+    no credentials for the normal OS (the normal boot may go on), no store mount."""
+    work = Path(cfg.boot_state_dir)
+    cred = Path(cfg.boot_credentials_dir)
+    for path in (newroot, work / "overlay", work / "lower", work / "image", cred):
+        with contextlib.suppress(OSError, SystemFault):
+            if is_mounted(path):
+                run_cmd(["umount", "-l", os.fspath(path)])
+    if cred.is_dir():
+        for f in cred.iterdir():
+            with contextlib.suppress(OSError):
+                f.unlink()
+    with contextlib.suppress(OSError, SystemFault):
+        unmount_store(cfg)

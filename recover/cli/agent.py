@@ -1,0 +1,50 @@
+"""``host-recover agent``: answer peers' attested status queries in the normal OS."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from recover.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("agent", help="Serve this host's attested status to its peers (normal OS).")
+    p.set_defaults(handler=cmd_agent)
+    p.add_argument("--listen", help="override peers.listen")
+
+
+def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.boot import gather
+    from recover.core import inventory
+    from recover.peers.attestor import TpmAttestor
+    from recover.peers.server import Responder, Server, StatusSource, parse_listen, serve_forever
+    from recover.tpm import Tpm
+
+    inv = inventory.load(cfg.peers_inventory)
+    me = inventory.self_id(cfg)
+    entry = inv.get(me)
+    host, port = parse_listen(args.listen or cfg.peers_listen)
+    with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as tpm:
+        ev = gather.gather(tpm, cfg)
+        gather.rearm_orderly_counter(tpm, cfg.tpm_orderly_nv)
+        tpm.ensure_ak(cfg.tpm_ak_handle)
+        attestor = TpmAttestor(tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs)
+        status = StatusSource(me, entry.failure_domain if entry else "", "agent", ev)
+        srv = Server(Responder(inv, attestor, status))
+
+        def ready(s: Server) -> None:
+            log.info(
+                "host-recover agent %s answering on %s:%d (evidence: %s)",
+                me,
+                host,
+                s.port,
+                ev.summary,
+            )
+
+        serve_forever(srv, host, port, ready)
+    log.info("agent stopped after %d requests", srv.served)
+    return 0

@@ -1,0 +1,166 @@
+"""Secure-store verbs: ``provision``, ``status``, ``unseal --check``, ``attest``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from recover.config import Config
+from recover.errors import ExitCode
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "provision",
+        help="Create the storage key, seal a master secret to the PCR policy, create the "
+        "attestation key and NV counters. Idempotent.",
+    )
+    p.set_defaults(handler=cmd_provision)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing sealed secret (old images become unreadable)",
+    )
+    p.add_argument(
+        "--export-image-key",
+        metavar="FILE",
+        help="write the image key (derived from the new master secret) to FILE, "
+        "mode 0600, for the image factory; only when a secret is created",
+    )
+    p.add_argument(
+        "--export-master",
+        metavar="FILE",
+        help="write the master secret itself to FILE (mode 0600); only when a secret is created",
+    )
+    p.add_argument(
+        "--master-from",
+        metavar="FILE",
+        help="seal this 32-byte master secret instead of a fresh random one "
+        "(fleet images shared by hosts)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "status",
+        help="Report TPM reachability, orderly bit, lockout counter, handles and whether "
+        "the current PCRs satisfy the sealed policy.",
+    )
+    p.set_defaults(handler=cmd_status)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "unseal", help="Check that the sealed secret can be unsealed now (never prints it)."
+    )
+    p.set_defaults(handler=cmd_unseal)
+    p.add_argument(
+        "--check",
+        action="store_true",
+        required=True,
+        help="only check; exit 0 if it unseals, 4 on policy mismatch",
+    )
+
+    p = sub.add_parser(
+        "attest", help="Print this host's inventory entry (id, AK public key, PCR values)."
+    )
+    p.set_defaults(handler=cmd_attest)
+    p.add_argument("--address", default="", help="address peers reach this host at")
+    p.add_argument("--failure-domain", default="", help="failure domain of this host")
+
+
+def cmd_provision(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store.provision import provision
+
+    report = provision(
+        cfg,
+        force=args.force,
+        export_image_key=args.export_image_key,
+        export_master=args.export_master,
+        master_from=args.master_from,
+    )
+    exported = report.pop("exported")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        log.info(
+            "provisioned: secret %s (%s policy over %s + lock PCR %d)%s%s",
+            report["secret"],
+            cfg.tpm_policy,
+            cfg.tpm_pcrs,
+            cfg.tpm_lock_pcr,
+            f"; image key id {report['image_key_id']}" if "image_key_id" in report else "",
+            "".join(f"; wrote {p}" for p in exported),
+        )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store.provision import status
+
+    doc = status(cfg)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_status(doc)
+    if not doc["tpm"]["reachable"]:
+        log.error("error: %s", doc["tpm"].get("error", "the TPM is unreachable"))
+        if doc["tpm"].get("hint"):
+            log.error("hint: %s", doc["tpm"]["hint"])
+        return int(ExitCode.TPM_UNAVAILABLE)
+    return 0
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    out = sys.stdout
+    tpm = doc["tpm"]
+    if not tpm["reachable"]:
+        print(f"tpm:        unreachable via {tpm['tcti']} ({tpm.get('error', '')})", file=out)
+        return
+    sealed = doc["sealed"]
+    verdict = {True: "yes", False: "NO", None: "unknown"}[sealed.get("satisfied")]
+    lines = [
+        f"tpm:        {tpm['tcti']}",
+        f"orderly:    {'yes' if doc['orderly'] else 'NO (previous power cycle was not shut down)'}",
+        f"lockout:    {doc['lockout']['counter']}/{doc['lockout']['max_tries']} failures",
+        f"handles:    {' '.join(doc['handles']['persistent']) or '-'}",
+        f"nv:         {' '.join(doc['handles']['nv']) or '-'}",
+        f"sealed:     {sealed['handle']} {'present' if sealed['present'] else 'MISSING'}"
+        + (
+            f", {sealed.get('policy')} policy over {sealed.get('pcrs')}"
+            if sealed["present"]
+            else ""
+        ),
+        f"unsealable: {verdict}" + (f" ({sealed['reason']})" if sealed.get("reason") else ""),
+        f"rollback:   {doc['rollback_counter']}",
+    ]
+    print("\n".join(lines), file=out)
+
+
+def cmd_unseal(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store.unseal import unseal_master
+
+    secret = unseal_master(cfg)
+    log.info("unseal check: ok (%d-byte secret; not shown)", len(secret))
+    return 0
+
+
+def cmd_attest(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.core.inventory import pcrs_to_json, self_id
+    from recover.store.unseal import open_tpm
+
+    with open_tpm(cfg) as t:
+        ak_pub = t.ak_public(cfg.tpm_ak_handle)
+        pcrs = t.pcr_read(cfg.tpm_pcrs)
+    entry = {
+        "id": self_id(cfg),
+        "address": args.address,
+        "failure_domain": args.failure_domain,
+        "ak_pub": ak_pub.decode(),
+        "pcrs": pcrs_to_json(pcrs),
+    }
+    print(json.dumps(entry, indent=2))
+    return 0

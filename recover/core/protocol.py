@@ -1,0 +1,288 @@
+"""Peer protocol v1 (docs/peer-protocol.md): records and message checks. Pure.
+
+One query round: a fresh 32-byte nonce, one quote of ours over
+sha256("host-recover/v1/request" ‖ nonce ‖ our id), then POST /v1/status to every peer
+of the failure domain. A reply is believed only if its signer is the inventory's AK for
+that peer, it answers our nonce, its quote verifies (recover.core.attest.verify_quote)
+over sha256(canonical_json(status) ‖ nonce), and the quoted PCR digest equals the
+inventory's expected PCRs. Anything else is counted with a reason and never believed.
+Transport lives in recover.peers (http, client, server).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from recover.core.evidence import Reading
+from recover.core.inventory import Peer, parse_pcrs, pcrs_to_json
+from recover.errors import HostRecoverError, IntegrityError
+
+VERSION = 1
+
+
+PATH = "/v1/status"
+
+
+MAX_BODY = 64 * 1024
+
+
+NONCE_SIZE = 32
+
+
+REQUEST_CONTEXT = b"host-recover/v1/request"
+
+
+CLOCK_SLACK_MS = 60_000  # the status's clock is read just before the quote is signed
+
+
+PcrValues = Mapping[str, Mapping[int, bytes]]
+
+
+class Outcome(enum.StrEnum):
+    VERIFIED = "verified"
+    FORGED = "forged"  # signature does not verify with the inventory's AK
+    REPLAYED = "replayed"  # a valid signature, but not over our nonce
+    UNKNOWN_HOST = "unknown-host"  # the answer is from a host not in the inventory
+    UNEXPECTED_PCRS = "unexpected-pcrs"  # quoted PCRs differ from the inventory's
+    INCONSISTENT = "inconsistent"  # the status contradicts the signed clock
+    MALFORMED = "malformed"
+    REFUSED = "refused"  # the peer said no (HTTP 4xx with a JSON error)
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"  # not needed: the verdict was already settled
+
+
+class Rejected(Exception):
+    def __init__(
+        self, outcome: Outcome, reason: str, http_status: int = 400, free_retry: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+        self.http_status = http_status  # what a server answers for this problem
+        self.free_retry = free_retry  # retry until the deadline without counting it
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def request_qualifying_data(nonce: bytes, requester_id: str) -> bytes:
+    return hashlib.sha256(REQUEST_CONTEXT + nonce + requester_id.encode()).digest()
+
+
+def reply_qualifying_data(status: Mapping[str, Any], nonce: bytes) -> bytes:
+    return hashlib.sha256(canonical_json(status) + nonce).digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Quote:
+    attest: bytes
+    signature: bytes
+    pcrs: PcrValues  # the values the quoter read (informative; the digest is what counts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attest": self.attest.hex(), "signature": self.signature.hex()}
+
+    @classmethod
+    def from_json(cls, obj: Any, pcrs: Any) -> Quote:
+        if not isinstance(obj, dict):
+            raise Rejected(Outcome.MALFORMED, "quote must be an object")
+        try:
+            attest = bytes.fromhex(obj["attest"])
+            sig = bytes.fromhex(obj["signature"])
+        except (KeyError, TypeError, ValueError):
+            raise Rejected(Outcome.MALFORMED, "quote needs hex attest and signature") from None
+        try:
+            values = parse_pcrs(pcrs, "pcrs") if pcrs is not None else {}
+        except HostRecoverError as e:
+            raise Rejected(Outcome.MALFORMED, e.message) from None
+        return cls(attest, sig, values)
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerStatus:
+    host_id: str
+    boot_id: str
+    failure_domain: str
+    role: str  # "boot" (initramfs payload) or "agent" (normal OS)
+    summary: Reading  # evidence summary of the peer's previous shutdown
+    orderly: bool | None  # the peer's TPM orderly bit
+    since_reset_s: float  # seconds since the peer's TPM reset when it answered
+    since_reset_source: str  # "tpm" (TPM time) or "host" (the host's boot time)
+    clock: Mapping[str, int]  # clock, reset_count, restart_count at answer time
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["summary"] = str(self.summary)
+        d["clock"] = dict(self.clock)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> PeerStatus:
+        def need(key: str, typ: type | tuple[type, ...]) -> Any:
+            v = d.get(key)
+            if isinstance(v, bool) or not isinstance(v, typ):
+                raise Rejected(Outcome.MALFORMED, f"status.{key}: missing or wrong type")
+            return v
+
+        if not isinstance(d, dict):
+            raise Rejected(Outcome.MALFORMED, "status must be an object")
+        clock = need("clock", dict)
+        for k in ("clock", "reset_count", "restart_count"):
+            if not isinstance(clock.get(k), int) or isinstance(clock.get(k), bool):
+                raise Rejected(Outcome.MALFORMED, f"status.clock.{k}: missing or not an integer")
+        orderly = d.get("orderly")
+        if orderly is not None and not isinstance(orderly, bool):
+            raise Rejected(Outcome.MALFORMED, "status.orderly: must be true, false or null")
+        try:
+            summary = Reading(need("summary", str))
+        except ValueError:
+            raise Rejected(
+                Outcome.MALFORMED, "status.summary: not clean|abnormal|unknown"
+            ) from None
+        since = float(need("since_reset_s", (int, float)))
+        if not 0 <= since < 1e10:
+            raise Rejected(Outcome.MALFORMED, "status.since_reset_s: out of range")
+        return cls(
+            host_id=need("host_id", str),
+            boot_id=need("boot_id", str),
+            failure_domain=need("failure_domain", str),
+            role=need("role", str),
+            summary=summary,
+            orderly=orderly,
+            since_reset_s=since,
+            since_reset_source=need("since_reset_source", str),
+            clock={k: int(clock[k]) for k in ("clock", "reset_count", "restart_count")},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerResult:
+    peer_id: str
+    outcome: Outcome
+    reason: str = ""
+    status: PeerStatus | None = None
+    rtt_ms: float | None = None
+    attempts: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peer": self.peer_id,
+            "outcome": str(self.outcome),
+            "reason": self.reason,
+            "status": self.status.to_json() if self.status else None,
+            "rtt_ms": self.rtt_ms,
+            "attempts": self.attempts,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerResults:
+    results: tuple[PeerResult, ...]
+    domain_size: int
+    elapsed_ms: float = 0.0
+    stopped_early: bool = False
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.results if r.outcome is outcome)
+
+    @property
+    def verified(self) -> int:
+        return self.count(Outcome.VERIFIED)
+
+    def to_json(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for r in self.results:
+            counts[str(r.outcome)] = counts.get(str(r.outcome), 0) + 1
+        return {
+            "domain_size": self.domain_size,
+            "elapsed_ms": round(self.elapsed_ms, 1),
+            "stopped_early": self.stopped_early,
+            "counts": counts,
+            "results": [r.to_json() for r in self.results],
+        }
+
+
+def check_quote(ak_pub: bytes, quote: Quote, qualifying_data: bytes, expected: PcrValues) -> Any:
+    """Verify ``quote`` and its PCRs against the inventory; return the QuoteInfo.
+
+    Raises Rejected with FORGED (bad signature), REPLAYED (valid signature, other
+    qualifying data) or UNEXPECTED_PCRS.
+    """
+    from recover.core.attest import parse_attest, pcr_digest, verify_quote
+    from recover.core.pcrsel import parse_selection
+
+    try:
+        info = verify_quote(ak_pub, quote.attest, quote.signature, qualifying_data=qualifying_data)
+    except IntegrityError as e:
+        try:  # diagnose: is the signature itself good (then the nonce/status is wrong)?
+            other = parse_attest(quote.attest).extra_data
+            verify_quote(ak_pub, quote.attest, quote.signature, qualifying_data=other)
+        except IntegrityError:
+            raise Rejected(Outcome.FORGED, e.message) from None
+        raise Rejected(Outcome.REPLAYED, "quote is not over this nonce and status") from None
+    want = {alg: tuple(sorted(v)) for alg, v in expected.items()}
+    got = dict(parse_selection(info.pcr_selection)) if info.pcr_selection else {}
+    if got != want:
+        raise Rejected(
+            Outcome.UNEXPECTED_PCRS,
+            f"quote covers {info.pcr_selection or 'no PCRs'}, inventory expects "
+            + "+".join(f"{a}:{','.join(map(str, p))}" for a, p in want.items()),
+        )
+    if pcr_digest(info.pcr_selection, expected) != info.pcr_digest:
+        differ = [
+            f"{alg}:{i}"
+            for alg, vals in expected.items()
+            for i, v in sorted(vals.items())
+            if quote.pcrs.get(alg, {}).get(i, v) != v
+        ]
+        detail = f" (reported values differ in {', '.join(differ)})" if differ else ""
+        raise Rejected(
+            Outcome.UNEXPECTED_PCRS, "quoted PCR digest differs from the inventory" + detail
+        )
+    return info
+
+
+def verify_reply(peer: Peer, nonce: bytes, reply: Any, known_ids: set[str]) -> PeerStatus:
+    """Check one peer's reply to our ``nonce``; return its status or raise Rejected."""
+    if not isinstance(reply, dict) or reply.get("version") != VERSION:
+        raise Rejected(Outcome.MALFORMED, f"not a v{VERSION} reply")
+    if reply.get("nonce") != nonce.hex():
+        raise Rejected(Outcome.REPLAYED, "reply answers another nonce")
+    raw_status = reply.get("status")
+    status = PeerStatus.from_json(raw_status)
+    if status.host_id != peer.id:
+        if status.host_id not in known_ids:
+            raise Rejected(
+                Outcome.UNKNOWN_HOST, f"answered as {status.host_id!r}, not in inventory"
+            )
+        raise Rejected(Outcome.UNKNOWN_HOST, f"answered as {status.host_id!r}, asked {peer.id!r}")
+    quote = Quote.from_json(reply.get("quote"), reply.get("pcrs"))
+    assert isinstance(raw_status, dict)
+    info = check_quote(peer.ak_pub, quote, reply_qualifying_data(raw_status, nonce), peer.pcrs)
+    c = status.clock
+    if (info.reset_count, info.restart_count) != (c["reset_count"], c["restart_count"]):
+        raise Rejected(Outcome.INCONSISTENT, "status reset/restart counts differ from the quote's")
+    if not 0 <= info.clock - c["clock"] <= CLOCK_SLACK_MS:
+        raise Rejected(Outcome.INCONSISTENT, "status clock does not agree with the signed clock")
+    if status.since_reset_source == "tpm" and status.since_reset_s * 1000 > info.clock + 1000:
+        raise Rejected(Outcome.INCONSISTENT, "time since reset exceeds the signed TPM clock")
+    return status
+
+
+def make_request(self_id: str, nonce: bytes, quote: Quote) -> bytes:
+    return canonical_json(
+        {
+            "version": VERSION,
+            "nonce": nonce.hex(),
+            "requester": self_id,
+            "quote": quote.to_json(),
+            "pcrs": pcrs_to_json(quote.pcrs),
+        }
+    )

@@ -1,0 +1,223 @@
+"""The peer client: one query round to every peer of the failure domain concurrently,
+under one deadline, with per-peer timeouts, bounded retries, a cap on requests in
+flight and an early stop once the verdict cannot change (docs/peer-protocol.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from recover.core.inventory import Peer
+from recover.core.protocol import (
+    NONCE_SIZE,
+    Outcome,
+    PeerResult,
+    PeerResults,
+    PeerStatus,
+    Rejected,
+    make_request,
+    request_qualifying_data,
+    verify_reply,
+)
+from recover.peers.attestor import Attestor
+from recover.peers.http import http_post
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from recover.core.inventory import Inventory
+
+log = logging.getLogger(__name__)
+
+
+DEADLINE_GRACE = 0.05  # seconds after the deadline for peers to report their own outcome
+
+
+MAX_INFLIGHT = 64
+
+
+SLOT_HOLD = 0.25  # seconds a request holds an in-flight slot
+
+
+MAX_ATTEMPTS = 200  # per peer and query; refused connections retry until the deadline
+
+
+StopEarly = Callable[[Sequence[PeerResult], int], bool]
+
+
+async def _ask(
+    peer: Peer, body: bytes, nonce: bytes, known: set[str], timeout: float
+) -> PeerStatus:
+
+    try:
+        code, data = await http_post(peer.host, peer.port, body, timeout)
+    except TimeoutError:
+        raise Rejected(Outcome.TIMEOUT, f"no answer within {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise Rejected(Outcome.UNREACHABLE, "connection refused", free_retry=True) from None
+    except OSError as e:
+        raise Rejected(Outcome.UNREACHABLE, e.strerror or str(e)) from None
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise Rejected(Outcome.MALFORMED, f"HTTP {code}: body is not JSON") from None
+    if code != 200:
+        err = reply.get("error") if isinstance(reply, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else None
+        outcome = Outcome.UNREACHABLE if code == 503 else Outcome.REFUSED
+        raise Rejected(outcome, f"HTTP {code}: {msg or 'no reason given'}")
+    return verify_reply(peer, nonce, reply, known)
+
+
+_RETRYABLE = (Outcome.TIMEOUT, Outcome.UNREACHABLE)
+
+
+async def _query_peer(
+    peer: Peer,
+    body: bytes,
+    nonce: bytes,
+    known: set[str],
+    timeout: float,
+    retries: int,
+    end: float,
+    sem: asyncio.Semaphore,
+) -> PeerResult:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    last = Rejected(Outcome.TIMEOUT, "deadline reached before asking")
+    attempt = failures = 0
+    while attempt < MAX_ATTEMPTS:
+        attempt += 1
+        await sem.acquire()
+        t0 = loop.time()
+        if end - t0 <= 0.001:
+            sem.release()
+            break
+        # A slow or silent peer gives its slot back after SLOT_HOLD and keeps waiting:
+        # the cap bounds bursts without letting dead peers starve live ones.
+        held = [True]
+
+        def give_back(held: list[bool] = held) -> None:
+            if held[0]:
+                held[0] = False
+                sem.release()
+
+        timer = loop.call_later(SLOT_HOLD, give_back)
+        try:
+            status = await _ask(peer, body, nonce, known, min(timeout, end - t0))
+            rtt = (loop.time() - t0) * 1000
+            return PeerResult(peer.id, Outcome.VERIFIED, "", status, round(rtt, 2), attempt)
+        except Rejected as e:
+            last = e
+        finally:
+            timer.cancel()
+            give_back()
+        if last.outcome not in _RETRYABLE:
+            break
+        if not last.free_retry:  # refused connections are free: the peer may be booting
+            failures += 1
+            if failures > retries:
+                break
+        left = end - loop.time()
+        if left <= 0.001:
+            break
+        await asyncio.sleep(min(0.05 * 2 ** min(attempt - 1, 4), 0.5, left))
+    return PeerResult(peer.id, last.outcome, last.reason, None, None, attempt)
+
+
+async def query_all_async(
+    peers: Sequence[Peer],
+    known_ids: set[str],
+    self_id: str,
+    attestor: Attestor,
+    deadline: float,
+    timeout: float,
+    retries: int,
+    stop_early: StopEarly | None = None,
+    max_inflight: int = MAX_INFLIGHT,
+) -> PeerResults:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    end = start + deadline
+    if not peers:
+        return PeerResults((), 0, 0.0, False)
+    nonce = os.urandom(NONCE_SIZE)
+    if attestor.inline:
+        quote = attestor.quote(request_qualifying_data(nonce, self_id))
+    else:
+        quote = await asyncio.to_thread(attestor.quote, request_qualifying_data(nonce, self_id))
+    body = make_request(self_id, nonce, quote)
+    sem = asyncio.Semaphore(max_inflight)
+    tasks = {
+        asyncio.ensure_future(_query_peer(p, body, nonce, known_ids, timeout, retries, end, sem)): p
+        for p in peers
+    }
+    done: list[PeerResult] = []
+    pending = set(tasks)
+    stopped = False
+    while pending:
+        left = end - loop.time()
+        if left <= 0:
+            break
+        finished, pending = await asyncio.wait(
+            pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+        )
+        done.extend(t.result() for t in finished)
+        if pending and stop_early is not None and stop_early(done, len(pending)):
+            stopped = True
+            break
+    if pending and not stopped:
+        # Peers retrying a refused connection end their own loop at the deadline with
+        # their real outcome (unreachable): a moment's grace keeps it from being
+        # reported as a bare "deadline".
+        finished, pending = await asyncio.wait(pending, timeout=DEADLINE_GRACE)
+        done.extend(t.result() for t in finished)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    why = (Outcome.SKIPPED, "verdict settled") if stopped else (Outcome.TIMEOUT, "deadline")
+    done.extend(PeerResult(tasks[t].id, why[0], why[1]) for t in pending)
+    order = {p.id: i for i, p in enumerate(peers)}
+    done.sort(key=lambda r: order[r.peer_id])
+    return PeerResults(tuple(done), len(peers), (loop.time() - start) * 1000, stopped)
+
+
+def query_all(
+    inventory: Inventory,
+    self_id: str,
+    attestor: Attestor,
+    deadline: float,
+    timeout: float,
+    retries: int,
+    stop_early: StopEarly | None = None,
+    max_inflight: int = MAX_INFLIGHT,
+) -> PeerResults:
+    """Ask every peer of this host's failure domain; returns by ``deadline`` seconds."""
+    import asyncio
+
+    peers = inventory.domain_peers(self_id)
+    t0 = time.monotonic()
+    res = asyncio.run(
+        query_all_async(
+            peers,
+            {p.id for p in inventory},
+            self_id,
+            attestor,
+            deadline,
+            timeout,
+            retries,
+            stop_early,
+            max_inflight,
+        )
+    )
+    log.debug("peers: %d asked in %.1f ms", len(peers), (time.monotonic() - t0) * 1000)
+    return res

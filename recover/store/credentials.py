@@ -1,0 +1,120 @@
+"""Credential store files (recover.core.credstore), and the hand-over at boot.
+
+The store is one file, rewritten atomically with mode 0600. At boot ``write_to_dir``
+hands the credentials to the recovery root as one 0400 file each in a tmpfs directory,
+the way systemd passes credentials (``$CREDENTIALS_DIRECTORY``, LoadCredential=).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+
+from recover.atomicfile import atomic_output
+from recover.core.credstore import MAX_STORE, Store, list_names, seal, unseal
+from recover.errors import IntegrityError, UsageError
+
+TMPFS_MAGIC = 0x01021994
+
+
+RAMFS_MAGIC = 0x858458F6
+
+
+def load(path: str | os.PathLike[str], master: bytes) -> Store:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_STORE + 1)
+    except FileNotFoundError:
+        raise UsageError(
+            f"no credential store at {os.fspath(path)}",
+            hint="create it with `host-recover credential add NAME FILE`",
+        ) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {os.fspath(path)}: {e.strerror}") from None
+    if len(data) > MAX_STORE:
+        raise IntegrityError(f"credential store {os.fspath(path)} is too large")
+    return unseal(data, master)
+
+
+def save(path: str | os.PathLike[str], store: Store, master: bytes) -> Store:
+    """Write ``store`` with the next generation atomically (0600); return what was saved."""
+    saved = Store(store.entries, store.generation + 1)
+    data = seal(saved, master)
+    with atomic_output(path) as out:
+        out.write_all(data, 0)
+        out.commit()
+    return saved
+
+
+def fs_type(fd: int) -> int:
+    """statfs(2) f_type of the file system holding ``fd`` (Linux; f_type is the 1st word)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
+
+
+def fs_type_name_from_mountinfo(fd: int, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The file system type of ``fd``'s mount by its device number (no ctypes needed)."""
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    with open(mountinfo, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == dev and " - " in line:
+                return line.split(" - ", 1)[1].split()[0]
+    return ""
+
+
+def on_memory_fs(fd: int) -> bool:
+    """True if ``fd`` is on tmpfs or ramfs: statfs f_type, else /proc/self/mountinfo."""
+    try:
+        return fs_type(fd) in (TMPFS_MAGIC, RAMFS_MAGIC)
+    except (ImportError, OSError, AttributeError):
+        return fs_type_name_from_mountinfo(fd) in ("tmpfs", "ramfs")
+
+
+def write_to_dir(
+    store: Store, directory: str | os.PathLike[str], *, allow_non_tmpfs: bool = False
+) -> list[str]:
+    """Write each credential as a 0400 file into ``directory`` (tmpfs/ramfs only).
+
+    The directory is created 0700 if missing and left 0500, like systemd's credential
+    directories. Returns the names written.
+    """
+    directory = os.fspath(directory)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise UsageError(f"cannot open credential directory {directory}: {e.strerror}") from None
+    try:
+        if not allow_non_tmpfs and not on_memory_fs(dfd):
+            raise UsageError(
+                f"{directory} is not on tmpfs or ramfs: refusing to write credentials to disk",
+                hint="mount a tmpfs there first",
+            )
+        os.fchmod(dfd, 0o700)
+        for name in list_names(store):
+            tmp = f".{name}.{secrets.token_hex(4)}"
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o400,
+                dir_fd=dfd,
+            )
+            try:
+                os.write(fd, store.entries[name])
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        os.fchmod(dfd, 0o500)
+    finally:
+        os.close(dfd)
+    return list_names(store)

@@ -1,0 +1,207 @@
+"""Provisioning the secure store and reporting its state (docs/tpm.md): storage key,
+attestation key, NV counters, the sealed master secret; ``status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recover.config import Config
+from recover.core.keys import MASTER_SIZE, image_root_key
+from recover.core.pcrsel import parse_selection
+from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
+from recover.store.keyfile import read_key_file
+from recover.store.unseal import open_tpm, policy_floor, read_pubkey
+
+if TYPE_CHECKING:
+    from recover.tpm import Tpm
+
+log = logging.getLogger(__name__)
+
+
+def _check_export_target(path: str) -> None:
+    p = Path(path)
+    if p.exists():
+        raise UsageError(f"{path} already exists", hint="choose a new file; it is never replaced")
+    if not p.parent.is_dir():
+        raise UsageError(f"directory {p.parent} does not exist")
+
+
+def provision(
+    cfg: Config,
+    *,
+    force: bool = False,
+    export_image_key: str | None = None,
+    export_master: str | None = None,
+    master_from: str | None = None,
+) -> dict[str, Any]:
+    """Create what is missing (SRK, AK, NV counters) and seal a master secret unless
+    one is sealed (``force`` replaces it). Exports are written completely before the
+    TPM changes. Returns the report ``provision --json`` prints."""
+    from recover.atomicfile import AtomicFile
+    from recover.core import imageformat
+    from recover.store.credentials import on_memory_fs
+
+    exports = [p for p in (export_image_key, export_master) if p]
+    for p in exports:
+        _check_export_target(p)
+    if len(exports) == 2 and os.path.abspath(exports[0]) == os.path.abspath(exports[1]):
+        raise UsageError("--export-image-key and --export-master name the same file")
+    given = read_key_file(master_from, "master secret") if master_from else None
+    pubkey = read_pubkey(cfg) if cfg.tpm_policy == "signed" else None
+    report: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        # Export files are created (unnamed) before the TPM changes: a bad path fails here.
+        outs = {p: stack.enter_context(contextlib.closing(AtomicFile(p))) for p in exports}
+        t = stack.enter_context(open_tpm(cfg))
+        report["srk_created"] = t.ensure_srk(cfg.tpm_srk_handle)
+        t.ensure_ak(cfg.tpm_ak_handle)
+        sealed = t.has_object(cfg.tpm_seal_handle)
+        if sealed and not force:
+            if exports or given is not None:
+                raise UsageError(
+                    f"a secret is already sealed at 0x{cfg.tpm_seal_handle:08x}; nothing exported",
+                    hint="--export-*/--master-from act only when a secret is sealed now; "
+                    "add --force to replace it (old images become unreadable)",
+                )
+            report["secret"] = "kept"
+        else:
+            secret = given if given is not None else os.urandom(MASTER_SIZE)
+            # Exports are complete on disk before the TPM changes, so that neither an
+            # interruption nor a power loss can leave a sealed secret nobody has a copy of.
+            for path, data in ((export_image_key, image_root_key), (export_master, None)):
+                if path:
+                    outs[path].write_all(data(secret) if data else secret, 0)
+                    outs[path].commit()
+            try:
+                t.seal_master(
+                    secret,
+                    srk_handle=cfg.tpm_srk_handle,
+                    seal_handle=cfg.tpm_seal_handle,
+                    selection=cfg.tpm_pcrs,
+                    lock_pcr=cfg.tpm_lock_pcr,
+                    policy=cfg.tpm_policy,
+                    policy_pubkey_pem=pubkey,
+                    force=force,
+                )
+            except BaseException:
+                for path in exports:  # nothing was sealed: no keys to a secret nobody uses
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                raise
+            report["secret"] = "replaced" if sealed else "sealed"
+            for path in exports:
+                if not on_memory_fs(outs[path].fd):
+                    log.warning("%s is on persistent storage: move it offline and shred it", path)
+            # Public: compare with `image inspect`'s key_id to tell which master an image needs.
+            report["image_key_id"] = imageformat.key_id(image_root_key(secret)).hex()
+        counters = {
+            "orderly_nv": (cfg.tpm_orderly_nv, True),
+            "rollback_nv": (cfg.tpm_rollback_nv, False),
+            "policy_nv": (cfg.tpm_policy_nv, False),
+        }
+        report["counters_created"] = [
+            name for name, (index, orderly) in counters.items()
+            if t.ensure_counter(index, orderly=orderly)
+        ]  # fmt: skip
+    report["policy"] = str(cfg.tpm_policy)
+    report["pcrs"] = cfg.tpm_pcrs
+    report["lock_pcr"] = cfg.tpm_lock_pcr
+    report["exported"] = [p for p in exports if report["secret"] != "kept"]
+    return report
+
+
+def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
+    """Whether the current PCRs satisfy the sealed policy, without unsealing."""
+    from recover.core import policy as pol
+
+    out: dict[str, Any] = {"handle": f"0x{cfg.tpm_seal_handle:08x}", "present": False}
+    if not t.has_object(cfg.tpm_seal_handle):
+        out["reason"] = "no sealed object; run `host-recover provision`"
+        return out
+    out["present"] = True
+    sealed = t.sealed_policy_digest(cfg.tpm_seal_handle)
+    out["policy_digest"] = sealed.hex()
+    bank = parse_selection(cfg.tpm_pcrs)[0][0]
+    lock = t.pcr_read(f"{bank}:{cfg.tpm_lock_pcr}")
+    lock_zero = all(v == bytes(len(v)) for bank in lock.values() for v in bank.values())
+    out["lock_pcr"] = {"pcr": cfg.tpm_lock_pcr, "reset": lock_zero}
+    try:
+        pubkey = read_pubkey(cfg) if cfg.tpm_policy == "signed" else None
+    except UsageError as e:
+        pubkey, out["reason"] = None, e.message
+    if pubkey is not None and sealed == pol.policy_authorize_digest(pubkey):
+        out["policy"] = "signed"
+        try:
+            signed = pol.SignedPolicy.load(cfg.tpm_policy_file)
+            signed.verify(pubkey, min_version=policy_floor(t, cfg) or 0)
+        except PolicyMismatch as e:
+            out.update(satisfied=False, reason=e.message)
+            return out
+        out["pcrs"] = signed.selection
+        out["policy_version"] = signed.policy_version
+        current = t.pcr_read(signed.selection)
+        ok = pol.expected_values(signed.selection, current, None) == pol.expected_values(
+            signed.selection, signed.pcrs, None
+        )
+        reason = "" if ok else "current PCRs differ from the signed policy's values"
+    else:
+        current = t.pcr_read(cfg.tpm_pcrs)
+        ok = sealed == pol.policy_pcr_digest(cfg.tpm_pcrs, current, cfg.tpm_lock_pcr)
+        out["policy"] = "pcr" if ok or cfg.tpm_policy == "pcr" else "unknown"
+        out["pcrs"] = cfg.tpm_pcrs
+        reason = "" if ok else "current values of tpm.pcrs do not give the sealed policy digest"
+    out["pcrs_match"] = ok  # the policy's PCRs, apart from the lock PCR
+    if not lock_zero:
+        ok, reason = (
+            False,
+            (
+                f"lock PCR {cfg.tpm_lock_pcr} is extended in this boot (after an unseal, or on "
+                f"every boot with boot.lock = always); the other PCRs {'' if ok else 'do not '}"
+                "match the policy"
+            ),
+        )
+    out["satisfied"] = ok
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def status(cfg: Config) -> dict[str, Any]:
+    """The status document (``status --json``)."""
+    doc: dict[str, Any] = {"tpm": {"tcti": cfg.tpm_tcti, "reachable": False}}
+    try:
+        with open_tpm(cfg) as t:
+            doc["orderly"] = t.orderly()
+            doc["tpm"]["reachable"] = True
+            doc["lockout"] = t.lockout()
+            doc["clock"] = t.clock()
+            persistent = t.persistent_handles()
+            nv = t.nv_indices()
+            doc["handles"] = {
+                "persistent": [f"0x{h:08x}" for h in persistent],
+                "nv": [f"0x{h:08x}" for h in nv],
+            }
+            doc["srk"] = {
+                "handle": f"0x{cfg.tpm_srk_handle:08x}",
+                "present": cfg.tpm_srk_handle in persistent,
+            }
+            doc["ak"] = {
+                "handle": f"0x{cfg.tpm_ak_handle:08x}",
+                "present": cfg.tpm_ak_handle in persistent,
+            }
+            doc["sealed"] = _policy_state(t, cfg)
+            for name in ("rollback_nv", "orderly_nv", "policy_nv"):
+                index = getattr(cfg, f"tpm_{name}")
+                doc[name.replace("_nv", "_counter")] = (
+                    t.counter_read(index) if index in nv else None
+                )
+    except TpmUnavailable as e:
+        doc["tpm"]["error"] = e.message
+        if e.hint:
+            doc["tpm"]["hint"] = e.hint
+    return doc

@@ -1,0 +1,119 @@
+"""Unsealing the master secret (the secure store), shared by the boot payload and the
+CLI: PolicyPCR or a signed policy (docs/tpm.md), the anti-rollback floors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from recover.core.pcrsel import parse_selection
+from recover.errors import HostRecoverError, PolicyMismatch, UsageError
+
+if TYPE_CHECKING:
+    from recover.config import Config
+    from recover.tpm import Tpm
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def open_tpm(cfg: Config, tpm: Tpm | None = None) -> Iterator[Tpm]:
+    """The given open Tpm, or a new connection closed on exit."""
+    if tpm is not None:
+        yield tpm
+        return
+    from recover.tpm import Tpm
+
+    with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as t:
+        yield t
+
+
+def read_pubkey(cfg: Config) -> bytes:
+    try:
+        return Path(cfg.tpm_policy_pubkey).read_bytes()
+    except OSError as e:
+        raise UsageError(
+            f"cannot read the policy public key {cfg.tpm_policy_pubkey}: {e.strerror}",
+            hint="create one with `host-recover policy keygen` and set tpm.policy_pubkey",
+        ) from None
+
+
+def policy_floor(t: Tpm, cfg: Config) -> int | None:
+    """The TPM's signed-policy counter, or None when it is not defined."""
+    if cfg.tpm_policy_nv not in t.nv_indices():
+        return None
+    return t.counter_read(cfg.tpm_policy_nv)
+
+
+def unseal_master(cfg: Config, tpm: Tpm | None = None) -> bytes:
+    """Unseal the master secret with the configured policy; PolicyMismatch → exit 4.
+
+    With ``tpm.policy = signed`` the signed policy file is checked (signatures, PCR
+    values, version >= the TPM's policy counter) and, once it unsealed, the counter is
+    raised to its version so older signed policies are refused from then on.
+    """
+    with open_tpm(cfg, tpm) as t:
+        try:
+            return _unseal(cfg, t)
+        except PolicyMismatch as e:
+            if _lock_pcr_extended(t, cfg):
+                raise PolicyMismatch(
+                    f"{e.message}: lock PCR {cfg.tpm_lock_pcr} is extended in this boot",
+                    hint="the boot payload extends it (boot.lock = always) so the normal OS "
+                    "cannot unseal: pass --key-file with the offline copy of the key",
+                ) from None
+            raise
+
+
+def _lock_pcr_extended(t: Tpm, cfg: Config) -> bool:
+    bank = parse_selection(cfg.tpm_pcrs)[0][0]
+    values = t.pcr_read(f"{bank}:{cfg.tpm_lock_pcr}")
+    return any(v != bytes(len(v)) for b in values.values() for v in b.values())
+
+
+def _unseal(cfg: Config, t: Tpm) -> bytes:
+    from recover.core.policy import SignedPolicy
+
+    if cfg.tpm_policy != "signed":
+        return t.unseal_master(
+            srk_handle=cfg.tpm_srk_handle,
+            seal_handle=cfg.tpm_seal_handle,
+            selection=cfg.tpm_pcrs,
+            lock_pcr=cfg.tpm_lock_pcr,
+            policy="pcr",
+        )
+    signed = SignedPolicy.load(cfg.tpm_policy_file)
+    floor = policy_floor(t, cfg)
+    secret = t.unseal_master(
+        srk_handle=cfg.tpm_srk_handle,
+        seal_handle=cfg.tpm_seal_handle,
+        selection=signed.selection,
+        lock_pcr=cfg.tpm_lock_pcr,
+        policy="signed",
+        signed_policy=signed,
+        policy_pubkey_pem=read_pubkey(cfg),
+        min_policy_version=floor or 0,
+    )
+    if floor is not None and signed.policy_version > floor:
+        try:
+            t.counter_advance_to(cfg.tpm_policy_nv, signed.policy_version)
+        except HostRecoverError as e:
+            log.warning("could not raise the policy counter: %s", e.message)
+    return secret
+
+
+def rollback_version(cfg: Config, tpm: Tpm | None = None) -> int:
+    """The lowest accepted recovery image version (the TPM's rollback counter)."""
+    with open_tpm(cfg, tpm) as t:
+        return t.counter_read(cfg.tpm_rollback_nv)
+
+
+def tpm_master(cfg: Config) -> bytes:
+    """The master secret, unsealed from the TPM (recover.provision)."""
+    from recover.store.unseal import unseal_master
+
+    return bytes(unseal_master(cfg))
