@@ -66,7 +66,7 @@ install() {
         done
     fi
 
-    inst_multiple mount umount mkdir cat sed grep head sync losetup
+    inst_multiple mount umount mkdir cat sed grep head sync losetup env
     inst_multiple -o ip blkid
     inst_simple "$moddir/host-recover-lib.sh" /lib/host-recover-lib.sh
 

@@ -18,7 +18,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 
-from recover.errors import UsageError
+from recover.errors import HostRecoverError, SystemFault, UsageError
 
 
 def _hidden_name(dst: str) -> str:
@@ -63,11 +63,15 @@ class AtomicFile:
                     f"cannot create a file in {self.dir}: {e.strerror}", hint
                 ) from None
 
-    def _failed(self, e: OSError) -> UsageError:
-        return UsageError(
-            f"cannot write {self.dst}: {e.strerror}",
-            hint="is there enough space (a tmpfs must be sized for the whole file)?",
-        )
+    def _failed(self, e: OSError) -> HostRecoverError:
+        """A full disk or an I/O error is the system's fault (exit 7); a read-only file
+        system or a missing permission is the caller's (exit 2)."""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+            return SystemFault(
+                f"cannot write {self.dst}: {e.strerror}",
+                hint="is there enough space (a tmpfs must be sized for the whole file)?",
+            )
+        return UsageError(f"cannot write {self.dst}: {e.strerror}")
 
     def write_all(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)

@@ -396,13 +396,27 @@ def payload_entry() -> tuple[str, ...]:
             handler.__module__, "recover.boot.payload")  # fmt: skip
 
 
+#: The payload's entry when run from the wrapper (-I ignores PYTHONPATH).
+_ENTRY = (
+    "import sys; sys.path.insert(0, {site!r}); sys.argv[0] = 'host-recover'; "
+    "from recover.cli.main import main; raise SystemExit(main())"
+)
+
+
 def _wrapper(site: str) -> str:
+    """The initramfs's /usr/bin/host-recover. Isolated: init's environment comes from the
+    kernel command line (PYTHONINSPECT=1, TSS2_LOG=…+trace, HOST_RECOVER_*), so nothing of
+    it reaches the interpreter or the payload: ``env -i`` with a fixed PATH and TSS2_LOG
+    off, ``python -I -S -B`` (no PYTHON* variables, no site, no user paths, no bytecode
+    writes)."""
     v = f"{sys.version_info.major}.{sys.version_info.minor}"
+    entry = _ENTRY.format(site=f"/{site}")
     return (
         "#!/bin/sh\n"
-        "# host-recover in the initramfs: sourceless bytecode, no site, no user paths.\n"
-        f'PYTHONHOME=/usr PYTHONPATH=/{site} PYTHONDONTWRITEBYTECODE=1 TSS2_LOG="${{TSS2_LOG:-all+none}}" \\\n'
-        f'    exec /usr/bin/python{v} -S -m recover "$@"\n'
+        "# host-recover in the initramfs: sourceless bytecode, a clean environment, an\n"
+        "# isolated interpreter (nothing from the kernel command line reaches it).\n"
+        "exec /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin TSS2_LOG=all+none \\\n"
+        f'    /usr/bin/python{v} -I -S -B -c "{entry}" "$@"\n'
     )
 
 

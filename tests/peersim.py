@@ -1,6 +1,6 @@
 """Simulated peers for tests and bench/peers.py: software-signed quotes, real protocol.
 
-Each simulated peer is the product's own ``recover.agent.Server``/``Responder`` with a
+Each simulated peer is the product's own ``recover.peers.server.Server``/``Responder`` with a
 ``SoftwareAttestor`` (an ECDSA P-256 key in memory standing in for the TPM AK); quotes
 are real TPMS_ATTEST structures (recover.tpm.attest.make_attest) checked by the product's
 verifier. Misbehaving peers: forged (signs with a key the inventory does not know),

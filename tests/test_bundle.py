@@ -38,7 +38,9 @@ def test_layout_and_manifest(staged: tuple[Path, bundle.BundleReport]) -> None:
     assert (root / bundle.SITE_DIR / "recover/boot/payload.pyc").is_file()
     assert not list((root / bundle.SITE_DIR).rglob("*.py")), "sources must not be shipped"
     wrapper = (root / bundle.WRAPPER).read_text()
-    assert "-m recover" in wrapper and os.access(root / bundle.WRAPPER, os.X_OK)
+    assert os.access(root / bundle.WRAPPER, os.X_OK)
+    # isolated: nothing of init's environment (the kernel command line) reaches Python
+    assert "env -i " in wrapper and " -I -S -B " in wrapper and "TSS2_LOG=all+none" in wrapper
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["modules"] == report.modules > 100
     libs = (out / "libraries.list").read_text().split()

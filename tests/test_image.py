@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recover.core import imageformat
-from recover.errors import IntegrityError, RollbackError, UsageError
+from recover.errors import IntegrityError, RollbackError, SystemFault, UsageError
 from recover.store import image
 
 CS = 4096
@@ -270,9 +270,11 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mnt)], check=True, timeout=30)
 
 
-def test_full_target_is_a_usage_error_and_leaves_nothing(tmp_path: Path, small_tmpfs: Path) -> None:
+def test_full_target_is_a_system_fault_and_leaves_nothing(
+    tmp_path: Path, small_tmpfs: Path
+) -> None:
     img, _ = _make(tmp_path, 50 * CS)
-    with pytest.raises(UsageError, match="No space left"):
+    with pytest.raises(SystemFault, match="No space left"):
         image.decrypt_file(img, small_tmpfs / "root.img", KEY, workers=2)
     assert list(small_tmpfs.iterdir()) == []
     assert os.statvfs(small_tmpfs).f_bfree == os.statvfs(small_tmpfs).f_blocks

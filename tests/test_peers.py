@@ -151,7 +151,7 @@ def test_other_failure_domains_are_not_asked() -> None:
 
 
 def _reply(att: SoftwareAttestor, nonce: bytes, **status_changes: object) -> dict:
-    """A reply as recover.agent.Responder builds it, optionally with a lying status."""
+    """A reply as recover.peers.server.Responder builds it, optionally with a lying status."""
     from peersim import evidence_of
 
     from recover.core.inventory import pcrs_to_json

@@ -20,6 +20,7 @@ from recover.core import attest
 from recover.core import policy as pol
 from recover.core.attest import verify_quote
 from recover.errors import IntegrityError, PolicyMismatch
+from recover.store.unseal import load_signed_policy
 
 ZERO = bytes(32)
 
@@ -98,7 +99,7 @@ def test_signed_policy_round_trip_and_verify(tmp_path) -> None:
     signed = pol.sign_policy(priv, "sha256:0,2,4,7,9", values, 15, 3)
     path = tmp_path / "policy.json"
     signed.save(path)
-    loaded = pol.SignedPolicy.load(path)
+    loaded = load_signed_policy(path)
     assert loaded == signed
     loaded.verify(pub, min_version=3)
     assert loaded.approved_policy == pol.policy_pcr_digest("sha256:0,2,4,7,9", values, 15)
@@ -131,9 +132,9 @@ def test_signed_policy_malformed_file_is_a_policy_mismatch(tmp_path) -> None:
     path = tmp_path / "p.json"
     path.write_text('{"format": "something-else"}')
     with pytest.raises(PolicyMismatch, match="malformed"):
-        pol.SignedPolicy.load(path)
+        load_signed_policy(path)
     with pytest.raises(PolicyMismatch, match="cannot read"):
-        pol.SignedPolicy.load(tmp_path / "missing.json")
+        load_signed_policy(tmp_path / "missing.json")
 
 
 def test_write_atomic_mode(tmp_path) -> None:
@@ -221,7 +222,7 @@ def test_attest_module_is_pure() -> None:
     import sys
 
     code = (
-        "import sys, recover.tpm, recover.core.attest, recover.core.policy, recover.provision, "
+        "import sys, recover.tpm, recover.core.attest, recover.core.policy, recover.store.provision, "
         "recover.cli.policy; assert 'tpm2_pytss' not in sys.modules, 'tpm2_pytss imported'; "
         "assert 'cryptography' not in sys.modules, 'cryptography imported'"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import traceback
 from collections.abc import Sequence
 
@@ -102,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logsetup.setup(debug=args.debug, kmsg=getattr(args, "baked_config", False))
+    baked = getattr(args, "baked_config", False)
+    if baked:  # libtss2's debug log would print session keys: off, whatever init's env says
+        os.environ["TSS2_LOG"] = "all+none"
+    logsetup.setup(debug=args.debug, kmsg=baked)
     try:
         try:
             cfg = load_config(args)

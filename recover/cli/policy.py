@@ -97,12 +97,12 @@ def _read_values(path: str) -> dict[str, dict[int, bytes]]:
 
 
 def _previous_version(path: str) -> int:
-    from recover.core.policy import SignedPolicy
+    from recover.store.unseal import load_signed_policy
 
     if not Path(path).exists():
         return 0
     try:
-        return SignedPolicy.load(path).policy_version
+        return load_signed_policy(path).policy_version
     except PolicyMismatch:
         return 0
 

@@ -23,7 +23,6 @@ import json
 import os
 import struct
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from recover.core.pcrsel import (
@@ -208,15 +207,12 @@ class SignedPolicy:
             ) from None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SignedPolicy:
+    def from_bytes(cls, data: bytes, origin: str) -> SignedPolicy:
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise PolicyMismatch(
-                f"cannot read signed policy {os.fspath(path)}: {e.strerror}",
-                hint="sign one with `host-recover policy sign`",
-            ) from None
-        return cls.from_json(text, os.fspath(path))
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PolicyMismatch(f"{origin}: not UTF-8 text", hint=_SIGN_HINT) from None
+        return cls.from_json(text, origin)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         write_atomic(path, self.to_json().encode(), mode=0o644)
@@ -257,6 +253,9 @@ class SignedPolicy:
                 f"(the TPM has accepted version {min_version})",
                 hint="use the newest signed policy",
             )
+
+
+_SIGN_HINT = "sign one with `host-recover policy sign`"
 
 
 def sign_policy(

@@ -14,6 +14,7 @@ import secrets
 from recover.atomicfile import atomic_output
 from recover.core.credstore import MAX_STORE, Store, list_names, seal, unseal
 from recover.errors import IntegrityError, UsageError
+from recover.store.safefile import read_capped
 
 TMPFS_MAGIC = 0x01021994
 
@@ -22,18 +23,19 @@ RAMFS_MAGIC = 0x858458F6
 
 
 def load(path: str | os.PathLike[str], master: bytes) -> Store:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_STORE + 1)
-    except FileNotFoundError:
+    """Read and open the store (a regular file, never a FIFO or device, at most
+    MAX_STORE bytes)."""
+    if not os.path.lexists(path):
         raise UsageError(
             f"no credential store at {os.fspath(path)}",
             hint="create it with `host-recover credential add NAME FILE`",
-        ) from None
-    except OSError as e:
-        raise UsageError(f"cannot read {os.fspath(path)}: {e.strerror}") from None
-    if len(data) > MAX_STORE:
-        raise IntegrityError(f"credential store {os.fspath(path)} is too large")
+        )
+    try:
+        data = read_capped(path, MAX_STORE)
+    except UsageError as e:
+        if "larger than" in e.message:
+            raise IntegrityError(f"credential store {os.fspath(path)} is too large") from None
+        raise
     return unseal(data, master)
 
 

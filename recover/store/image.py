@@ -10,7 +10,6 @@ cipher releases the GIL, so threads scale.
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from collections.abc import Callable
 
@@ -30,7 +29,8 @@ from recover.core.imageformat import (
     chunk_nonce,
     parse_header,
 )
-from recover.errors import IntegrityError, UsageError
+from recover.errors import IntegrityError, SystemFault, UsageError
+from recover.store.safefile import open_read
 
 ProgressFn = Callable[[int, int], None]
 
@@ -39,16 +39,9 @@ MAX_WORKERS = 16
 
 
 def _open_read(path: str | os.PathLike[str]) -> int:
-    """Open a regular file or block device for reading; anything else is a usage error."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise UsageError(f"cannot open {os.fspath(path)}: {e.strerror}") from None
-    mode = os.fstat(fd).st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-        os.close(fd)
-        raise UsageError(f"{os.fspath(path)} is not a regular file or block device")
-    return fd
+    """Open a regular file or block device for reading (never a FIFO or a device node
+    of another kind); anything else is a usage error."""
+    return open_read(path, block=True)
 
 
 def _refuse_same_file(fd: int, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
@@ -76,7 +69,7 @@ def _pread_exact(fd: int, buf: memoryview, offset: int) -> None:
         try:
             n = os.preadv(fd, [buf[got:]], offset + got)
         except OSError as e:
-            raise UsageError(f"read error at offset {offset}: {e.strerror}") from None
+            raise SystemFault(f"read error at offset {offset}: {e.strerror}") from None
         if n <= 0:
             raise IntegrityError("image truncated while reading")
         got += n

@@ -15,7 +15,7 @@ from recover.core.keys import MASTER_SIZE, image_root_key
 from recover.core.pcrsel import parse_selection
 from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
 from recover.store.keyfile import read_key_file
-from recover.store.unseal import open_tpm, policy_floor, read_pubkey
+from recover.store.unseal import load_signed_policy, open_tpm, policy_floor, read_pubkey
 
 if TYPE_CHECKING:
     from recover.tpm import Tpm
@@ -137,7 +137,7 @@ def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
     if pubkey is not None and sealed == pol.policy_authorize_digest(pubkey):
         out["policy"] = "signed"
         try:
-            signed = pol.SignedPolicy.load(cfg.tpm_policy_file)
+            signed = load_signed_policy(cfg.tpm_policy_file)
             signed.verify(pubkey, min_version=policy_floor(t, cfg) or 0)
         except PolicyMismatch as e:
             out.update(satisfied=False, reason=e.message)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recover.core.pcrsel import parse_selection
 from recover.errors import HostRecoverError, PolicyMismatch, UsageError
+from recover.store.safefile import POLICY_MAX, read_capped
 
 if TYPE_CHECKING:
     from recover.config import Config
+    from recover.core.policy import SignedPolicy
     from recover.tpm import Tpm
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,21 @@ def open_tpm(cfg: Config, tpm: Tpm | None = None) -> Iterator[Tpm]:
 
     with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as t:
         yield t
+
+
+def load_signed_policy(path: str | os.PathLike[str]) -> SignedPolicy:
+    """The signed policy file (on the store partition at boot: not followed if a link, a
+    regular file of at most POLICY_MAX bytes). Unreadable → PolicyMismatch (exit 4)."""
+    from recover.core.policy import SignedPolicy
+
+    try:
+        data = read_capped(path, POLICY_MAX, follow=False)
+    except HostRecoverError as e:
+        raise PolicyMismatch(
+            f"cannot read signed policy: {e.message}",
+            hint="sign one with `host-recover policy sign`",
+        ) from None
+    return SignedPolicy.from_bytes(data, os.fspath(path))
 
 
 def read_pubkey(cfg: Config) -> bytes:
@@ -76,7 +94,6 @@ def _lock_pcr_extended(t: Tpm, cfg: Config) -> bool:
 
 
 def _unseal(cfg: Config, t: Tpm) -> bytes:
-    from recover.core.policy import SignedPolicy
 
     if cfg.tpm_policy != "signed":
         return t.unseal_master(
@@ -86,7 +103,7 @@ def _unseal(cfg: Config, t: Tpm) -> bytes:
             lock_pcr=cfg.tpm_lock_pcr,
             policy="pcr",
         )
-    signed = SignedPolicy.load(cfg.tpm_policy_file)
+    signed = load_signed_policy(cfg.tpm_policy_file)
     floor = policy_floor(t, cfg)
     secret = t.unseal_master(
         srk_handle=cfg.tpm_srk_handle,
@@ -113,7 +130,7 @@ def rollback_version(cfg: Config, tpm: Tpm | None = None) -> int:
 
 
 def tpm_master(cfg: Config) -> bytes:
-    """The master secret, unsealed from the TPM (recover.provision)."""
+    """The master secret, unsealed from the TPM."""
     from recover.store.unseal import unseal_master
 
     return bytes(unseal_master(cfg))
