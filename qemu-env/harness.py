@@ -116,7 +116,12 @@ def kernel() -> Kernel:
 
 
 #: Operator verbs the test normal root runs (first-boot provisioning, attest, status).
-TOOLS = ("recover.store.provision", "recover.cli.image", "recover.cli.credential", "recover.cli.policy")
+TOOLS = (
+    "recover.store.provision",
+    "recover.cli.image",
+    "recover.cli.credential",
+    "recover.cli.policy",
+)
 
 
 def bundle(kind: str = "payload") -> Path:

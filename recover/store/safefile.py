@@ -31,7 +31,7 @@ def open_read(path: str | os.PathLike[str], *, follow: bool = True, block: bool 
     mode = os.fstat(fd).st_mode
     if stat.S_ISDIR(mode):
         os.close(fd)
-        raise UsageError(f"cannot open {name}: Is a directory")
+        raise UsageError(f"cannot open {name}: Is a directory, not a regular file")
     if not (stat.S_ISREG(mode) or (block and stat.S_ISBLK(mode))):
         os.close(fd)
         what = "a regular file or block device" if block else "a regular file"
