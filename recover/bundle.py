@@ -415,7 +415,7 @@ def _wrapper(site: str) -> str:
         "#!/bin/sh\n"
         "# host-recover in the initramfs: sourceless bytecode, a clean environment, an\n"
         "# isolated interpreter (nothing from the kernel command line reaches it).\n"
-        "exec /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin TSS2_LOG=all+none \\\n"
+        "exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin TSS2_LOG=all+none \\\n"
         f'    /usr/bin/python{v} -I -S -B -c "{entry}" "$@"\n'
     )
 
