@@ -46,6 +46,32 @@ _hr_bundle() {
     echo "$stage"
 }
 
+# _hr_install_config DIR: the measured configuration, and nothing else from DIR: the main
+# file, its drop-ins, the peer inventory and the policy public key under their default
+# names (docs/boot.md). A file holding a private key is refused: the initramfs is not
+# encrypted.
+_hr_install_config() {
+    local f rel confdir=$1
+    [[ -d $confdir ]] || return 0
+    for f in "$confdir"/host-recover.conf "$confdir"/host-recover.conf.d/*.conf \
+        "$confdir"/peers.json "$confdir"/policy-pub.pem; do
+        [[ -f $f ]] || continue
+        if grep -q "PRIVATE KEY" "$f"; then
+            derror "host-recover: $f holds a private key: not putting it into the initramfs"
+            return 1
+        fi
+        rel=${f#"$confdir"/}
+        inst_simple "$f" "/etc/host-recover/$rel"
+    done
+    for f in "$confdir"/*; do
+        case ${f##*/} in
+            host-recover.conf | host-recover.conf.d | peers.json | policy-pub.pem) ;;
+            *) [[ -e $f ]] && dwarn "host-recover: not baking $f into the initramfs" ;;
+        esac
+    done
+    return 0
+}
+
 # called by dracut
 install() {
     local stage f confdir=${HOST_RECOVER_CONFDIR:-/etc/host-recover}
@@ -60,11 +86,7 @@ install() {
     # Generated files (python zip, .pyc tree, extension modules, /usr/bin/host-recover).
     cp -a --no-preserve=ownership "$stage/root/." "$initdir/"
 
-    if [[ -d $confdir ]]; then
-        for f in "$confdir"/*; do
-            [[ -f $f ]] && inst_simple "$f" "/etc/host-recover/${f##*/}"
-        done
-    fi
+    _hr_install_config "$confdir" || return 1
 
     inst_multiple mount umount mkdir cat sed grep head sync losetup env
     inst_multiple -o ip blkid

@@ -186,4 +186,18 @@ def load(
             values[s.attr] = s.parse(raw[s.name])
         except (ValueError, ConfigError) as e:
             raise ConfigError(f"setting {s.name}: {e}", hint="see docs/configuration.md") from None
+    _check_together(values)
     return Config(**values, sources=tuple(os.fspath(f) for f in files))
+
+
+def _check_together(values: Mapping[str, Any]) -> None:
+    """Rules between settings."""
+    from recover.core.pcrsel import parse_selection
+
+    lock = values["tpm_lock_pcr"]
+    if any(lock in pcrs for _, pcrs in parse_selection(values["tpm_pcrs"])):
+        raise ConfigError(
+            f"setting tpm.lock_pcr: PCR {lock} is also in tpm.pcrs ({values['tpm_pcrs']})",
+            hint="the lock PCR is part of every policy with its reset value; take it out of "
+            "tpm.pcrs or choose another tpm.lock_pcr",
+        )

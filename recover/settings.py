@@ -43,6 +43,16 @@ def _pcr_index(text: str) -> int:
     return value
 
 
+def _lock_pcr(text: str) -> int:
+    value = _pcr_index(text)
+    if value > 15:
+        raise ValueError(
+            f"PCR {value} can be reset after boot (16 and 23 from the normal OS with "
+            "tpm2_pcrreset, 17-22 by a DRTM launch): choose one of 0-15 (default 15)"
+        )
+    return value
+
+
 def _bool(text: str) -> bool:
     t = text.strip().lower()
     if t in ("1", "yes", "true", "on", ""):
@@ -222,10 +232,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "tpm.lock_pcr",
-        _pcr_index,
+        _lock_pcr,
         "15",
-        "PCR extended after unsealing so the secret cannot be unsealed again this boot. "
-        "It is part of the sealed policy with its reset value (zero).",
+        "PCR the payload extends on every boot so the secret cannot be unsealed again in "
+        "that boot; part of the sealed policy with its reset value (zero). Only 0-15 (the "
+        "others can be reset after boot) and never one of tpm.pcrs. systemd also measures "
+        "into PCR 15 (machine-id after the switch, which is harmless; cryptsetup's "
+        "tpm2-measure-pcr= in the initrd, which is not): docs/security.md.",
     ),
     Setting(
         "tpm.policy",

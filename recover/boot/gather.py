@@ -240,6 +240,13 @@ def run(
             from recover.peers.client import query_all
 
             inv = inventory.load(cfg.peers_inventory)
+        if serve and not cfg.peers_host_id:
+            # The host name can come from the kernel command line or DHCP: at boot the
+            # id peers know this host by must come from the measured configuration.
+            raise ConfigError(
+                "peers.host_id is not set, and at boot the host name cannot be trusted",
+                hint="set peers.host_id in host-recover.conf (the id in the inventory)",
+            )
         me = inventory.self_id(cfg)
         domain = inv.domain_peers(me)
         entry = inv.get(me)

@@ -55,11 +55,31 @@ def mount_store(cfg: Config) -> tuple[str, str]:
     mount_dir = store_dir(cfg)
     mount_dir.mkdir(parents=True, exist_ok=True)
     if not is_mounted(mount_dir):
-        run_cmd(["mount", "-o", STORE_MOUNT_OPTIONS, cfg.store_device, os.fspath(mount_dir)])
+        options = STORE_MOUNT_OPTIONS
+        if _fstype(cfg.store_device).startswith("ext"):
+            options += ",noload"  # a read-only ext3/4 mount would still replay the journal
+        run_cmd(["mount", "-o", options, cfg.store_device, os.fspath(mount_dir)])
     return (
         os.fspath(mount_dir / os.path.basename(cfg.store_image)),
         os.fspath(mount_dir / os.path.basename(cfg.store_credentials)),
     )
+
+
+def _fstype(device: str) -> str:
+    """The file system type blkid reports for ``device`` ('' when unknown)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["blkid", "-o", "value", "-s", "TYPE", device],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout.strip()
 
 
 def unmount_store(cfg: Config) -> None:
