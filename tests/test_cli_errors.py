@@ -97,7 +97,7 @@ def mounted_tmpfs(path: Path, options: str) -> Iterator[Path]:
 def write_conf(path: Path, tcti: str = "swtpm:host=127.0.0.1,port=1", extra: str = "") -> Path:
     root = path.parent
     path.write_text(
-        f"[tpm]\ntcti = {tcti}\npcrs = sha256:0,2,4,7,16\nlock_pcr = 23\ntimeout = 2\n"
+        f"[tpm]\ntcti = {tcti}\npcrs = sha256:0,2,4,7,16\nlock_pcr = 14\ntimeout = 2\n"
         f"[store]\nimage = {root / 'recovery.hri'}\ncredentials = {root / 'creds.hrc'}\n"
         f"[peers]\nhost_id = host-a\n{extra}"
     )
@@ -438,20 +438,15 @@ def test_policy_keygen_sign_mistakes(tmp_path: Path) -> None:
 # --- against a real swtpm ----------------------------------------------------------------
 
 
-def _reset_pcrs(tcti: str) -> None:
-    from tpm2_pytss import ESYS_TR
-
-    from recover.tpm import Tpm
-
-    with Tpm.open(tcti) as t:
-        for pcr in (16, 23):
-            t.ectx.pcr_reset(ESYS_TR(ESYS_TR.PCR0 + pcr))
+def _reset_pcrs(swtpm: Any) -> None:
+    """Fresh PCRs: an orderly TPM restart (the lock PCR, 14, cannot be reset otherwise)."""
+    swtpm.reboot_orderly()
 
 
 @pytest.fixture
 def tpm_ws(swtpm_module, ws: dict[str, Path]) -> dict[str, Path]:
     """``ws`` with a config for the module's swtpm, provisioned afresh (PCRs reset)."""
-    _reset_pcrs(swtpm_module.tcti)
+    _reset_pcrs(swtpm_module)
     write_conf(ws["conf"], swtpm_module.tcti)
     ws["master"].unlink()
     ws["key"].unlink()
@@ -512,18 +507,18 @@ def test_locked_pcr_points_to_key_file(tpm_ws: dict[str, Path], swtpm_module) ->
     value = ws["dir"] / "v"
     value.write_bytes(b"token")
     with Tpm.open(swtpm_module.tcti) as t:  # what the boot payload does (boot.lock=always)
-        t.pcr_extend(23, b"host-recover: boot without unseal")
+        t.pcr_extend(14, b"host-recover: boot without unseal")
     before = snapshot(ws["dir"])
     for argv in (["credential", "add", "tok", value], ["unseal", "--check"],
                  ["image", "verify", ws["img"]]):  # fmt: skip
-        clean_error(hr(*argv, conf=conf), 4, "lock PCR 23 is extended", "--key-file")
+        clean_error(hr(*argv, conf=conf), 4, "lock PCR 14 is extended", "--key-file")
     assert snapshot(ws["dir"]) == before
     r = hr("credential", "add", "tok", "-", "--key-file", ws["master"], conf=conf, stdin=b"tok")
     assert r.returncode == 0, r.stderr
     # status still tells whether the rest of the policy matches (the seal is right).
     sealed = json.loads(hr("status", "--json", conf=conf).stdout)["sealed"]
     assert sealed["satisfied"] is False and sealed["pcrs_match"] is True
-    assert "lock PCR 23 is extended" in sealed["reason"]
+    assert "lock PCR 14 is extended" in sealed["reason"]
     assert "other PCRs match" in sealed["reason"]
 
 

@@ -1,7 +1,7 @@
 """The secure-store CLI end to end against a real swtpm: provision (idempotent, --force,
 exports), status --json, unseal --check exit codes, attest, policy keygen/sign.
 
-Seals to PCRs 0,2,4,7,16 with lock PCR 23 (both resettable at locality 0).
+Seals to PCRs 0,2,4,7,16 with lock PCR 14; an orderly TPM restart resets them between tests.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,12 +23,10 @@ from recover.tpm import Tpm
 pytestmark = pytest.mark.tpm
 
 
-def _reset(tcti: str) -> None:
-    from tpm2_pytss import ESYS_TR
-
-    with Tpm.open(tcti) as t:
-        for pcr in (16, 23):
-            t.ectx.pcr_reset(ESYS_TR(ESYS_TR.PCR0 + pcr))
+def _reset(swtpm) -> None:
+    """Fresh PCRs for the next test: an orderly TPM restart (the lock PCR, 14, cannot be
+    reset otherwise — that is the point of it)."""
+    swtpm.reboot_orderly()
 
 
 def _extend(tcti: str, pcr: int) -> None:
@@ -38,6 +37,7 @@ def _extend(tcti: str, pcr: int) -> None:
 class Host:
     def __init__(self, tcti: str, root: Path) -> None:
         self.tcti = tcti
+        self.swtpm: Any = None  # the SwTpm behind tcti, for restarts
         self.root = root
         self.conf = root / "host-recover.conf"
         self.write_conf("pcr")
@@ -47,7 +47,7 @@ class Host:
             "[tpm]\n"
             f"tcti = {self.tcti}\n"
             "pcrs = sha256:0,2,4,7,16\n"
-            "lock_pcr = 23\n"
+            "lock_pcr = 14\n"
             f"policy = {policy}\n"
             f"policy_pubkey = {self.root / 'policy-pub.pem'}\n"
             f"policy_file = {self.root / 'policy.json'}\n"
@@ -61,14 +61,23 @@ class Host:
         out, err = capsys.readouterr()
         return rc, out, err
 
+    def restart_tpm(self) -> None:
+        """An orderly TPM restart: fresh PCRs (swtpm comes back on a new port)."""
+        old = self.tcti
+        self.swtpm.reboot_orderly()
+        self.tcti = self.swtpm.tcti
+        self.conf.write_text(self.conf.read_text().replace(old, self.tcti))
+
     def cfg(self) -> config.Config:
         return config.load(self.conf)
 
 
 @pytest.fixture
 def host(swtpm_module, tmp_path: Path) -> Iterator[Host]:
-    _reset(swtpm_module.tcti)
-    yield Host(swtpm_module.tcti, tmp_path)
+    _reset(swtpm_module)
+    h = Host(swtpm_module.tcti, tmp_path)
+    h.swtpm = swtpm_module
+    yield h
 
 
 def test_provision_status_unseal(host: Host, capsys) -> None:
@@ -90,7 +99,7 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     assert rc == 0
     assert json.loads(out) | {"pcrs": None} == {
         "srk_created": False, "secret": "kept", "counters_created": [],
-        "policy": "pcr", "pcrs": None, "lock_pcr": 23,
+        "policy": "pcr", "pcrs": None, "lock_pcr": 14,
     }  # fmt: skip
     # Exports only when a secret is created now: refuse, write nothing.
     rc, _, err = host.run(capsys, "provision", "--export-image-key", str(host.root / "k2"))
@@ -118,10 +127,10 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     rc, out, err = host.run(capsys, "unseal", "--check")
     assert rc == 4 and "do not satisfy" in err and out == ""
 
-    _reset(host.tcti)
-    _extend(host.tcti, 23)  # the lock PCR: already unsealed this boot
+    host.restart_tpm()
+    _extend(host.tcti, 14)  # the lock PCR: already unsealed this boot
     rc, out, _ = host.run(capsys, "status", "--json")
-    assert "lock PCR 23" in json.loads(out)["sealed"]["reason"]
+    assert "lock PCR 14" in json.loads(out)["sealed"]["reason"]
     assert host.run(capsys, "unseal", "--check")[0] == 4
 
 
@@ -169,7 +178,7 @@ def test_signed_policy_cli(host: Host, capsys) -> None:
     assert host.run(capsys, "unseal", "--check")[0] == 0
 
     # Back to the old PCR values with the old policy: stale, the counter moved on.
-    _reset(host.tcti)
+    host.restart_tpm()
     shutil.copy(host.root / "old-policy.json", host.root / "policy.json")
     rc, _, err = host.run(capsys, "unseal", "--check")
     assert rc == 4 and "stale" in err
