@@ -23,13 +23,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, os.fspath(REPO / "qemu-env"))
+from testing.qemu import harness
+from testing.qemu import lab as labmod
+from testing.qemu import vm as vmmod
 
-import harness  # noqa: E402
-import lab as labmod  # noqa: E402
-import perfdoc  # noqa: E402
-import vm as vmmod  # noqa: E402
+from bench import perfdoc
+
+REPO = Path(__file__).resolve().parents[1]
 
 PHASES = ("kernel", "initramfs", "payload-start", "payload-exit", "switch-root", "new-root")
 STEPS = ("tpm-wait", "decide", "unseal", "lock", "store", "image", "mount", "credentials")

@@ -51,12 +51,11 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))
+from testing.swtpm import SwTpm, free_port_pair
 
-from perfdoc import DOC, write_section  # noqa: E402
-from swtpm import SwTpm, free_port_pair  # noqa: E402
+from bench.perfdoc import DOC, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SECTION = "## Payload cold start"
 VENV_PY = sys.executable  # the venv's python: a symlink to Debian's python3.11

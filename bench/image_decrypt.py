@@ -18,17 +18,13 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from perfdoc import DOC, write_section  # noqa: E402
+from bench.perfdoc import DOC, write_section
 
 from recover import image  # noqa: E402
 

@@ -11,17 +11,12 @@ run. Needs root (dracut). Reproduce:
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, os.fspath(REPO / "qemu-env"))
-sys.path.insert(0, os.fspath(REPO / "bench"))
+from testing.qemu import harness
 
-import harness  # noqa: E402
-import perfdoc  # noqa: E402
+from bench import perfdoc
 
 SECTION = "## Initramfs size"
 MIB = 1 << 20

@@ -16,13 +16,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE))
-
-from peersim import Fleet, SimPeer, SoftwareAttestor, entry  # noqa: E402
+from testing.peersim import Fleet, SimPeer, SoftwareAttestor, entry
 
 from recover.evidence import Reading  # noqa: E402
 from recover.peers import Outcome, PeerResults, query_all  # noqa: E402
@@ -105,7 +100,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.write_docs:
-        from perfdoc import write_section
+        from bench.perfdoc import write_section
 
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = (

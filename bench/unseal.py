@@ -28,13 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-os.environ.setdefault("TSS2_LOG", "all+none")
+from testing.swtpm import SwTpm
 
-from perfdoc import DOC, write_section  # noqa: E402
-from swtpm import SwTpm  # noqa: E402
+from bench.perfdoc import DOC, write_section
+
+os.environ.setdefault("TSS2_LOG", "all+none")
 
 from recover.tpm import Tpm  # noqa: E402
 

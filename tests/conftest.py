@@ -1,16 +1,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("TSS2_LOG", "all+none")
+from testing.swtpm import SwTpm
 
-from swtpm import SwTpm  # noqa: E402
+os.environ.setdefault("TSS2_LOG", "all+none")
 
 
 @pytest.fixture

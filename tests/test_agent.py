@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from peersim import SoftwareAttestor, entry, evidence_of
+
+from testing.peersim import SoftwareAttestor, entry, evidence_of
 
 from recover.agent import Limits, StatusSource, parse_listen, serve_in_background
 from recover.errors import ConfigError

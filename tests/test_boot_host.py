@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from swtpm import SwTpm
+
+from testing.swtpm import SwTpm
 
 from recover.cli import main
 

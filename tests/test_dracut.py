@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -78,8 +77,7 @@ def test_hook_maps_exit_codes(
 def test_initramfs_carries_payload_and_hooks() -> None:
     if os.geteuid() != 0 or shutil.which("dracut") is None:
         pytest.skip("needs root and dracut")
-    sys.path.insert(0, os.fspath(REPO / "qemu-env"))
-    import harness
+    from testing.qemu import harness
 
     kern = harness.kernel()
     img = harness.initramfs(kern, harness.default_confdir())
@@ -111,8 +109,7 @@ def test_initramfs_rebuild_is_byte_identical(tmp_path: Path) -> None:
     """PCR 9 measures the initramfs bytes: a rebuild from the same inputs must not move it."""
     if os.geteuid() != 0 or shutil.which("dracut") is None:
         pytest.skip("needs root and dracut")
-    sys.path.insert(0, os.fspath(REPO / "qemu-env"))
-    import harness
+    from testing.qemu import harness
 
     kern = harness.kernel()
     first = harness.initramfs(kern, harness.default_confdir())

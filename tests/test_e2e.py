@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-QEMU_ENV = Path(__file__).resolve().parents[1] / "qemu-env"
-sys.path.insert(0, os.fspath(QEMU_ENV))
 
 pytestmark = pytest.mark.e2e
 
@@ -37,8 +32,8 @@ def lab() -> Iterator[Any]:
     missing = _missing()
     if missing or os.geteuid() != 0:
         pytest.skip(f"needs root and {missing or 'the QEMU toolchain'} (make deps)")
-    import harness
-    import lab as labmod
+    from testing.qemu import harness
+    from testing.qemu import lab as labmod
 
     lab = labmod.Lab(harness.BUILD / "e2e-lab", n_peers=3)
     try:

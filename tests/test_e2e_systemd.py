@@ -5,15 +5,11 @@ loss → recovery root with its credential. Its own lab (PCR 9 differs from shel
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1] / "qemu-env"))
-from test_e2e import _missing, _record  # noqa: E402
+from test_e2e import _missing, _record
 
 pytestmark = pytest.mark.e2e
 
@@ -23,8 +19,8 @@ def lab() -> Iterator[Any]:
     missing = _missing()
     if missing or os.geteuid() != 0:
         pytest.skip(f"needs root and {missing or 'the QEMU toolchain'} (make deps)")
-    import harness
-    import lab as labmod
+    from testing.qemu import harness
+    from testing.qemu import lab as labmod
 
     lab = labmod.Lab(harness.BUILD / "e2e-lab-systemd", n_peers=3, init="systemd")
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from peersim import BAD_PCRS, Fleet, SimPeer, SoftwareAttestor, entry
+
+from testing.peersim import BAD_PCRS, Fleet, SimPeer, SoftwareAttestor, entry
 
 from recover.evidence import Reading
 from recover.inventory import Inventory
@@ -152,7 +153,7 @@ def test_other_failure_domains_are_not_asked() -> None:
 
 def _reply(att: SoftwareAttestor, nonce: bytes, **status_changes: object) -> dict:
     """A reply as recover.agent.Responder builds it, optionally with a lying status."""
-    from peersim import evidence_of
+    from testing.peersim import evidence_of
 
     from recover.agent import StatusSource
     from recover.inventory import pcrs_to_json

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peersim import new_key, pub_pem
-from swtpm import SwTpm, free_port_pair
+
+from testing.peersim import new_key, pub_pem
+from testing.swtpm import SwTpm, free_port_pair
 
 from recover import config, decide
 from recover.inventory import pcrs_to_json

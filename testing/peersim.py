@@ -8,7 +8,7 @@ replay (answers every request with its first reply), intruder (a host not in the
 inventory), badpcrs (quotes other PCR values), silent (accepts, never answers), down
 (nothing listens), garbage (invalid JSON).
 
-``Fleet`` runs many peers in ONE child process (``python tests/peersim.py``) that reads a
+``Fleet`` runs many peers in ONE child process (``python -m testing.peersim``) that reads a
 JSON spec on stdin, prints its inventory entries as one JSON line, and serves until its
 stdin closes. The parent ends it by PID.
 """
@@ -19,14 +19,11 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recover.agent import Limits, Responder, Server, StatusSource  # noqa: E402
 from recover.evidence import Evidence, Reading, Signal, Strength  # noqa: E402
@@ -218,8 +215,11 @@ class Fleet:
             "peers": [dataclasses.asdict(p) for p in peers],
             "requesters": requesters,
         }
+        # The child imports this very package (and recover/ next to it): run it from the
+        # directory that holds testing/.
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)],
+            [sys.executable, "-m", "testing.peersim"],
+            cwd=Path(__file__).resolve().parents[1],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

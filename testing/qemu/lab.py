@@ -1,6 +1,6 @@
 """The lab: one host VM plus its failure domain's peers, run as host-side agents.
 
-Peers are ``host-recover agent`` processes, each with its own swtpm (tests/swtpm.py,
+Peers are ``host-recover agent`` processes, each with its own swtpm (testing/swtpm.py,
 TCP on 127.0.0.1), reached from the guest through QEMU user networking (restrict=on,
 explicit guestfwd 10.0.2.10N:7469 → 127.0.0.1:PORT). Nothing listens beyond loopback.
 
@@ -30,11 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-import harness
-import vm as vmmod
-
-sys.path.insert(0, os.fspath(harness.REPO / "tests"))
-from swtpm import SwTpm  # noqa: E402
+from testing.qemu import harness
+from testing.qemu import vm as vmmod
+from testing.swtpm import SwTpm, die_with_parent
 
 HOST_CLI = [sys.executable, "-m", "recover"]
 HOST_NET = "10.0.2.15/24,10.0.2.2"
@@ -94,7 +92,7 @@ class PeerAgent:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            preexec_fn=vmmod.die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         for _ in range(300):  # bounded: 30 s
