@@ -59,12 +59,14 @@ lint: venv
 	shellcheck -s sh hooks/*.sh
 	shellcheck -s bash dracut-module/*.sh qemu-env/*.sh .ci/run dev
 
+# Every tier but the QEMU boots (what plain `pytest` runs): tests/unit, tpm, integration.
 unit: venv
-	$(VPY) -m pytest -q -m "not e2e"
-
-# The whole suite: lint, unit, swtpm, integration and QEMU end-to-end tests.
-test: venv lint
 	$(VPY) -m pytest -q
+
+# The whole suite: lint, then tests/unit, tpm, integration and e2e (QEMU) in one run;
+# --require-e2e fails the run when an e2e test skips or none was collected.
+test: venv lint
+	$(VPY) -m pytest -q --require-e2e
 
 demo: venv
 	$(VPY) qemu-env/demo.py

@@ -1,22 +1,20 @@
 """Cold start of the boot payload: what the boot path imports, and bench/coldstart.py's
-helpers in testing/ (importtime parsing, the timestamping TCP relay, the trees' run
-modes). Cheap; no timing assertions."""
+helpers in testing/ (importtime parsing, the trees' run modes; the timestamping TCP
+relay: tests/integration/test_tpmwire.py). Cheap; no timing assertions."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from testing import importtime, tpmwire, trees
+from testing import importtime, trees
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Not imported before the first TPM command of a clean boot: heavy, or needed only when a
 # peer inventory exists, when the root is recovered, or after a failure.
@@ -139,48 +137,6 @@ def test_parse_importtime_of_a_real_interpreter() -> None:
     by = {r.name: r for r in rows}
     assert by["json.decoder"].parent == "json"
     assert by["json"].depth == 0 and by["json"].cum_us >= by["json.decoder"].cum_us
-
-
-def _echo_server() -> tuple[socket.socket, threading.Thread]:
-    srv = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        conn, _ = srv.accept()
-        with conn:
-            for _ in range(100):
-                data = conn.recv(4096)
-                if not data:
-                    return
-                conn.sendall(data[::-1])
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return srv, t
-
-
-def test_relay_forwards_and_timestamps_the_first_command() -> None:
-    srv, t = _echo_server()
-    try:
-        with tpmwire.Relay(srv.getsockname()[1]) as relay:
-            assert relay.tcti == f"swtpm:host=127.0.0.1,port={relay.port}"
-            relay.arm()
-            # TPM2_GetCapability header: tag 0x8001, size 22, command code 0x17a
-            cmd = bytes.fromhex("8001000000160000017a") + bytes(12)
-            with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as c:
-                c.sendall(cmd)
-                got = b""
-                for _ in range(100):
-                    got += c.recv(4096)
-                    if len(got) >= len(cmd):
-                        break
-            assert got == cmd[::-1]
-            assert relay.connected is not None and relay.first is not None
-            assert relay.first[1] == 0x17A and relay.first[0] >= relay.connected
-            relay.arm()
-            assert relay.first is None and relay.connected is None
-    finally:
-        srv.close()
-        t.join(timeout=10)
 
 
 @pytest.mark.parametrize("mode", [*trees.MODES, "bundle-nofapi"])

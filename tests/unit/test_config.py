@@ -144,7 +144,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 
 
 def test_docs_are_generated_from_the_declarations() -> None:
-    doc = Path(__file__).parents[1] / "docs" / "configuration.md"
+    doc = Path(__file__).parents[2] / "docs" / "configuration.md"
     assert doc.read_text() == config.render_docs(), "run: python -m recover.cli_docs"
 
 
@@ -161,5 +161,5 @@ def test_cli_docs_are_generated_from_the_parser(monkeypatch: pytest.MonkeyPatch)
     from recover.cli import render_cli_docs
 
     monkeypatch.setenv("COLUMNS", "100")
-    doc = Path(__file__).parents[1] / "docs" / "cli.md"
+    doc = Path(__file__).parents[2] / "docs" / "cli.md"
     assert doc.read_text() == render_cli_docs(), "run: python -m recover.cli_docs"
