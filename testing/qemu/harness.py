@@ -35,6 +35,15 @@ BUILD = Path(os.environ.get("HOST_RECOVER_QEMU_BUILD", QEMU_ENV / "build"))
 SOURCE_DATE_EPOCH = "1700000000"
 
 
+#: What a QEMU boot of the lab needs on the host (make deps installs it).
+TOOLS_NEEDED = ("qemu-system-x86_64", "swtpm", "dracut", "mksquashfs", "debugfs")
+
+
+def missing_tools() -> list[str]:
+    """The tools of TOOLS_NEEDED that are not on PATH."""
+    return [t for t in TOOLS_NEEDED if shutil.which(t) is None]
+
+
 def sh(*argv: str | os.PathLike[str], env: dict[str, str] | None = None, quiet: bool = True) -> str:
     """Run argv; raise with its stderr on failure."""
     args = [os.fspath(a) for a in argv]
