@@ -52,10 +52,12 @@ $(VENV)/.stamp: requirements.lock setup.cfg pyproject.toml $(PCDIR)/.stamp
 
 venv: deps $(VENV)/.stamp
 
+LINTED := recover testing tests bench qemu-env
+
 lint: venv
-	$(VENV)/bin/ruff check recover tests bench qemu-env
-	$(VENV)/bin/ruff format --check recover tests bench qemu-env
-	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy  # recover, testing and bench (pyproject.toml)
 	shellcheck -s sh hooks/*.sh
 	shellcheck -s bash dracut-module/*.sh qemu-env/*.sh .ci/run dev
 

@@ -53,6 +53,9 @@ def report(args: argparse.Namespace, res: Results) -> str:
     cmd += f" --before {args.before}" if args.before else ""
     cmd += f" --after {args.after}" if args.after else ""
     cmd += f" --nofapi {args.nofapi}" if args.nofapi else ""
+    # --nofapi DIR: the tpm2-pytss wheel `make venv` builds without FAPI, installed apart.
+    wheel = "/var/cache/host-recover/wheels-nofapi/tpm2_pytss-*.whl"
+    pip = f".venv/bin/pip install -q --no-deps --target {args.nofapi} {wheel}"
     out = [
         SECTION,
         "",
@@ -60,6 +63,7 @@ def report(args: argparse.Namespace, res: Results) -> str:
         f"{os.getloadavg()[0]:.1f}; swtpm, not hardware), {args.rounds} interleaved rounds "
         "after a warm-up round; every time includes fork + exec of the child. Reproduce:",
         "",
+        *([f"    {pip}"] if args.nofapi else []),
         f"    {cmd} --write-docs",
         "",
         "| run | median ms | min ms | vs `-I -S -c pass` |",
@@ -205,7 +209,7 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         "platform) only where it mounts or lacks a boot_id; recover.decide imports the peer "
         "stack (recover.peers, recover.inventory, recover.agent) only when an inventory exists "
         "and the peers must be asked; recover.verdict imports peers' `Outcome` only when there "
-        "are peer results. tests/test_coldstart.py keeps these, tpm2_pytss, cryptography, "
+        "are peer results. tests/unit/test_coldstart.py keeps these, tpm2_pytss, cryptography, "
         "asyncio, ssl, http, email and socket off the path up to `Tpm.open`.",
         *_effect(args, res),
         "- Not deferrable on this path: argparse, logging, dataclasses (with inspect), "

@@ -1,6 +1,6 @@
 """Benchmark: stream-decrypt a recovery image from tmpfs into tmpfs vs `cp` (issue 5).
 
-    /tmp/venv/bin/python bench/image_decrypt.py [--size-mib 1024] [--write-docs]
+    .venv/bin/python -m bench.image_decrypt [--size-mib 1024] [--write-docs]
 
 Everything is measured in the same run on the same machine: `cp` of the container into
 tmpfs (the baseline), `decrypt_file` and `verify_file` with 1 and N workers, in-memory
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from bench.perfdoc import DOC, write_section
+from bench.perfdoc import DOC, reproduce, write_section
 
 from recover import image  # noqa: E402
 
@@ -154,8 +154,8 @@ def main() -> int:
     def gbs(seconds: float) -> float:
         return img_size / seconds / 1e9
 
-    cmd = "/tmp/venv/bin/python bench/image_decrypt.py " + (
-        f"--size-mib {args.size_mib} --repeat {args.repeat} --write-docs"
+    cmd = reproduce(
+        "image_decrypt", f"--size-mib {args.size_mib} --repeat {args.repeat} --write-docs"
     )
     med = {n: statistics.median(t) for n, t in times.items()}
     best = {n: min(t) for n, t in times.items()}

@@ -5,7 +5,7 @@ drivers) from the same kernel and the same baked-in configuration, and reports t
 module's cost as a delta and a ratio against the image without it, built in the same
 run. Needs root (dracut). Reproduce:
 
-    .venv/bin/python bench/initramfs_size.py --write-docs
+    .venv/bin/python -m bench.initramfs_size --write-docs
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def render(sizes: dict[str, tuple[int, int]]) -> str:
         f"kernel ({harness.kernel().version}); the payload bundled from the venv running the "
         "bench (tpm2-pytss built without FAPI by `make venv`). Reproduce:",
         "",
-        "    .venv/bin/python bench/initramfs_size.py --write-docs",
+        f"    {perfdoc.reproduce('initramfs_size', '--write-docs')}",
         "",
         "| init system | without the module | with it | delta | ratio |",
         "|---|---|---|---|---|",

@@ -1,6 +1,6 @@
 """Benchmark: our unseal flow vs the tpm2-tools shell way, on swtpm (issue 5).
 
-    /tmp/venv/bin/python bench/unseal.py [--repeat 20] [--write-docs]
+    .venv/bin/python -m bench.unseal [--repeat 20] [--write-docs]
 
 Both flows unseal the same persisted object (PolicyPCR over sha256:0,2,4,7,9 + lock PCR
 15, NODA) under the same persisted SRK, in the same run:
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from testing.swtpm import SwTpm
 
-from bench.perfdoc import DOC, write_section
+from bench.perfdoc import DOC, reproduce, write_section
 
 os.environ.setdefault("TSS2_LOG", "all+none")
 
@@ -192,7 +192,7 @@ def main() -> int:
             f"Measured {stamp} on this machine (2 cores, swtpm, not hardware), median of "
             f"{args.repeat} runs after one warm-up. Reproduce:",
             "",
-            f"    /tmp/venv/bin/python bench/unseal.py --repeat {args.repeat} --write-docs",
+            f"    {reproduce('unseal', f'--repeat {args.repeat} --write-docs')}",
             "",
             *rows,
             "",
