@@ -52,19 +52,23 @@ $(VENV)/.stamp: requirements.lock setup.cfg pyproject.toml $(PCDIR)/.stamp
 
 venv: deps $(VENV)/.stamp
 
+LINTED := recover testing tests bench qemu-env
+
 lint: venv
-	$(VENV)/bin/ruff check recover tests bench qemu-env
-	$(VENV)/bin/ruff format --check recover tests bench qemu-env
-	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy  # recover, testing and bench (pyproject.toml)
 	shellcheck -s sh hooks/*.sh
 	shellcheck -s bash dracut-module/*.sh qemu-env/*.sh .ci/run dev
 
+# Every tier but the QEMU boots (what plain `pytest` runs): tests/unit, tpm, integration.
 unit: venv
-	$(VPY) -m pytest -q -m "not e2e"
-
-# The whole suite: lint, unit, swtpm, integration and QEMU end-to-end tests.
-test: venv lint
 	$(VPY) -m pytest -q
+
+# The whole suite: lint, then tests/unit, tpm, integration and e2e (QEMU) in one run;
+# --require-e2e fails the run when an e2e test skips or none was collected.
+test: venv lint
+	$(VPY) -m pytest -q --require-e2e
 
 demo: venv
 	$(VPY) qemu-env/demo.py

@@ -9,7 +9,7 @@ payload's console lines. The initramfs is built with and without the host-recove
 
 Before/after: measure one tree with ``--save``, the other with ``--before`` that file.
 
-    python bench/boot.py [--runs N] [--save M.json] [--before M.json] [--write FILE]
+    .venv/bin/python -m bench.boot [--runs N] [--save M.json] [--before M.json] [--write FILE]
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, os.fspath(REPO / "qemu-env"))
+from testing.qemu import harness
+from testing.qemu import lab as labmod
+from testing.qemu import vm as vmmod
 
-import harness  # noqa: E402
-import lab as labmod  # noqa: E402
-import perfdoc  # noqa: E402
-import vm as vmmod  # noqa: E402
+from bench import perfdoc
+
+REPO = Path(__file__).resolve().parents[1]
 
 PHASES = ("kernel", "initramfs", "payload-start", "payload-exit", "switch-root", "new-root")
 STEPS = ("tpm-wait", "decide", "unseal", "lock", "store", "image", "mount", "credentials")
@@ -177,7 +177,7 @@ def render(m: dict[str, object], before: dict[str, object] | None = None, note: 
     lines = [
         "## Boot",
         "",
-        "<!-- written by `python bench/boot.py --write docs/performance.md` -->",
+        f"<!-- written by `{perfdoc.reproduce('boot', '--write docs/performance.md')}` -->",
         "",
         f"QEMU q35, OVMF (measured direct kernel boot), swtpm, accel **{m['accel']}**, "
         f"1 vCPU, 1 GiB; median of {m['runs']} run(s); seconds since QEMU start, read from "
@@ -240,13 +240,14 @@ def render(m: dict[str, object], before: dict[str, object] | None = None, note: 
         f"(with the FAPI-linked tpm2-pytss it was {FAPI_INITRAMFS_MIB} MiB: "
         f"{w / mib - FAPI_INITRAMFS_MIB:+.1f} MiB now).",
         "",
-        "Reproduce (root, ~5 min per tree; both trees with the same venv and build dir): "
+        "Reproduce from the repository root (root, ~5 min per tree; both trees measured "
+        "by this checkout's bench and lab, with the same venv and build dir): "
         "`R=$PWD; P=$R/.venv/bin/python; export HOST_RECOVER_QEMU_BUILD=/tmp/hr-build; "
         "for t in before:REV^ after:REV; do git worktree add /tmp/hr-${t%%:*} ${t#*:}; "
-        "cp bench/boot.py /tmp/hr-${t%%:*}/bench/; "
+        "cp -r bench testing /tmp/hr-${t%%:*}/; cp qemu-env/*.sh /tmp/hr-${t%%:*}/qemu-env/; "
         "done; "
-        "(cd /tmp/hr-before && $P bench/boot.py --runs 2 --save /tmp/before.json); "
-        "(cd /tmp/hr-after && $P bench/boot.py --runs 2 --before /tmp/before.json "
+        "(cd /tmp/hr-before && $P -m bench.boot --runs 2 --save /tmp/before.json); "
+        "(cd /tmp/hr-after && $P -m bench.boot --runs 2 --before /tmp/before.json "
         "--write $R/docs/performance.md)` with REV the commit under test.",
         "",
     ]

@@ -1,6 +1,6 @@
 """Benchmark: stream-decrypt a recovery image from tmpfs into tmpfs vs `cp` (issue 5).
 
-    /tmp/venv/bin/python bench/image_decrypt.py [--size-mib 1024] [--write-docs]
+    .venv/bin/python -m bench.image_decrypt [--size-mib 1024] [--write-docs]
 
 Everything is measured in the same run on the same machine: `cp` of the container into
 tmpfs (the baseline), `decrypt_file` and `verify_file` with 1 and N workers, in-memory
@@ -18,17 +18,13 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from perfdoc import DOC, write_section  # noqa: E402
+from bench.perfdoc import DOC, reproduce, write_section
 
 from recover.core import imageformat  # noqa
 from recover.store import image  # noqa
@@ -159,8 +155,8 @@ def main() -> int:
     def gbs(seconds: float) -> float:
         return img_size / seconds / 1e9
 
-    cmd = "/tmp/venv/bin/python bench/image_decrypt.py " + (
-        f"--size-mib {args.size_mib} --repeat {args.repeat} --write-docs"
+    cmd = reproduce(
+        "image_decrypt", f"--size-mib {args.size_mib} --repeat {args.repeat} --write-docs"
     )
     med = {n: statistics.median(t) for n, t in times.items()}
     best = {n: min(t) for n, t in times.items()}

@@ -5,23 +5,18 @@ drivers) from the same kernel and the same baked-in configuration, and reports t
 module's cost as a delta and a ratio against the image without it, built in the same
 run. Needs root (dracut). Reproduce:
 
-    .venv/bin/python bench/initramfs_size.py --write-docs
+    .venv/bin/python -m bench.initramfs_size --write-docs
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, os.fspath(REPO / "qemu-env"))
-sys.path.insert(0, os.fspath(REPO / "bench"))
+from testing.qemu import harness
 
-import harness  # noqa: E402
-import perfdoc  # noqa: E402
+from bench import perfdoc
 
 SECTION = "## Initramfs size"
 MIB = 1 << 20
@@ -50,7 +45,7 @@ def render(sizes: dict[str, tuple[int, int]]) -> str:
         f"kernel ({harness.kernel().version}); the payload bundled from the venv running the "
         "bench (tpm2-pytss built without FAPI by `make venv`). Reproduce:",
         "",
-        "    .venv/bin/python bench/initramfs_size.py --write-docs",
+        f"    {perfdoc.reproduce('initramfs_size', '--write-docs')}",
         "",
         "| init system | without the module | with it | delta | ratio |",
         "|---|---|---|---|---|",

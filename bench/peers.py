@@ -1,11 +1,11 @@
 """Peer fan-out (issue 5): time to verdict for N simulated peers vs one peer's round trip.
 
-The peers run in one child process (tests/peersim.py: the product's own agent Server and
+The peers run in one child process (testing/peersim.py: the product's own agent Server and
 Responder, software-signed TPMS_ATTEST quotes); the client is recover.peers.query_all
 and the product's verifier. Everything is on loopback; the machine's cores are shared by
 the client and the peer process, so figures are an upper bound on a fleet's cost.
 
-    /tmp/venv/bin/python bench/peers.py --sizes 10,100,1000 --runs 5 --write-docs
+    .venv/bin/python -m bench.peers --sizes 10,100,1000 --runs 5 --write-docs
 """
 
 from __future__ import annotations
@@ -16,13 +16,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE))
-
-from peersim import Fleet, SimPeer, SoftwareAttestor, entry  # noqa: E402
+from testing.peersim import Fleet, SimPeer, SoftwareAttestor, entry
 
 from recover.core.evidence import Reading  # noqa
 from recover.core.protocol import Outcome, PeerResults  # noqa
@@ -106,7 +101,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.write_docs:
-        from perfdoc import write_section
+        from bench.perfdoc import reproduce, write_section
 
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = (
@@ -118,8 +113,8 @@ def main() -> int:
             f"{args.runs} runs after a warm-up (baseline: 20). Every query carries one "
             "requester quote that every peer verifies, and every reply is verified "
             "(ECDSA P-256) before it counts. Reproduce:\n\n"
-            f"    /tmp/venv/bin/python bench/peers.py --sizes {args.sizes} --runs {args.runs} "
-            "--write-docs\n\n"
+            f"    {reproduce('peers', f'--sizes {args.sizes} --runs {args.runs} --write-docs')}"
+            "\n\n"
             f"{table}\n\n"
             "In-flight requests are capped at 64 (a request waiting over 250 ms gives its "
             "slot back). The requester and the peer process share the machine's cores, so "

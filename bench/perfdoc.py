@@ -1,4 +1,8 @@
-"""Replace (or append) one ``## Section`` of docs/performance.md; benches share this."""
+"""Replace (or append) one ``## Section`` of docs/performance.md; benches share this.
+
+Each section says how to reproduce it with ``reproduce``: a command that works on a fresh
+clone after ``make venv``, run from the repository root.
+"""
 
 from __future__ import annotations
 
@@ -17,3 +21,8 @@ def write_section(title: str, section: str, doc: Path = DOC) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     doc.write_text(text)
+
+
+def reproduce(bench: str, args: str = "") -> str:
+    """The command that reruns ``bench/<bench>.py`` on a fresh clone (after ``make venv``)."""
+    return f".venv/bin/python -m bench.{bench}" + (f" {args}" if args else "")

@@ -1,6 +1,6 @@
 """Benchmark: our unseal flow vs the tpm2-tools shell way, on swtpm (issue 5).
 
-    /tmp/venv/bin/python bench/unseal.py [--repeat 20] [--write-docs]
+    .venv/bin/python -m bench.unseal [--repeat 20] [--write-docs]
 
 Both flows unseal the same persisted object (PolicyPCR over sha256:0,2,4,7,9 + lock PCR
 15, NODA) under the same persisted SRK, in the same run:
@@ -28,13 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-os.environ.setdefault("TSS2_LOG", "all+none")
+from testing.swtpm import SwTpm
 
-from perfdoc import DOC, write_section  # noqa: E402
-from swtpm import SwTpm  # noqa: E402
+from bench.perfdoc import DOC, reproduce, write_section
+
+os.environ.setdefault("TSS2_LOG", "all+none")
 
 from recover.tpm import Tpm  # noqa: E402
 
@@ -194,7 +192,7 @@ def main() -> int:
             f"Measured {stamp} on this machine (2 cores, swtpm, not hardware), median of "
             f"{args.repeat} runs after one warm-up. Reproduce:",
             "",
-            f"    /tmp/venv/bin/python bench/unseal.py --repeat {args.repeat} --write-docs",
+            f"    {reproduce('unseal', f'--repeat {args.repeat} --write-docs')}",
             "",
             *rows,
             "",

@@ -4,21 +4,20 @@ Everything is real: Debian's kernel, a dracut 059 initramfs with our module and 
 real payload, OVMF measured boot, one swtpm per host, peers as host-side agents with
 their own swtpms, the encrypted recovery image and credential store on a disk. The
 story is read from the guest's serial console and its decision record.
+
+The lab is the importable package testing.qemu (installed with the project by
+``make venv``): ``.venv/bin/python qemu-env/demo.py`` from the repository root.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.fspath(Path(__file__).resolve().parent))
-
-import harness  # noqa: E402
-import lab as labmod  # noqa: E402
-import vm as vmmod  # noqa: E402
+from testing.qemu import harness
+from testing.qemu import lab as labmod
+from testing.qemu import vm as vmmod
 
 BOLD, DIM, GREEN, RED, OFF = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
 if not sys.stdout.isatty():

@@ -1,6 +1,6 @@
 """The lab: one host VM plus its failure domain's peers, run as host-side agents.
 
-Peers are ``host-recover agent`` processes, each with its own swtpm (tests/swtpm.py,
+Peers are ``host-recover agent`` processes, each with its own swtpm (testing/swtpm.py,
 TCP on 127.0.0.1), reached from the guest through QEMU user networking (restrict=on,
 explicit guestfwd 10.0.2.10N:7469 → 127.0.0.1:PORT). Nothing listens beyond loopback.
 
@@ -11,7 +11,12 @@ Setup order (``Lab.setup``):
  4. first boot, normal root, control=provision: the guest provisions its own TPM (PCRs
     are those of this very boot chain), encrypts the image and stores the credential
     with it, and prints its inventory entry (HR-ATTEST) → the peers learn the host
- 5. agents start
+ 5. agents start; the host's state is saved as "provisioned"
+
+Tests do not depend on each other's leftovers: ``save_host``/``restore_host`` keep and
+bring back the host's TPM and firmware state (e.g. "provisioned": shut down orderly
+after the provisioning boot), and ``prepare`` sets a boot's preconditions from one of
+them: the host in a saved state, the first N peers just power-cut, the others up.
 """
 
 from __future__ import annotations
@@ -30,11 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-import harness
-import vm as vmmod
-
-sys.path.insert(0, os.fspath(harness.REPO / "tests"))
-from swtpm import SwTpm  # noqa: E402
+from testing.qemu import harness
+from testing.qemu import vm as vmmod
+from testing.swtpm import SwTpm, die_with_parent
 
 HOST_CLI = [sys.executable, "-m", "recover"]
 HOST_NET = "10.0.2.15/24,10.0.2.2"
@@ -67,6 +70,7 @@ class PeerAgent:
             f"listen = 127.0.0.1:{self.port}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.was_cut = False  # lost power since its last orderly reboot
 
     def env(self) -> dict[str, str]:
         return {**self.tpm.env, "HOST_RECOVER_CONFIG": os.fspath(self.conf)}
@@ -94,7 +98,7 @@ class PeerAgent:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            preexec_fn=vmmod.die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         for _ in range(300):  # bounded: 30 s
@@ -121,12 +125,14 @@ class PeerAgent:
         """The peer loses power too: agent and TPM die without TPM2_Shutdown."""
         self.stop_agent(signal.SIGKILL)
         self.tpm.power_cut_and_restart()
+        self.was_cut = True
         self.start_agent()
 
     def clean_reboot(self) -> None:
         """An orderly reboot of the peer (TPM2_Shutdown, then power on)."""
         self.stop_agent()
         self.tpm.reboot_orderly()
+        self.was_cut = False
         self.start_agent()
 
     def close(self) -> None:
@@ -183,6 +189,7 @@ class Lab:
         (self.confdir / "peers.json").write_text(json.dumps(inv, indent=1, sort_keys=True) + "\n")
 
     def setup(self) -> None:
+        shutil.rmtree(self.dir / "states", ignore_errors=True)  # saved by an earlier lab
         entries = [p.provision() for p in self.peers]
         self.write_host_config(entries)
         self.art = harness.build_all(self.confdir, init=self.init)
@@ -215,6 +222,42 @@ class Lab:
             p.inventory.write_text(json.dumps(inv, indent=1) + "\n")
             p.tpm.reboot_orderly()  # the peers were up and shut down cleanly before
             p.start_agent()
+        self.save_host("provisioned")  # powered off orderly after provisioning
+
+    # --- saved host states and a boot's preconditions -------------------------------------
+
+    def save_host(self, name: str) -> None:
+        """Keep the host's state (TPM state directory, firmware variables) as ``name``;
+        the host must be powered off. The store and control disks are not written by
+        boots (the payload mounts the store read-only) and are not part of it."""
+        assert self.vm is not None and self.vm.proc is None and not self.vm.tpm.running
+        dest = self.dir / "states" / name
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        shutil.copytree(self.vm.tpm.state_dir, dest / "tpmstate")
+        shutil.copy2(self.vm.vars, dest / "OVMF_VARS.fd")
+
+    def restore_host(self, name: str) -> None:
+        """Power the host off (a held guest is cut) and bring back saved state ``name``."""
+        assert self.vm is not None
+        self.vm.power_cut()
+        src = self.dir / "states" / name
+        if not src.is_dir():
+            raise RuntimeError(f"no saved host state {name!r} in {src.parent}")
+        shutil.rmtree(self.vm.tpm.state_dir)
+        shutil.copytree(src / "tpmstate", self.vm.tpm.state_dir)
+        shutil.copy2(src / "OVMF_VARS.fd", self.vm.vars)
+
+    def prepare(self, host: str, peers_cut: int = 0) -> None:
+        """A boot's preconditions: the host in saved state ``host``, the first
+        ``peers_cut`` peers lose power now (as in an outage with the host), the others
+        are up since an orderly reboot (rebooted if they were cut before)."""
+        self.restore_host(host)
+        for i, p in enumerate(self.peers):
+            if i < peers_cut:
+                p.power_cut()
+            elif p.was_cut:
+                p.clean_reboot()
 
     # --- boots --------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Simulated peers for tests and bench/peers.py: software-signed quotes, real protocol.
 
-Each simulated peer is the product's own ``recover.peers.server.Server``/``Responder`` with a
+Each simulated peer is the product's own ``recover.agent.Server``/``Responder`` with a
 ``SoftwareAttestor`` (an ECDSA P-256 key in memory standing in for the TPM AK); quotes
 are real TPMS_ATTEST structures (recover.tpm.attest.make_attest) checked by the product's
 verifier. Misbehaving peers: forged (signs with a key the inventory does not know),
@@ -8,7 +8,7 @@ replay (answers every request with its first reply), intruder (a host not in the
 inventory), badpcrs (quotes other PCR values), silent (accepts, never answers), down
 (nothing listens), garbage (invalid JSON).
 
-``Fleet`` runs many peers in ONE child process (``python tests/peersim.py``) that reads a
+``Fleet`` runs many peers in ONE child process (``python -m testing.peersim``) that reads a
 JSON spec on stdin, prints its inventory entries as one JSON line, and serves until its
 stdin closes. The parent ends it by PID.
 """
@@ -19,19 +19,16 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from recover.peers.server import Limits, Responder, Server, StatusSource  # noqa
 from recover.core.evidence import Evidence, Reading, Signal, Strength  # noqa
 from recover.core.inventory import Inventory, parse, pcrs_to_json  # noqa
 from recover.core.protocol import Quote, canonical_json  # noqa
+from recover.peers.server import Limits, Responder, Server, StatusSource  # noqa
 
 SELECTION = "sha256:0,2,4,7,9"
 GOOD_PCRS = {"sha256": {i: hashlib.sha256(b"pcr%d" % i).digest() for i in (0, 2, 4, 7, 9)}}
@@ -218,8 +215,11 @@ class Fleet:
             "peers": [dataclasses.asdict(p) for p in peers],
             "requesters": requesters,
         }
+        # The child imports this very package (and recover/ next to it): run it from the
+        # directory that holds testing/.
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)],
+            [sys.executable, "-m", "testing.peersim"],
+            cwd=Path(__file__).resolve().parents[1],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -14,7 +14,7 @@ from recover.cli.main import build_parser
 from recover.core import plan
 from recover.errors import EXIT_CODES, ExitCode, HostRecoverError, epilog
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _subclasses(cls: type) -> set[type]:

@@ -147,7 +147,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 
 
 def test_docs_are_generated_from_the_declarations() -> None:
-    doc = Path(__file__).parents[1] / "docs" / "configuration.md"
+    doc = Path(__file__).parents[2] / "docs" / "configuration.md"
     assert doc.read_text() == docs.render_config_docs(), "run: python -m recover.cli.docs"
 
 
@@ -164,5 +164,5 @@ def test_cli_docs_are_generated_from_the_parser(monkeypatch: pytest.MonkeyPatch)
     from recover.cli.docs import render_cli_docs
 
     monkeypatch.setenv("COLUMNS", "100")
-    doc = Path(__file__).parents[1] / "docs" / "cli.md"
+    doc = Path(__file__).parents[2] / "docs" / "cli.md"
     assert doc.read_text() == render_cli_docs(), "run: python -m recover.cli.docs"

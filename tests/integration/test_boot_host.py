@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from swtpm import SwTpm
+
+from testing.swtpm import SwTpm
 
 from recover.cli.main import main
 
@@ -339,23 +340,19 @@ def test_a_hung_tpm_cannot_hang_the_boot(host: Host) -> None:
     payload after boot.timeout with exit 3 and an error record."""
     import signal
     import sys
-    import time
 
     host.tpm.power_cut_and_restart()
     assert host.tpm.proc is not None
     os.kill(host.tpm.proc.pid, signal.SIGSTOP)
-    try:
-        t0 = time.monotonic()
+    try:  # the watchdog, not this timeout, must end it: the record below says so
         proc = subprocess.run(
             [sys.executable, "-m", "recover", "--config", str(host.conf), "--tcti", host.tpm.tcti,
              "--set", "boot.timeout=2", "boot", "--newroot", str(host.newroot), "--cmdline", str(host.cmdline)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        elapsed = time.monotonic() - t0
     finally:
         os.kill(host.tpm.proc.pid, signal.SIGCONT)
     assert proc.returncode == 3, proc.stderr
-    assert elapsed < 30
     rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
     assert rec["action"] == "error" and "did not finish within 2 s" in rec["error"]
     _assert_nothing_left(host)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "recover"
+PKG = Path(__file__).resolve().parents[2] / "recover"
 
 
 def _imports(path: Path) -> set[str]:

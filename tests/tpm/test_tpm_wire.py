@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from swtpm import SwTpm
+
+from testing.swtpm import SwTpm
 
 from recover.tpm import Tpm
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peersim import new_key, pub_pem
-from swtpm import SwTpm, free_port_pair
+
+from testing.peersim import new_key, pub_pem
+from testing.swtpm import SwTpm, free_port_pair
 
 from recover import config
 from recover.boot import gather
@@ -192,22 +194,24 @@ def test_all_clean_cli(fleet: dict[str, Host]) -> None:
 def test_peers_down_exit_6(fleet: dict[str, Host]) -> None:
     boot(fleet, cut={"self"})
     write_inventory(fleet)
-    t0 = time.monotonic()
+    # The 60 s timeout only guards against a hang: the peers' deadline is 3 s.
     out = subprocess.run(
         [sys.executable, "-m", "recover", "--config", str(fleet["self"].write_config()),
          "decide", "--json"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    took = time.monotonic() - t0
     assert out.returncode == 6, out.stderr
     data = json.loads(out.stdout)
     assert data["verdict"]["kind"] == "undetermined"
     # all refused until the deadline; once no answer can change the verdict, the last
     # ones may be skipped (early stop) — which of them is a race, not a property
-    seen = {r["outcome"] for r in data["peers"]["results"]}
+    results = data["peers"]["results"]
+    seen = {r["outcome"] for r in results}
     assert "unreachable" in seen and seen <= {"unreachable", "skipped"}, seen
+    # Each ended with its own outcome by the deadline, none cut off by it unanswered.
+    reasons = {r["reason"] for r in results}
+    assert reasons <= {"connection refused", "verdict settled"}, reasons
     assert "no peer could be verified" in out.stderr
-    assert took < 3 + 8  # the 3 s deadline plus interpreter and TPM start
 
 
 def test_forged_unexpected_pcrs_and_unknown_host(fleet: dict[str, Host]) -> None:
@@ -283,7 +287,7 @@ def test_cannot_listen_still_asks(fleet: dict[str, Host], caplog: Any) -> None:
     assert "not answering peers: cannot listen on 127.0.0.1" in caplog.text
 
 
-def test_agents_are_not_waited_for_after_the_round(fleet: dict[str, Host]) -> None:
+def test_agents_are_not_waited_for_after_the_round(fleet: dict[str, Host], caplog: Any) -> None:
     """Agents (the peers' normal OS) never ask back: once all three answered with an
     attested role=agent status, the payload stops serving at once instead of waiting
     up to peers.timeout for requests that cannot come."""
@@ -291,7 +295,10 @@ def test_agents_are_not_waited_for_after_the_round(fleet: dict[str, Host]) -> No
     write_inventory(fleet)
     for n in ("p1", "p2", "p3"):
         fleet[n].start_agent()
+    caplog.set_level(logging.INFO)
     d = run_self(fleet, peers_timeout=4.0, verdict_quorum="3")  # all three are needed
     assert d.peers is not None and d.peers.verified == 3
     assert {r.status.role for r in d.peers.results if r.status} == {"agent"}
-    assert d.timings["answer-wait"] < 1000, d.timings  # was the full 4000 ms
+    # Nobody is left who may ask: the answer window has nothing to wait for.
+    assert gather.may_still_ask(set(NAMES[1:]), d.peers) == set()
+    assert "answered 0 of 0 peers that may ask (3 run their normal OS)" in caplog.text

@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from testing.swtpm import die_with_parent
+
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")  # 2M: ~1.5 s faster than 4M under TCG
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 #: Fixed so that PCR 0/2/4 stay the same on every boot of a VM.
@@ -37,14 +39,6 @@ CMDLINE = (
 
 
 BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
-
-
-def die_with_parent() -> None:
-    """``preexec_fn``: the child is SIGKILLed when the process that started it dies, so a
-    test run or demo that crashes never leaves a QEMU, swtpm or agent behind."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def accel() -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recover.core import imageformat
-from recover.errors import IntegrityError, RollbackError, SystemFault, UsageError
+from recover.errors import IntegrityError, RollbackError, UsageError
 from recover.store import image
 
 CS = 4096
@@ -249,35 +247,6 @@ def test_unreadable_paths_are_usage_errors(tmp_path: Path) -> None:
         image.decrypt_file(img, tmp_path / "no" / "such" / "dir" / "out", KEY)
     with pytest.raises(UsageError, match="32 bytes"):
         image.verify_file(img, b"short")
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs (needs CAP_SYS_ADMIN; skipped without it), unmounted afterwards."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-        timeout=30,
-    )
-    if r.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
-
-
-def test_full_target_is_a_system_fault_and_leaves_nothing(
-    tmp_path: Path, small_tmpfs: Path
-) -> None:
-    img, _ = _make(tmp_path, 50 * CS)
-    with pytest.raises(SystemFault, match="No space left"):
-        image.decrypt_file(img, small_tmpfs / "root.img", KEY, workers=2)
-    assert list(small_tmpfs.iterdir()) == []
-    assert os.statvfs(small_tmpfs).f_bfree == os.statvfs(small_tmpfs).f_blocks
 
 
 _SMALL_SRC = os.urandom(3 * 512 + 100)

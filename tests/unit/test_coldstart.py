@@ -1,22 +1,20 @@
 """Cold start of the boot payload: what the boot path imports, and bench/coldstart.py's
-helpers (importtime parsing, the timestamping TCP relay). Cheap; no timing assertions."""
+helpers in testing/ (importtime parsing, the trees' run modes; the timestamping TCP
+relay: tests/integration/test_tpmwire.py). Cheap; no timing assertions."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+from testing import importtime, trees
 
-import coldstart  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 # Not imported before the first TPM command of a clean boot: heavy, or needed only when a
 # peer inventory exists, when the root is recovered, or after a failure.
@@ -116,14 +114,14 @@ def test_parse_importtime_links_parents() -> None:
             "host-recover: a log line in between",
         ]
     )
-    rows = coldstart.parse_importtime(text)
+    rows = importtime.parse(text)
     by = {r.name: r for r in rows}
     assert [r.name for r in rows][:2] == ["_json", "json.scanner"]
     assert by["_json"].parent == "json.scanner" and by["json.scanner"].parent == "json"
     assert by["json.encoder"].parent == "json" and by["json"].parent is None
     assert by["email"].depth == 3 and by["tpm2_pytss.types"].depth == 1
-    assert [r.name for r in coldstart.top_level(rows)] == ["tpm2_pytss", "json"]
-    groups = coldstart.group_self_times(rows)
+    assert [r.name for r in importtime.top_level(rows)] == ["tpm2_pytss", "json"]
+    groups = importtime.group_self_times(rows)
     assert groups == {
         "stdlib, top level": 10 + 20 + 40 + 5,
         "cryptography": 100,
@@ -140,57 +138,15 @@ def test_parse_importtime_of_a_real_interpreter() -> None:
         timeout=60,
         check=True,
     )
-    rows = coldstart.parse_importtime(proc.stderr)
+    rows = importtime.parse(proc.stderr)
     by = {r.name: r for r in rows}
     assert by["json.decoder"].parent == "json"
     assert by["json"].depth == 0 and by["json"].cum_us >= by["json.decoder"].cum_us
 
 
-def _echo_server() -> tuple[socket.socket, threading.Thread]:
-    srv = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        conn, _ = srv.accept()
-        with conn:
-            for _ in range(100):
-                data = conn.recv(4096)
-                if not data:
-                    return
-                conn.sendall(data[::-1])
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return srv, t
-
-
-def test_relay_forwards_and_timestamps_the_first_command() -> None:
-    srv, t = _echo_server()
-    try:
-        with coldstart.Relay(srv.getsockname()[1]) as relay:
-            assert relay.tcti == f"swtpm:host=127.0.0.1,port={relay.port}"
-            relay.arm()
-            # TPM2_GetCapability header: tag 0x8001, size 22, command code 0x17a
-            cmd = bytes.fromhex("8001000000160000017a") + bytes(12)
-            with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as c:
-                c.sendall(cmd)
-                got = b""
-                for _ in range(100):
-                    got += c.recv(4096)
-                    if len(got) >= len(cmd):
-                        break
-            assert got == cmd[::-1]
-            assert relay.connected is not None and relay.first is not None
-            assert relay.first[1] == 0x17A and relay.first[0] >= relay.connected
-            relay.arm()
-            assert relay.first is None and relay.connected is None
-    finally:
-        srv.close()
-        t.join(timeout=10)
-
-
-@pytest.mark.parametrize("mode", [*coldstart.MODES, "bundle-nofapi"])
+@pytest.mark.parametrize("mode", [*trees.MODES, "bundle-nofapi"])
 def test_tree_python_modes(tmp_path: Path, mode: str) -> None:
-    tree = coldstart.Tree("t", ROOT, tmp_path, nofapi=tmp_path / "nofapi")
+    tree = trees.Tree("t", ROOT, tmp_path, nofapi=tmp_path / "nofapi")
     argv, env = tree.python(mode)
     assert "-S" in argv
     if mode.startswith("bundle"):

@@ -119,6 +119,20 @@ class SwTpm:
             if len(got) >= 6:
                 want = int.from_bytes(got[2:6], "big")
 
+    def unread_bytes(self) -> int:
+        """Bytes clients sent to this swtpm (server or control port) that it has not read:
+        a client is waiting for an answer, e.g. while the swtpm is stopped (SIGSTOP)."""
+        ports = {self.port, self.port + 1}
+        total = 0
+        with open("/proc/net/tcp", encoding="ascii") as f:
+            next(f)  # the header
+            for line in f:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port in ports and fields[3] == "01":  # TCP_ESTABLISHED
+                    total += int(fields[4].split(":")[1], 16)  # rx_queue
+        return total
+
     def _ctrl(self, *args: str) -> None:
         subprocess.run(
             ["swtpm_ioctl", "--tcp", f"127.0.0.1:{self.port + 1}", *args],

@@ -26,14 +26,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = Path(__file__).resolve().parents[2]
+#: The guest scripts and the build directory (qemu-env/build, git-ignored) live here.
+QEMU_ENV = REPO / "qemu-env"
 # The kernel .deb is kept machine-wide, so fresh clones (CI) do not download it again.
 CACHE = Path(os.environ.get("HOST_RECOVER_CACHE", "/var/cache/host-recover")) / "kernel"
-BUILD = Path(os.environ.get("HOST_RECOVER_QEMU_BUILD", HERE / "build"))
+BUILD = Path(os.environ.get("HOST_RECOVER_QEMU_BUILD", QEMU_ENV / "build"))
 SOURCE_DATE_EPOCH = "1700000000"
 
-sys.path.insert(0, os.fspath(REPO))
+
+#: What a QEMU boot of the lab needs on the host (make deps installs it).
+TOOLS_NEEDED = ("qemu-system-x86_64", "swtpm", "dracut", "mksquashfs", "debugfs")
+
+
+def missing_tools() -> list[str]:
+    """The tools of TOOLS_NEEDED that are not on PATH."""
+    return [t for t in TOOLS_NEEDED if shutil.which(t) is None]
 
 
 def sh(*argv: str | os.PathLike[str], env: dict[str, str] | None = None, quiet: bool = True) -> str:
@@ -195,8 +203,8 @@ def initramfs(
         confdir,
         REPO / "dracut-module",
         REPO / "hooks",
-        HERE / "test-modules-hook.sh",
-        HERE / "harness.py",
+        QEMU_ENV / "test-modules-hook.sh",
+        Path(__file__),
     )
     if stage is not None:
         digest = _digest(digest, stage / "manifest.json", stage / "root")
@@ -239,7 +247,7 @@ def initramfs(
         "--drivers",
         DRIVERS,
         "--include",
-        HERE / "test-modules-hook.sh",
+        QEMU_ENV / "test-modules-hook.sh",
         "/usr/lib/dracut/hooks/pre-pivot/90-test-modules.sh",
         "--compress",
         "zstd",
@@ -343,7 +351,7 @@ def root_images() -> tuple[Path, Path]:
     """(normal root, plain recovery root) squashfs images."""
     outs = []
     for kind in ("normal", "recovery"):
-        init = HERE / f"guest-{kind}-init.sh"
+        init = QEMU_ENV / f"guest-{kind}-init.sh"
         out = BUILD / f"{kind}-root.squashfs"
         stage = bundle("tools") if kind == "normal" else None
         digest = _digest(init, GUEST_TOOLS, APPLETS, NORMAL_ROOT_CONF)

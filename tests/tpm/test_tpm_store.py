@@ -244,7 +244,7 @@ def test_signals(tpm: Tpm) -> None:
 
 
 def test_unreachable_tpm() -> None:
-    from swtpm import free_port_pair
+    from testing.swtpm import free_port_pair
 
     with pytest.raises(TpmUnavailable, match="cannot connect"):
         Tpm.open(f"swtpm:host=127.0.0.1,port={free_port_pair()}", timeout=0.2)

@@ -2,50 +2,27 @@
 with OVMF measured boot, a real swtpm per host, and peers as host-side agents.
 
 Judged only by serial-console marker lines and the decision record the booted root
-prints. The tests run in file order on one lab (each leaves the state the next needs,
-as a real host's history would): ~8 TCG boots of ~30 s plus a one-time build.
+prints. One lab for the session (tests/e2e/conftest.py); each test sets up the host
+state and the peers' power history it needs (``lab.prepare``), so they run alone or in
+any order: ~10 TCG boots of ~30 s plus a one-time build.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-QEMU_ENV = Path(__file__).resolve().parents[1] / "qemu-env"
-sys.path.insert(0, os.fspath(QEMU_ENV))
 
 pytestmark = pytest.mark.e2e
 
 ZERO = "0" * 64
 
 
-def _missing() -> str | None:
-    for tool in ("qemu-system-x86_64", "swtpm", "dracut", "mksquashfs", "debugfs"):
-        if shutil.which(tool) is None:
-            return tool
-    return None
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Any]:
-    missing = _missing()
-    if missing or os.geteuid() != 0:
-        pytest.skip(f"needs root and {missing or 'the QEMU toolchain'} (make deps)")
-    import harness
-    import lab as labmod
-
-    lab = labmod.Lab(harness.BUILD / "e2e-lab", n_peers=3)
-    try:
-        lab.setup()
-        yield lab
-    finally:
-        lab.close()
+@pytest.fixture
+def lab(shell_lab: Any) -> Iterator[Any]:
+    yield shell_lab
+    shell_lab.vm.power_cut()  # a held guest does not outlive its test
 
 
 def _record(res: Any) -> dict[str, Any]:
@@ -58,8 +35,8 @@ def test_provisioned_in_guest(lab: Any) -> None:
     assert set(lab.host_entry["pcrs"]["sha256"]) == {"0", "2", "4", "7", "9"}
 
 
-def test_clean_reboot_boots_normal_root_and_unseals_nothing(lab: Any) -> None:
-    res = lab.boot("hold")
+def test_clean_reboot_boots_normal_root_and_unseals_nothing(shell_clean_boot: Any) -> None:
+    res = shell_clean_boot  # the first boot after provisioning, peers up
     rec = _record(res)
     assert res.root == "normal"
     assert rec["verdict"]["kind"] == "clean"
@@ -68,10 +45,10 @@ def test_clean_reboot_boots_normal_root_and_unseals_nothing(lab: Any) -> None:
     assert res.console.find(r"^HR-NORMAL-CREDENTIALS-PRESENT") is None
     # boot.lock = always: even the normal OS finds the lock PCR extended (cannot unseal)
     assert rec["lock_pcr_extended"] is True and res.lock_pcr not in (None, ZERO)
-    lab.power_cut(peers=0)  # next: this host alone loses power
 
 
-def test_host_alone_gets_the_configured_isolated_outcome(lab: Any) -> None:
+def test_host_alone_gets_the_configured_isolated_outcome(lab: Any, shell_clean_boot: Any) -> None:
+    lab.prepare("cut", peers_cut=0)  # this host alone lost power; its peers are up
     res = lab.boot("hold")
     rec = _record(res)
     assert rec["evidence"]["summary"] == "abnormal"
@@ -80,10 +57,10 @@ def test_host_alone_gets_the_configured_isolated_outcome(lab: Any) -> None:
     # verdict.on_isolated = normal in the lab's (measured) configuration
     assert res.root == "normal" and rec["action"] == "normal"
     assert rec["credentials"] == [] and rec["image"] is None
-    lab.power_cut(peers=2)  # next: a correlated power loss (host + 2 of 3 peers)
 
 
-def test_correlated_power_loss_recovers_with_credential(lab: Any) -> None:
+def test_correlated_power_loss_recovers_with_credential(lab: Any, shell_clean_boot: Any) -> None:
+    lab.prepare("cut", peers_cut=2)  # a correlated power loss: the host and 2 of 3 peers
     res = lab.boot("hold")
     rec = _record(res)
     assert rec["verdict"]["kind"] == "correlated-failure", rec["verdict"]
@@ -93,10 +70,10 @@ def test_correlated_power_loss_recovers_with_credential(lab: Any) -> None:
     # The lock PCR was extended: the sealed policy (PCR 15 = 0) can no longer be met.
     assert rec["lock_pcr_extended"] is True
     assert res.lock_pcr not in (None, ZERO)
-    lab.power_cut(peers=2)
 
 
-def test_tampered_cmdline_does_not_unseal_and_falls_back(lab: Any) -> None:
+def test_tampered_cmdline_does_not_unseal_and_falls_back(lab: Any, shell_clean_boot: Any) -> None:
+    lab.prepare("cut", peers_cut=2)
     # An attacker forces recovery from the kernel command line: PCR 9 changes.
     res = lab.boot("hold", extra_cmdline="rd.host_recover.mode=force")
     rec = _record(res)
@@ -105,11 +82,11 @@ def test_tampered_cmdline_does_not_unseal_and_falls_back(lab: Any) -> None:
     assert rec["credentials"] == [] and rec["image"] is None
     assert res.root == "normal"  # on_error = boot-normal
     assert res.console.find(r"^HR-ACTION normal rc=4")
-    lab.power_cut(peers=2)
 
 
-def test_tampered_initramfs_does_not_unseal_and_falls_back(lab: Any) -> None:
+def test_tampered_initramfs_does_not_unseal_and_falls_back(lab: Any, shell_clean_boot: Any) -> None:
     # After a correlated power loss, but the initramfs is not the measured one.
+    lab.prepare("cut", peers_cut=2)
     res = lab.boot("hold", initrd=lab.tampered_initrd())
     rec = _record(res)
     assert res.root == "normal"
@@ -117,11 +94,11 @@ def test_tampered_initramfs_does_not_unseal_and_falls_back(lab: Any) -> None:
     # Either the peers refuse to vouch for an unknown boot chain (no recovery verdict)
     # or the TPM refuses to unseal (policy mismatch): never a recovery.
     assert rec["exit_code"] == 4 or rec["verdict"]["action"] != "recover", rec
-    lab.power_cut(peers=2)
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
-def test_tampered_image_is_rejected_before_mount(lab: Any, how: str) -> None:
+def test_tampered_image_is_rejected_before_mount(lab: Any, shell_clean_boot: Any, how: str) -> None:
+    lab.prepare("cut", peers_cut=2)
     res = lab.boot("hold", store=lab.tampered_store(how))
     rec = _record(res)
     assert rec["verdict"]["kind"] == "correlated-failure"
@@ -129,10 +106,10 @@ def test_tampered_image_is_rejected_before_mount(lab: Any, how: str) -> None:
     assert rec["credentials"] == []
     assert res.root == "normal"
     assert res.console.find(r"^HR-RECOVERY-ROOT") is None
-    lab.power_cut(peers=2)
 
 
-def test_missing_normal_root_does_not_stall_the_recovery(lab: Any) -> None:
+def test_missing_normal_root_does_not_stall_the_recovery(lab: Any, shell_clean_boot: Any) -> None:
+    lab.prepare("cut", peers_cut=2)
     # The normal root device never appears: dracut's initqueue would wait for it until
     # "Could not boot"; the initqueue/timeout hook runs the payload, which recovers.
     res = lab.boot("hold", normal_root=False)
@@ -140,10 +117,10 @@ def test_missing_normal_root_does_not_stall_the_recovery(lab: Any) -> None:
     assert res.console.find(r"^HR-PHASE payload-from initqueue-timeout")
     assert res.root == "recovery" and rec["action"] == "recover"
     assert res.proof_ok is True
-    lab.power_cut(peers=2)
 
 
-def test_power_loss_mid_recovery_then_recovers_again(lab: Any) -> None:
+def test_power_loss_mid_recovery_then_recovers_again(lab: Any, shell_clean_boot: Any) -> None:
+    lab.prepare("cut", peers_cut=2)
     # Cut the power once the payload has decided to recover (unseal/decrypt follow).
     lab.boot("hold", until=r"verdict: correlated-failure")
     lab.power_cut(peers=2)

@@ -1,0 +1,253 @@
+"""The docs/performance.md section of bench/coldstart.py: its tables from a run's
+``Results``, and the findings with this run's figures (``--write-docs`` writes it)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from testing.importtime import group_self_times, top_level
+from testing.tpmwire import command_name
+from testing.trees import EXTRA_MODES, MODES, SITE
+
+from bench.perfdoc import reproduce
+
+if TYPE_CHECKING:
+    from bench.coldstart import Results
+
+SECTION = "## Payload cold start"
+NOFAPI = "`import tpm2_pytss`, tpm2-pytss built without FAPI (`--nofapi`)"
+BUNDLE_PASS = "python3 -S -c pass, bundle layout"
+# Is importing only tpm2_pytss submodules cheaper than the package? (bundle layout)
+_SKIP_INIT = (
+    "import sys, types, importlib.util as u; "
+    "s = u.find_spec('tpm2_pytss'); m = types.ModuleType('tpm2_pytss'); "
+    "m.__path__ = list(s.submodule_search_locations); sys.modules['tpm2_pytss'] = m; "
+    "from tpm2_pytss.ESAPI import ESAPI"
+)
+VARIANTS = (
+    ("`import tpm2_pytss`", "import tpm2_pytss"),
+    ("`from tpm2_pytss.ESAPI import ESAPI`", "from tpm2_pytss.ESAPI import ESAPI"),
+    ("`from tpm2_pytss.TCTILdr import TCTILdr`", "from tpm2_pytss.TCTILdr import TCTILdr"),
+    ("`import cryptography.x509` (tpm2_pytss.types needs it)", "import cryptography.x509"),
+    ("ESAPI, package `__init__` skipped (experiment, not used)", _SKIP_INIT),
+    ("`import recover.cli.main`", "import recover.cli.main"),
+    (
+        "`import recover.cli.main` + `build_parser()`",
+        "import recover.cli.main; recover.cli.main.build_parser()",
+    ),
+)
+
+
+def med(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def report(args: argparse.Namespace, res: Results) -> str:
+    b0 = med(res.base["python3 -I -S -c pass"])
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    cmd = reproduce("coldstart", f"--rounds {args.rounds}")
+    cmd += f" --before {args.before}" if args.before else ""
+    cmd += f" --after {args.after}" if args.after else ""
+    cmd += f" --nofapi {args.nofapi}" if args.nofapi else ""
+    # --nofapi DIR: the tpm2-pytss wheel `make venv` builds without FAPI, installed apart.
+    wheel = "/var/cache/host-recover/wheels-nofapi/tpm2_pytss-*.whl"
+    pip = f".venv/bin/pip install -q --no-deps --target {args.nofapi} {wheel}"
+    out = [
+        SECTION,
+        "",
+        f"Measured {stamp} on this machine (2 cores shared with other jobs, load average "
+        f"{os.getloadavg()[0]:.1f}; swtpm, not hardware), {args.rounds} interleaved rounds "
+        "after a warm-up round; every time includes fork + exec of the child. Reproduce:",
+        "",
+        *([f"    {pip}"] if args.nofapi else []),
+        f"    {cmd} --write-docs",
+        "",
+        "| run | median ms | min ms | vs `-I -S -c pass` |",
+        "|---|---|---|---|",
+    ]
+    for name, xs in res.base.items():
+        out.append(f"| `{name}` | {med(xs):.1f} | {min(xs):.1f} | {med(xs) / b0:.1f}x |")
+    out += [
+        "",
+        "`host-recover boot` with a provisioned store after an orderly shutdown (verdict "
+        "clean, exit 0). *connect*: the TCTI connected (interpreter, CLI, configuration, "
+        "`import tpm2_pytss`, ESAPI init); *first command*: swtpm received the first TPM "
+        "command; *exit*: the whole clean boot (evidence, NV record, decision.json); "
+        "*CPU*: the child's user + system time to its exit (less sensitive to the load); "
+        "*teardown*: from the decision record's `time` to the exit (interpreter finalization).",
+        "",
+        "| tree | code from | connect ms | first command ms (min) | command | "
+        "first vs `-I -S -c pass` | exit ms | CPU ms | teardown ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (label, mode), runs in res.boot.items():
+        first = [r.first_ms for r in runs]
+        codes = "/".join(sorted({command_name(r.command) for r in runs}))
+        out.append(
+            f"| {label} | {mode} | {med([r.connect_ms for r in runs]):.1f} | "
+            f"{med(first):.1f} ({min(first):.1f}) | {codes} | {med(first) / b0:.1f}x | "
+            f"{med([r.exit_ms for r in runs]):.1f} | {med([r.cpu_ms for r in runs]):.1f} | "
+            f"{med([r.teardown_ms for r in runs]):.1f} |"
+        )
+    pairs = [(f"{m}: after / before", ("after", m), ("before", m)) for m in MODES]
+    last = res.trees[-1]
+    pairs = (pairs if args.before else []) + [
+        (f"{m} / bundle ({last})", (last, m), (last, "bundle"))
+        for m in EXTRA_MODES
+        if (last, m) in res.boot
+    ]
+    out += [
+        "",
+        "| ratio | first command, medians | first command, minima | exit, medians | CPU, medians |",
+        "|---|---|---|---|---|",
+    ]
+    for name, a, b in pairs:
+        cells = [
+            agg([getattr(r, f) for r in res.boot[a]]) / agg([getattr(r, f) for r in res.boot[b]])
+            for f, agg in (("first_ms", med), ("first_ms", min), ("exit_ms", med), ("cpu_ms", med))
+        ]
+        out.append(f"| {name} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")
+    out += [
+        "",
+        "Imports in the bundle layout (`python3 -S -c ...`, zipped stdlib, sourceless site), "
+        "each in a fresh interpreter, timed inside the process (no start-up, no finalization):",
+        "",
+        "| `-c` | median ms | min ms |",
+        "|---|---|---|",
+    ]
+    for label, xs in res.variants.items():
+        out.append(f"| {label} | {med(xs):.1f} | {min(xs):.1f} |")
+    out += [
+        "",
+        f"`-X importtime` of the payload ({last}, bundle layout, one run to its exit; "
+        "importtime inflates times): top-level imports by cumulative time",
+        "",
+        "| import | cumulative ms | self ms |",
+        "|---|---|---|",
+    ]
+    for e in top_level(res.imports[last])[: args.top]:
+        out.append(f"| `{e.name}` | {e.cum_us / 1000:.1f} | {e.self_us / 1000:.1f} |")
+    groups = {label: group_self_times(rows) for label, rows in res.imports.items()}
+    names = sorted({g for gs in groups.values() for g in gs})
+    out += [
+        "",
+        "Self time by origin, same runs:",
+        "",
+        "| origin | " + " | ".join(f"{label} ms" for label in groups) + " |",
+        "|---|" + "---|" * len(groups),
+    ]
+    for n in names:
+        row = " | ".join(f"{groups[label].get(n, 0) / 1000:.1f}" for label in groups)
+        out.append(f"| {n} | {row} |")
+    out += ["", *findings(args, res), ""]
+    return "\n".join(out)
+
+
+def _linked(so: Path) -> int:
+    proc = subprocess.run(["ldd", str(so)], capture_output=True, text=True, timeout=60)
+    return sum("=>" in line for line in proc.stdout.splitlines())
+
+
+def _effect(args: argparse.Namespace, res: Results) -> list[str]:
+    """The before/after line of the findings (empty without ``--before``)."""
+    if not args.before:
+        return []
+
+    def ratio(mode: str, field: str, agg: Callable[[list[float]], float] = med) -> str:
+        a = agg([getattr(r, field) for r in res.boot[("after", mode)]])
+        return f"{mode} {a / agg([getattr(r, field) for r in res.boot[('before', mode)]]):.2f}x"
+
+    return [
+        "- Effect of the deferrals, after / before: child CPU to exit (medians) "
+        + ", ".join(ratio(mode, "cpu_ms") for mode in MODES)
+        + "; wall time to the first command, minima "
+        + ", ".join(ratio(mode, "first_ms", min) for mode in MODES)
+        + ", medians "
+        + ", ".join(ratio(mode, "first_ms") for mode in MODES)
+        + ". Wall-clock medians on this shared 2-core machine follow the other jobs' load "
+        "from run to run; CPU time and minima are the steadier figures."
+    ]
+
+
+def findings(args: argparse.Namespace, res: Results) -> list[str]:
+    """What the tables say, with the figures of this run."""
+    last = res.trees[-1]
+
+    def m(mode: str, field: str = "first_ms") -> float:
+        return med([getattr(r, field) for r in res.boot[(last, mode)]])
+
+    fb = m("bundle")
+    v = {label: med(xs) for label, xs in res.variants.items()}
+    v0 = med(res.base[BUNDLE_PASS])
+    pkg, esapi, tctildr, x509, skip, cli, parser = (v[label] for label, _ in VARIANTS)
+    out = [
+        "Findings:",
+        "",
+        "- The initramfs runs the bundle layout: dracut-module/module-setup.sh installs the "
+        "staging directory of `host-recover bundle`, whose wrapper runs `/usr/bin/python3.11 "
+        "-S -m recover` on the sourceless site and the zipped stdlib. Sources with a warm "
+        f"bytecode cache reach the first TPM command in {m('src') / fb:.2f}x the bundle's "
+        f"time, sources without bytecode in {m('src-nopyc') / fb:.2f}x: ship bytecode (TCG "
+        "magnifies the difference, DESIGN.md §3).",
+        f"- Of the bundle's {fb:.0f} ms to the first TPM command, the bare interpreter in the "
+        f"same layout takes {v0:.0f} ms (fork + exec included); `import tpm2_pytss` alone, in "
+        f"a fresh interpreter, {pkg:.0f} ms, of which `cryptography.x509` alone {x509:.0f} ms "
+        "(tpm2_pytss.types imports cryptography at module level for its key conversions); "
+        "the rest of the path (our CLI, configuration and boot modules, the stdlib they need "
+        "beyond what tpm2_pytss loads, ESAPI init, the evidence step up to its first call) "
+        f"adds {fb - v0 - pkg:.0f} ms.",
+        f"- Importing tpm2_pytss submodules directly is not cheaper: ESAPI {esapi:.0f} ms, "
+        f"TCTILdr {tctildr:.0f} ms vs the package {pkg:.0f} ms, because Python runs the "
+        "package `__init__` first and it imports ESAPI, FAPI, policy, TCTILdr, types and "
+        f"constants anyway. Skipping the `__init__` (experiment row) saves {pkg - skip:.0f} ms "
+        "at the price of bypassing the package's own load checks: not done.",
+        "- Deferred (issue 5): recover.boot imports subprocess and uuid (which imports "
+        "platform) only where it mounts or lacks a boot_id; recover.decide imports the peer "
+        "stack (recover.peers, recover.core.inventory, recover.agent) only when an inventory exists "
+        "and the peers must be asked; recover.core.verdict imports peers' `Outcome` only when there "
+        "are peer results. tests/unit/test_coldstart.py keeps these, tpm2_pytss, cryptography, "
+        "asyncio, ssl, http, email and socket off the path up to `Tpm.open`.",
+        *_effect(args, res),
+        "- Not deferrable on this path: argparse, logging, dataclasses (with inspect), "
+        "pathlib, configparser and json serve every boot; argparse imports shutil and locale "
+        "while it builds the parser (shutil would come anyway: tpm2_pytss FAPI → tempfile); "
+        "`_hashlib` comes with cryptography's hmac; tpm2_pytss with cryptography is needed "
+        f"for the first command. Building the whole CLI parser costs {parser - cli:.1f} ms "
+        "(rows `recover.cli`); a boot-only parser would save that, but the one parser is the "
+        "CLI contract (docs/cli.md is generated from it): not done. `python3 -I -c pass` in the venv pays for site and the "
+        "editable-install finder, which the payload (`-S`) never loads.",
+        "- Experiment `bundle-stdlib-dir` (the same sourceless stdlib .pyc files extracted "
+        f"from python311.zip into a directory): first command {m('bundle-stdlib-dir') / fb:.2f}x,"
+        f" CPU {m('bundle-stdlib-dir', 'cpu_ms') / m('bundle', 'cpu_ms'):.2f}x of the zipped "
+        "bundle. Python 3.11's zipimport is written in Python and opens the archive again for "
+        "every module it loads. The zip keeps the initramfs reproducible (fixed timestamps, "
+        "DESIGN.md §3); a directory would need its mtimes normalised the same way.",
+        f"- Exit: after the decision record is written, the interpreter's finalization "
+        f"(tearing down tpm2_pytss/cffi, cryptography and our modules) takes "
+        f"{m('bundle', 'teardown_ms'):.0f} ms of the clean boot's {m('bundle', 'exit_ms'):.0f} "
+        "ms, and the hook waits for it. Ending the boot verb with flushed stdio, "
+        "`logging.shutdown()` and `os._exit(code)` would skip it; not done here: it also "
+        "skips atexit handlers and unflushed file buffers, a behaviour change for the CLI's "
+        "owner to weigh.",
+    ]
+    if args.nofapi and (last, "bundle-nofapi") in res.boot:
+        ext = "tpm2_pytss/_libtpm2_pytss.abi3.so"
+        out.append(
+            f"- Experiment `bundle-nofapi`: the tpm2-pytss wheel `make venv` builds links "
+            f"libtss2-fapi and with it {_linked(Path(SITE) / ext)} libraries (curl, krb5, "
+            f"ldap, ...); built with tss2-fapi.pc hidden it links {_linked(args.nofapi / ext)}."
+            f" `import tpm2_pytss` {v[NOFAPI]:.0f} ms instead of {pkg:.0f} ms; first TPM "
+            f"command {m('bundle-nofapi') / fb:.2f}x, CPU "
+            f"{m('bundle-nofapi', 'cpu_ms') / m('bundle', 'cpu_ms'):.2f}x of the bundle's. "
+            "recover/ does not use FAPI. Build used: `PKG_CONFIG_LIBDIR=DIR pip wheel --no-deps "
+            "tpm2_pytss-3.0.0.tar.gz` with DIR holding links to every .pc file except "
+            "tss2-fapi.pc, then `pip install --no-deps --target SITE` of that wheel."
+        )
+    return out
