@@ -141,16 +141,19 @@ class EventLog:
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, base: int = 0) -> None:
         self.data = data
         self.pos = 0
+        self.base = base  # where data starts in the log, for the offsets in errors
 
     def left(self) -> int:
         return len(self.data) - self.pos
 
     def take(self, n: int, what: str) -> bytes:
         if n > self.left():
-            raise EventLogError(f"truncated {what}: needs {n} bytes, {self.left()} left", self.pos)
+            raise EventLogError(
+                f"truncated {what}: needs {n} bytes, {self.left()} left", self.base + self.pos
+            )
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -187,7 +190,7 @@ def _sha1_event(r: _Reader) -> Event:
 
 def _spec_id_banks(data: bytes, offset: int) -> tuple[tuple[int, str, int], ...]:
     """TCG_EfiSpecIDEventStruct -> ((alg id, name, size), ...), fully validated."""
-    r = _Reader(data)
+    r = _Reader(data, offset + 32)  # after the header's pcr, type, SHA1 digest and size
     r.take(16, "Spec ID signature")
     r.take(4, "Spec ID platform class")
     _minor, major, _errata, uintn = r.take(4, "Spec ID version")
@@ -244,7 +247,7 @@ def parse_event_log(data: bytes) -> EventLog:
     """Parse a whole log (crypto-agile or legacy SHA1). Bounded: every record consumes
     at least 32 bytes and nothing is larger than the caps."""
     if len(data) > MAX_LOG_SIZE:
-        raise EventLogError(f"{len(data)} bytes exceed the {MAX_LOG_SIZE} cap", 0)
+        raise EventLogError(f"log of {len(data)} bytes exceeds the {MAX_LOG_SIZE} cap", 0)
     if not data:
         raise EventLogError("empty log", 0)
     r = _Reader(bytes(data))
