@@ -4,11 +4,13 @@ tests/unit/data/capture-eventlog.sh). No TPM, no QEMU."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
 import re
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -573,6 +575,24 @@ def test_to_json() -> None:
         "component": "cmdline", "kind": "not-selected", "add": 8,
         "message": "the command line is measured into PCR 8 (grub) but tpm.pcrs does not include it: add 8",
     }  # fmt: skip
+
+
+def test_core_imports_only_the_stdlib_and_errors() -> None:
+    """recover/core is the pure floor: no TPM, sockets, subprocess or argparse."""
+    banned = {"socket", "subprocess", "argparse", "asyncio", "ctypes"}
+    for path in (Path(el.__file__).parent).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert name == "recover.errors" or (
+                    top in sys.stdlib_module_names and top not in banned
+                ), f"{path.name} imports {name}"
 
 
 # --- real captures (OVMF + swtpm, sha1/sha256/sha384) ------------------------------------
