@@ -8,6 +8,8 @@ typed errors of recover/errors.py here and nowhere else.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
 import os
 import time
@@ -36,6 +38,21 @@ RC_TESTING = 0x90A
 TCTI_LAYER = 10 << 16
 TCTI_IO_ERROR = TCTI_LAYER | 0x0A
 ESYS_BAD_SEQUENCE = (7 << 16) | 0x07  # ESAPI after a command the TCTI could not finish
+RESMGR_TPM_LAYER = 11 << 16  # TPM-format codes made by a resource manager (tss2_common.h)
+
+# Transient return codes (Part 2, 6.6.3): the TPM did not execute the command and asks
+# for it again. libtss2's ESAPI re-sends the same bytes up to 5 times in a row, with no
+# pause (measured with testing/tpmrelay.py); what still reaches us is re-issued by
+# RetryingEsapi with a bounded exponential backoff (docs/tpm.md).
+TRANSIENT = {RC_RETRY: "TPM_RC_RETRY", RC_YIELDED: "TPM_RC_YIELDED", RC_TESTING: "TPM_RC_TESTING"}
+RETRY_FIRST_DELAY = 0.01  # s before the 2nd attempt, doubled after each one
+RETRY_MAX_DELAY = 0.5  # s between attempts at most
+RETRY_BUDGET = 30.0  # s per command, attempts and pauses included
+RETRY_MAX_ATTEMPTS = 64  # ESAPI calls per command (libtss2 sends each up to 5 times)
+RETRY_HINT = (
+    "the TPM kept refusing the command as busy or self-testing; retry later or power-cycle "
+    "the host, and look for tpm messages in the kernel log"
+)
 _TCTI_HINT = "check tpm.tcti (--tcti), e.g. device:/dev/tpmrm0; for swtpm check host and port"
 
 # TPM_PT properties (Part 2, 6.13).
@@ -59,6 +76,70 @@ class PcrChanged(Exception):
 def tss_error(e: Exception) -> tuple[int, int]:
     """(rc, error with handle/parameter/session stripped) of a TSS2_Exception."""
     return int(getattr(e, "rc", 0)), int(getattr(e, "error", 0))
+
+
+def transient_rc(rc: int) -> int | None:
+    """RC_RETRY, RC_YIELDED or RC_TESTING if ``rc`` is one (from the TPM or a resource
+    manager's TPM layer), else None."""
+    if (rc & 0xFFFF) in TRANSIENT and (rc & ~0xFFFF) in (0, RESMGR_TPM_LAYER):
+        return rc & 0xFFFF
+    return None
+
+
+def _command_name(method: str) -> str:
+    """``TPM2_PolicyPCR`` for the ESAPI method ``policy_pcr``."""
+    from tpm2_pytss import TPM2_CC
+
+    names = {n.replace("_", "").lower(): n for n in dir(TPM2_CC) if not n.startswith("_")}
+    cc = names.get(method.replace("_", "").lower())
+    return f"TPM2_{cc}" if cc else f"ESAPI {method}"
+
+
+class RetryingEsapi:
+    """The ESAPI context; a call the TPM answers with a transient code is made again.
+
+    One ESAPI call is one TPM command, so only the command that was refused is re-issued,
+    never a sequence: ESAPI computes fresh caller nonces and HMACs for its sessions, and
+    the TPM, which did not execute the command, still holds the session's last nonce and
+    policy digest. Bounded by RETRY_MAX_ATTEMPTS and RETRY_BUDGET; then TpmError (exit 3).
+    """
+
+    def __init__(self, esapi: Any) -> None:
+        self.esapi = esapi
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.esapi, name)
+        if not callable(attr):
+            return attr
+        return functools.partial(self.call, name, attr)
+
+    def call(self, name: str, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        from tpm2_pytss import TSS2_Exception
+
+        start, delay = time.monotonic(), RETRY_FIRST_DELAY
+        for attempt in itertools.count(1):
+            try:
+                return fn(*args, **kwargs)
+            except TSS2_Exception as e:
+                rc = tss_error(e)[0]
+                code = transient_rc(rc)
+                if code is None:
+                    raise
+                elapsed = time.monotonic() - start
+                if attempt >= RETRY_MAX_ATTEMPTS or elapsed + delay > RETRY_BUDGET:
+                    raise TpmError(
+                        f"{_command_name(name)}: the TPM still answered {TRANSIENT[code]} "
+                        f"(0x{rc:x}) after {attempt} attempts in {elapsed:.1f} s",
+                        rc=rc,
+                        hint=RETRY_HINT,
+                    ) from None
+                log.debug(
+                    "%s: %s (0x%x), attempt %d; re-issuing in %.3f s",
+                    _command_name(name), TRANSIENT[code], rc, attempt, delay,
+                )  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+        raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
@@ -92,7 +173,7 @@ class TpmCore:
     """An open ESAPI context. Use ``Tpm.open(...)`` as a context manager."""
 
     def __init__(self, ectx: Any, tcti: str) -> None:
-        self.ectx = ectx
+        self.ectx: Any = ectx if isinstance(ectx, RetryingEsapi) else RetryingEsapi(ectx)
         self.tcti = tcti
 
     # --- connection -----------------------------------------------------------------
