@@ -1,1 +1,1 @@
-"""Pure core: stdlib and recover.errors only; no TPM, sockets, subprocess or argparse."""
+"""Pure core: no TPM, sockets, subprocess or argparse; stdlib, recover.errors, recover.settings and recover.config (cryptography only inside functions)."""

@@ -24,8 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from recover.errors import ExitCode, TpmError
-from recover.tpm import Tpm, core, verify_quote
 from testing.tpmrelay import (
     COMMANDS,
     DEFAULT_LATENCY,
@@ -35,6 +33,10 @@ from testing.tpmrelay import (
     TpmRelay,
     fault_response,
 )
+
+from recover.core.attest import verify_quote
+from recover.errors import ExitCode, TpmError
+from recover.tpm import Tpm, core
 
 pytestmark = pytest.mark.tpm
 
