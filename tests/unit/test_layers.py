@@ -1,6 +1,7 @@
 """The walls between the layers, enforced (docs/architecture.md):
 
-* ``recover.core`` imports nothing of tpm/ peers/ store/ boot/ cli/;
+* ``recover.core`` imports nothing of tpm/ peers/ store/ boot/ cli/, nor socket,
+  subprocess or ctypes;
 * only ``recover.tpm`` imports tpm2_pytss; only ``recover.peers`` imports asyncio;
   only ``recover.cli`` imports argparse.
 """
@@ -44,6 +45,8 @@ def test_import_rules(path: Path) -> None:
     if mod.startswith("recover.core"):
         for layer in ("tpm", "peers", "store", "boot", "cli"):
             assert not uses(f"recover.{layer}"), f"{mod} (pure core) imports recover.{layer}"
+        for io in ("socket", "subprocess", "ctypes"):
+            assert not uses(io), f"{mod} (pure core) imports {io}"
     if not mod.startswith("recover.tpm"):
         assert not uses("tpm2_pytss"), f"{mod} imports tpm2_pytss (only recover.tpm may)"
     if not mod.startswith("recover.peers"):
