@@ -119,12 +119,13 @@ def _read_file(path: Path, raw: dict[str, str]) -> None:
             _apply(raw, f"{section}.{key.replace('-', '_')}", value, os.fspath(path))
 
 
-def config_files(path: str | os.PathLike[str] | None) -> list[Path]:
-    main = (
-        Path(path)
-        if path is not None
-        else Path(os.environ.get("HOST_RECOVER_CONFIG", DEFAULT_PATH))
-    )
+def config_files(
+    path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+) -> list[Path]:
+    """The main file (``path``, else HOST_RECOVER_CONFIG from ``env``, else the default)
+    and its drop-ins; only a given ``path`` must exist."""
+    env = os.environ if env is None else env
+    main = Path(path) if path is not None else Path(env.get("HOST_RECOVER_CONFIG", DEFAULT_PATH))
     try:
         main_exists = main.exists()
         files = [main] if main_exists else []
@@ -172,7 +173,7 @@ def load(
     what the boot payload falls back to when the baked-in file is broken."""
     env = os.environ if env is None else env
     raw: dict[str, str] = {s.name: s.default for s in SETTINGS}
-    files = config_files(path) if read_files else []
+    files = config_files(path, env) if read_files else []
     for f in files:
         _read_file(f, raw)
     for s in SETTINGS:

@@ -94,8 +94,7 @@ def load_config(args: argparse.Namespace) -> Config:
     from recover import config as config_mod
 
     baked = getattr(args, "baked_config", False)
-    path = args.config if args.config or not baked else config_mod.DEFAULT_PATH
-    return config_mod.load(path, overrides(args), env={} if baked else None)
+    return config_mod.load(args.config, overrides(args), env={} if baked else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

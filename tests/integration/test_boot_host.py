@@ -406,3 +406,215 @@ def test_in_process_boot_leaves_no_watchdog_running(host: Host) -> None:
     assert host.boot()[0] == 0
     alive = [t for t in threading.enumerate() if t.name == "host-recover-watchdog" and t.is_alive()]
     assert alive == []
+
+
+# --- attacks (issue 9): each of these failed open on the first version ------------------
+
+
+def _unseal_check(host: Host) -> int:
+    """What root in the normal OS can do after the payload: try to unseal."""
+    return host.cli("unseal", "--check")
+
+
+@pytest.mark.parametrize(
+    "cmdline",
+    [
+        "rd.host_recover=0",
+        "rd.host_recover.mode=never",
+        "rd.host_recover.timeout=0.001",  # floored: the payload still finishes and locks
+        "rd.host_recover.on_error=shell",  # no shell unless the baked-in config allows it
+    ],
+)
+def test_kernel_options_cannot_leave_the_store_unlocked(host: Host, cmdline: str) -> None:
+    host.tpm.reboot_orderly()
+    code, rec = host.boot(cmdline)
+    assert code == 0 and rec["next"] == "normal", rec
+    assert rec["lock_pcr_extended"] is True and rec["on_error"] == "boot-normal"
+    assert _unseal_check(host) == 4
+
+
+def test_boot_ignores_the_environment(host: Host) -> None:
+    """dracut's shell init hands kernel parameters to init's environment: HOST_RECOVER_*,
+    TSS2_LOG and PYTHON* set there must change nothing in the payload."""
+    import sys
+
+    host.tpm.reboot_orderly()
+    conf = host.base / "baked.conf"  # the TCTI comes from the baked-in file here
+    conf.write_text(host.conf.read_text().replace("[tpm]\n", f"[tpm]\ntcti = {host.tpm.tcti}\n"))
+    evil = host.base / "evil.conf"
+    evil.write_text("[boot]\nlock = after-unseal\nmode = never\n")
+    env = {
+        **os.environ,
+        "HOST_RECOVER_TCTI": "swtpm:host=127.0.0.1,port=1",
+        "HOST_RECOVER_CONFIG": str(evil),
+        "TSS2_LOG": "all+trace",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "recover", "--config", str(conf), "boot",
+         "--newroot", str(host.newroot), "--cmdline", str(host.cmdline)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "esys" not in proc.stderr.lower()  # libtss2's trace (session keys) stayed off
+    rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
+    assert rec["lock_pcr_extended"] is True and rec["mode"] == "auto"
+    assert _unseal_check(host) == 4
+
+
+def test_boot_without_config_reads_only_the_default_path(tmp_path: Path) -> None:
+    """Without --config the boot verb reads the built-in path, never HOST_RECOVER_CONFIG."""
+    from recover.cli.main import build_parser, load_config
+
+    evil = tmp_path / "evil.conf"
+    evil.write_text("[tpm]\nlock_pcr = 14\n")
+    args = build_parser().parse_args(["boot"])
+    old = os.environ.get("HOST_RECOVER_CONFIG")
+    os.environ["HOST_RECOVER_CONFIG"] = str(evil)
+    try:
+        cfg = load_config(args)
+    finally:
+        if old is None:
+            os.environ.pop("HOST_RECOVER_CONFIG")
+        else:
+            os.environ["HOST_RECOVER_CONFIG"] = old
+    assert str(evil) not in cfg.sources and cfg.tpm_lock_pcr == 15
+
+
+@pytest.mark.parametrize("bank", ["sha1", "sha256", "sha384"])
+@pytest.mark.parametrize(
+    ("how", "cmdline", "expect"),
+    [
+        ("clean", "", (0, "normal")),
+        ("cut", "rd.host_recover.mode=never", (0, "normal")),
+        ("cut", "rd.host_recover=0", (0, "normal")),
+        ("cut", "", (10, "recover")),  # alone: on_undetermined = recover → unseal, lock, pivot
+        ("cut", "hold", (11, "halt")),
+        ("cut", "tamper", (5, "normal")),  # on_error = boot-normal after a verified lock
+    ],
+)
+def test_every_path_locks_every_bank(
+    tmp_path: Path, bank: str, how: str, cmdline: str, expect: tuple[int, str]
+) -> None:
+    """The lock PCR goes to every allocated bank and is read back, whichever bank the
+    policy is in: on no path can the normal OS unseal afterwards."""
+    h = Host(tmp_path)
+    try:
+        h.conf.write_text(h.conf.read_text().replace("sha256:0,2,4,7,9", f"{bank}:0,2,4,7,9"))
+        if cmdline == "hold":
+            h.conf.write_text(
+                h.conf.read_text().replace("on_undetermined = recover", "on_undetermined = hold")
+            )
+            cmdline = ""
+        h.provision_and_build()
+        if cmdline == "tamper":
+            img = h.disk / "recovery.hri"
+            data = bytearray(img.read_bytes())
+            data[-40] ^= 1
+            img.write_bytes(bytes(data))
+            cmdline = ""
+        if how == "clean":
+            h.tpm.reboot_orderly()
+        else:
+            h.tpm.power_cut_and_restart()
+        code, rec = h.boot(cmdline)
+        assert (code, rec["next"]) == expect, rec
+        assert rec["lock_pcr_extended"] is True
+        assert set(rec["lock"]) >= {"sha1", "sha256", "sha384"}, rec["lock"]
+        _umount_all(h.newroot)
+        assert _unseal_check(h) == 4
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("target", ["recovery.hri", "credentials.hrc"])
+def test_a_fifo_on_the_store_cannot_hang_the_boot_before_the_lock(host: Host, target: str) -> None:
+    """A FIFO in place of a store file used to block the payload until the watchdog,
+    with the lock PCR at zero. Now: the store is read only after the lock, without
+    blocking; the boot ends in an error, locked."""
+    path = host.disk / target
+    path.unlink()
+    os.mkfifo(path)
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    assert code == 2 and "not a regular file" in rec["error"], rec
+    assert rec["lock_pcr_extended"] is True and rec["next"] == "normal"
+    assert _unseal_check(host) == 4
+    _assert_nothing_left(host)
+
+
+def test_a_hung_tpm_halts_instead_of_booting_unlocked(host: Host) -> None:
+    """When the TPM stops answering before the lock, nothing can lock it: the boot must
+    not continue to the normal root."""
+    import signal
+    import sys
+
+    host.tpm.power_cut_and_restart()
+    assert host.tpm.proc is not None
+    os.kill(host.tpm.proc.pid, signal.SIGSTOP)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "recover", "--config", str(host.conf), "--tcti", host.tpm.tcti,
+             "--set", "boot.timeout=2", "boot", "--newroot", str(host.newroot), "--cmdline", str(host.cmdline)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.kill(host.tpm.proc.pid, signal.SIGCONT)
+    assert proc.returncode == 3, proc.stderr
+    rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
+    assert rec["lock_pcr_extended"] is False and rec["next"] == "halt"
+    action = (host.run / "host-recover" / "action").read_text().strip()
+    assert action == "halt"
+
+
+def test_the_store_partition_is_mounted_inert_and_not_left_mounted(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store (anyone with the disks can write it) is mounted ro,nodev,nosuid,noexec
+    (+noload for ext4: no journal replay writes) and unmounted before the switch, so a
+    device node planted on it gives the recovery root nothing."""
+    from recover.boot import rootfs
+
+    image = host.base / "store.ext4"
+    tree = host.base / "storetree"
+    tree.mkdir()
+    for name in ("recovery.hri", "credentials.hrc"):
+        shutil.copy(host.disk / name, tree / name)
+    os.mknod(tree / "sda-planted", 0o666 | stat.S_IFBLK, os.makedev(8, 0))
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(image), "8M"], check=True)
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        host.conf.write_text(
+            host.conf.read_text()
+            .replace("[store]\n", f"[store]\ndevice = {loop}\n")
+            .replace(str(host.disk / "recovery.hri"), "recovery.hri")
+            .replace(str(host.disk / "credentials.hrc"), "credentials.hrc")
+        )
+        seen: list[list[str]] = []
+        real = rootfs.run_cmd
+        monkeypatch.setattr(rootfs, "run_cmd", lambda argv: (seen.append(argv), real(argv))[1])
+        host.tpm.power_cut_and_restart()
+        code, rec = host.boot()
+        assert code == 10, rec
+        store_mount = next(a for a in seen if a[0] == "mount" and loop in a)
+        options = store_mount[store_mount.index("-o") + 1].split(",")
+        assert {"ro", "nodev", "nosuid", "noexec", "noload"} <= set(options)
+        assert not any(loop in line for line in Path("/proc/self/mounts").read_text().splitlines())
+        assert (host.newroot / "RECOVERY-ROOT").exists()
+    finally:
+        _umount_all(host.newroot)
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_at_boot_the_host_id_comes_from_the_configuration(host: Host) -> None:
+    """The host name can be set from the kernel command line: with peers configured, the
+    payload needs peers.host_id from the measured configuration (and still locks)."""
+    inventory = host.base / "no-peers.json"
+    inventory.write_text('{"version": 1, "peers": []}\n')
+    host.conf.write_text(host.conf.read_text().replace("host_id = host-a\n", ""))
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    assert code == 2 and "peers.host_id" in rec["error"], rec
+    assert rec["lock_pcr_extended"] is True
+    assert _unseal_check(host) == 4

@@ -166,3 +166,23 @@ def test_cli_docs_are_generated_from_the_parser(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("COLUMNS", "100")
     doc = Path(__file__).parents[2] / "docs" / "cli.md"
     assert doc.read_text() == render_cli_docs(), "run: python -m recover.cli.docs"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"tpm.lock_pcr": "16"}, "can be reset after boot"),  # tpm2_pcrreset 16 works
+        ({"tpm.lock_pcr": "23"}, "can be reset after boot"),
+        ({"tpm.lock_pcr": "17"}, "can be reset after boot"),  # DRTM localities
+        ({"tpm.lock_pcr": "9"}, "also in tpm.pcrs"),
+        ({"tpm.pcrs": "sha256:0,7,15"}, "also in tpm.pcrs"),
+        ({"boot.lock": "after-unseal"}, "let the normal OS unseal"),
+    ],
+)
+def test_settings_that_would_leave_the_store_unlockable_are_refused(
+    overrides: dict[str, str], fragment: str
+) -> None:
+    from recover.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment):
+        config.load(None, overrides, env={}, read_files=False)
