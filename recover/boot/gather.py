@@ -38,12 +38,13 @@ from recover.log import step
 if TYPE_CHECKING:
     from recover.config import Config
     from recover.core.protocol import PeerResults
+    from recover.tpm import Tpm
 
 
 READ_FROM_TPM = object()  # gather(previous=...) default: read the record from TPM NV
 
 
-def orderly_bit(tpm: Any) -> Signal:
+def orderly_bit(tpm: Tpm) -> Signal:
     name = "orderly_bit"
     try:
         orderly = bool(tpm.orderly())
@@ -60,7 +61,7 @@ def orderly_bit(tpm: Any) -> Signal:
     )
 
 
-def orderly_counter(tpm: Any, index: int) -> Signal:
+def orderly_counter(tpm: Tpm, index: int) -> Signal:
     name = "orderly_counter"
     try:
         value = int(tpm.counter_read(index))
@@ -84,7 +85,7 @@ def orderly_counter(tpm: Any, index: int) -> Signal:
     )
 
 
-def lockout_change(tpm: Any, previous: dict[str, Any] | None) -> Signal:
+def lockout_change(tpm: Tpm, previous: dict[str, Any] | None) -> Signal:
     name = "lockout_counter"
     try:
         counter = int(tpm.lockout()["counter"])
@@ -129,7 +130,7 @@ def pstore(pstore_dir: str) -> Signal:
     return Signal(name, entries, Reading.UNKNOWN, Strength.WEAK, "no crash records")
 
 
-def rearm_orderly_counter(tpm: Any, index: int) -> bool:
+def rearm_orderly_counter(tpm: Tpm, index: int) -> bool:
     """After a non-orderly startup, advance the hybrid counter off 0x..ff so that the
     next boot reads the signal afresh. Call once per boot, after :func:`gather`."""
     try:
@@ -142,7 +143,7 @@ def rearm_orderly_counter(tpm: Any, index: int) -> bool:
 
 
 def gather(
-    tpm: Any,
+    tpm: Tpm,
     cfg: Config,
     *,
     pstore_dir: str = PSTORE_DIR,
@@ -212,7 +213,7 @@ def _need_peers(ev: Evidence, policy: Policy) -> str | None:
 
 def run(
     cfg: Config,
-    tpm: Any,
+    tpm: Tpm,
     *,
     serve: bool,
     pstore_dir: str = evidence.PSTORE_DIR,

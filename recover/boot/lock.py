@@ -4,7 +4,10 @@ master secret (it is sealed with the lock PCR at its reset value, docs/tpm.md)."
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from recover.tpm import Tpm
 
 log = logging.getLogger(__name__)
 
@@ -12,7 +15,7 @@ log = logging.getLogger(__name__)
 LOCK_EVENT = b"host-recover: locked for this boot"
 
 
-def extend(tpm: Any, pcr: int) -> dict[str, str]:
+def extend(tpm: Tpm, pcr: int) -> dict[str, str]:
     """Extend ``pcr`` in every allocated bank and verify each bank by reading it back
     (recover.tpm.pcr); raises a HostRecoverError when that cannot be done. Returns the
     new values by bank (hex) for the decision record."""

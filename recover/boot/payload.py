@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recover import config as config_mod
 from recover.boot import lock as lock_mod
@@ -29,6 +29,9 @@ from recover.core import plan
 from recover.errors import ExitCode, HostRecoverError, TpmUnavailable, report
 from recover.log import step
 from recover.settings import BY_NAME
+
+if TYPE_CHECKING:
+    from recover.tpm import Tpm
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,12 @@ class Payload:
     t0: float = dataclasses.field(default_factory=time.monotonic)
     route: plan.Route | None = None
     error: ExitCode | None = None
-    tpm: Any = None
+    tpm: Tpm | None = None
     finished: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def _tpm(self) -> Tpm:
+        assert self.tpm is not None, "the TPM is opened before any step"
+        return self.tpm
 
     def fail(self, code: ExitCode, message: str, hint: str | None) -> None:
         self.error = code
@@ -123,7 +130,7 @@ class Payload:
 
         tl = self.outcome.timeline_ms
         with step("decide", tl):
-            decision = gather.run(self.cfg, self.tpm, serve=True)
+            decision = gather.run(self.cfg, self._tpm(), serve=True)
         tl.update({f"decide.{k}": v for k, v in decision.timings.items()})
         self.outcome.verdict = decision.verdict.to_json()
         self.outcome.evidence = decision.evidence.to_json()
@@ -137,7 +144,7 @@ class Payload:
         from recover.boot.recovery import Recovery, run_steps
 
         if self.route is plan.Route.RECOVER:
-            run_steps(Recovery(self.cfg, self.tpm, self.newroot, self.outcome), steps)
+            run_steps(Recovery(self.cfg, self._tpm(), self.newroot, self.outcome), steps)
             log.info("recovery root ready on %s", self.newroot)
         elif steps == (plan.Step.LOCK,):
             self._lock()
@@ -146,7 +153,7 @@ class Payload:
 
     def _lock(self) -> None:
         with step("lock", self.outcome.timeline_ms):
-            self.outcome.lock = lock_mod.extend(self.tpm, self.cfg.tpm_lock_pcr)
+            self.outcome.lock = lock_mod.extend(self._tpm(), self.cfg.tpm_lock_pcr)
         self.outcome.lock_pcr_extended = True
 
     def _lock_if_needed(self) -> None:
@@ -206,8 +213,9 @@ def _start_watchdog(p: Payload) -> threading.Timer:
         if p.finished.is_set():
             return
         msg = f"the payload did not finish within {p.cfg.boot_timeout:.0f} s"
-        p.fail(ExitCode.TPM_UNAVAILABLE, msg, "check the TPM and the store device")
-        log.error("error: %s", msg)
+        e = TpmUnavailable(msg, hint="check the TPM and the store device")
+        p.fail(e.exit_code, e.message, e.hint)
+        report(e, log)
         if not p.outcome.lock_pcr_extended:
             _watchdog_lock(p)
         with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ from recover.errors import HostRecoverError
 
 if TYPE_CHECKING:
     from recover.config import Config
+    from recover.tpm import Tpm
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def record_summary(outcome: Outcome) -> bytes:
     return json.dumps(summary, separators=(",", ":")).encode()
 
 
-def record_nv(tpm: Any, cfg: Config, outcome: Outcome) -> None:
+def record_nv(tpm: Tpm, cfg: Config, outcome: Outcome) -> None:
     try:
         tpm.nv_blob_write(cfg.tpm_record_nv, record_summary(outcome))
     except HostRecoverError as e:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from recover.boot import lock, rootfs
 from recover.boot.record import Outcome, record_nv
@@ -24,6 +24,9 @@ from recover.errors import HostRecoverError
 from recover.log import step
 from recover.settings import PolicyKind
 
+if TYPE_CHECKING:
+    from recover.tpm import Tpm
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +35,7 @@ class Recovery:
     """The state the recovery steps hand on to each other."""
 
     cfg: Config
-    tpm: Any
+    tpm: Tpm
     newroot: str
     outcome: Outcome
     master: bytearray = dataclasses.field(default_factory=bytearray)

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from recover.config import Config
-from recover.errors import ExitCode
+from recover.errors import TpmUnavailable, report
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,11 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     else:
         _print_status(doc)
     if not doc["tpm"]["reachable"]:
-        log.error("error: %s", doc["tpm"].get("error", "the TPM is unreachable"))
-        if doc["tpm"].get("hint"):
-            log.error("hint: %s", doc["tpm"]["hint"])
-        return int(ExitCode.TPM_UNAVAILABLE)
+        e = TpmUnavailable(
+            doc["tpm"].get("error", "the TPM is unreachable"), doc["tpm"].get("hint")
+        )
+        report(e, log)
+        return int(e.exit_code)
     return 0
 
 

@@ -4,9 +4,12 @@ time), used by both the client (the request's quote) and the server (each reply'
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from recover.core.protocol import Quote
+
+if TYPE_CHECKING:
+    from recover.tpm import Tpm
 
 
 class Attestor(Protocol):
@@ -22,7 +25,7 @@ class TpmAttestor:
 
     inline = False
 
-    def __init__(self, tpm: Any, ak_handle: int, selection: str, lock: Any = None) -> None:
+    def __init__(self, tpm: Tpm, ak_handle: int, selection: str, lock: Any = None) -> None:
         import threading
 
         self.tpm = tpm
