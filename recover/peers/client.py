@@ -50,6 +50,40 @@ MAX_ATTEMPTS = 200  # per peer and query; refused connections retry until the de
 StopEarly = Callable[[Sequence[PeerResult], int], bool]
 
 
+MAX_DIGITS = 40  # longest integer a reply may carry (a 64-bit counter has 20 digits)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_DIGITS:
+        raise ValueError(f"a {len(text)}-digit number")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")) or len(text) > MAX_DIGITS:
+        raise ValueError(f"number {text[:20]!r}")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not JSON")
+
+
+def loads_bounded(data: bytes) -> object:
+    """JSON from a peer, refusing what costs or crashes: nesting deeper than the
+    interpreter's recursion limit (RecursionError), huge or non-finite numbers."""
+    try:
+        return json.loads(
+            data,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 async def _ask(
     peer: Peer, body: bytes, nonce: bytes, known: set[str], timeout: float
 ) -> PeerStatus:
@@ -63,9 +97,9 @@ async def _ask(
     except OSError as e:
         raise Rejected(Outcome.UNREACHABLE, e.strerror or str(e)) from None
     try:
-        reply = json.loads(data)
-    except ValueError:
-        raise Rejected(Outcome.MALFORMED, f"HTTP {code}: body is not JSON") from None
+        reply = loads_bounded(data)
+    except ValueError as e:
+        raise Rejected(Outcome.MALFORMED, f"HTTP {code}: body is not acceptable JSON: {e}") from None
     if code != 200:
         err = reply.get("error") if isinstance(reply, dict) else None
         msg = err.get("message") if isinstance(err, dict) else None
@@ -115,6 +149,9 @@ async def _query_peer(
             return PeerResult(peer.id, Outcome.VERIFIED, "", status, round(rtt, 2), attempt)
         except Rejected as e:
             last = e
+        except Exception as e:  # noqa: BLE001 - one bad peer never aborts the round
+            why = f"{type(e).__name__}: {str(e)[:80]}"
+            last = Rejected(Outcome.MALFORMED, f"reply could not be checked ({why})")
         finally:
             timer.cancel()
             give_back()
