@@ -25,22 +25,26 @@ _KMSG_PRIO = {
 
 
 class KmsgHandler(logging.Handler):
+    """Lines to the kernel log. The kernel rate-limits /dev/kmsg writers per open file
+    (10 lines per 5 s: "N output lines suppressed"), so every record opens it anew: no
+    line of a boot is lost."""
+
     def __init__(self, path: str = "/dev/kmsg") -> None:
         super().__init__()
-        self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        self.path = path
+        os.close(os.open(path, os.O_WRONLY | os.O_CLOEXEC))  # fail now, not per line
 
     def emit(self, record: logging.LogRecord) -> None:
         prio = _KMSG_PRIO.get(record.levelno, 6)
         try:
             for line in self.format(record).splitlines():
-                os.write(self.fd, f"<{prio}>host-recover: {line}\n".encode()[:1000])
+                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, f"<{prio}>host-recover: {line}\n".encode()[:1000])
+                finally:
+                    os.close(fd)
         except OSError:
             pass
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        super().close()
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
