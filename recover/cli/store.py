@@ -161,6 +161,7 @@ def cmd_attest(args: argparse.Namespace, cfg: Config) -> int:
         "failure_domain": args.failure_domain,
         "ak_pub": ak_pub.decode(),
         "pcrs": pcrs_to_json(pcrs),
+        "lock_pcr": cfg.tpm_lock_pcr,
     }
     print(json.dumps(entry, indent=2))
     return 0

@@ -2,8 +2,12 @@
 
     {"version": 1, "peers": [
       {"id": "host-a", "address": "10.0.0.1:7469", "failure_domain": "rack-1",
-       "ak_pub": "-----BEGIN PUBLIC KEY-----\\n...", "pcrs": {"sha256": {"0": "hex", ...}}}
+       "ak_pub": "-----BEGIN PUBLIC KEY-----\\n...", "pcrs": {"sha256": {"0": "hex", ...}},
+       "lock_pcr": 15}
     ]}
+
+``lock_pcr`` (optional, default 15) is the peer's tpm.lock_pcr: its replies may claim
+``role: boot`` only with that PCR quoted at its reset value (recover.core.protocol).
 
 A bare list of entries is accepted too. Each entry is exactly what ``host-recover attest``
 prints. Validation is strict: every problem is a ConfigError naming the entry and field.
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
     from recover.config import Config
 
 FIELDS = ("id", "address", "failure_domain", "ak_pub", "pcrs")
+OPTIONAL = ("lock_pcr",)
+DEFAULT_LOCK_PCR = 15  # tpm.lock_pcr's default
 _HINT = "fix the inventory (docs/peer-protocol.md); `host-recover attest` prints valid entries"
 
 
@@ -36,6 +42,7 @@ class Peer:
     failure_domain: str
     ak_pub: bytes  # PEM
     pcrs: Mapping[str, Mapping[int, bytes]]  # expected PCR values {"sha256": {0: b"..."}}
+    lock_pcr: int = DEFAULT_LOCK_PCR  # the peer's tpm.lock_pcr: "boot" needs it at reset
 
     @property
     def address(self) -> str:
@@ -53,6 +60,7 @@ class Peer:
             "failure_domain": self.failure_domain,
             "ak_pub": self.ak_pub.decode(),
             "pcrs": pcrs_to_json(self.pcrs),
+            "lock_pcr": self.lock_pcr,
         }
 
 
@@ -134,9 +142,13 @@ def parse_peer(obj: Any, where: str) -> Peer:
     missing = [f for f in FIELDS if f not in obj]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}", _HINT)
-    extra = sorted(set(obj) - set(FIELDS))
+    extra = sorted(set(obj) - set(FIELDS) - set(OPTIONAL))
     if extra:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}", _HINT)
+    lock = obj.get("lock_pcr", DEFAULT_LOCK_PCR)
+    if isinstance(lock, bool) or not isinstance(lock, int) or not 0 <= lock <= 15:
+        # 16-23 can be reset after boot: a normal OS could show them at zero
+        raise ConfigError(f"{where}.lock_pcr: must be a non-resettable PCR 0..15", _HINT)
     for f in ("id", "failure_domain", "ak_pub"):
         if not isinstance(obj[f], str) or not obj[f].strip():
             raise ConfigError(f"{where}.{f}: must be a non-empty string", _HINT)
@@ -151,6 +163,7 @@ def parse_peer(obj: Any, where: str) -> Peer:
         failure_domain=obj["failure_domain"],
         ak_pub=(pem + "\n").encode(),
         pcrs=parse_pcrs(obj["pcrs"], f"{where}.pcrs"),
+        lock_pcr=lock,
     )
 
 
