@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from recover.config import Config
 
 FIELDS = ("id", "address", "failure_domain", "ak_pub", "pcrs")
-OPTIONAL = ("lock_pcr",)
+OPTIONAL = ("lock_pcr", "ek_pub", "ek_cert")  # ek_*: recorded by `host-recover enrol verify`
 DEFAULT_LOCK_PCR = 15  # tpm.lock_pcr's default
 _HINT = "fix the inventory (docs/peer-protocol.md); `host-recover attest` prints valid entries"
 
@@ -43,6 +43,8 @@ class Peer:
     ak_pub: bytes  # PEM
     pcrs: Mapping[str, Mapping[int, bytes]]  # expected PCR values {"sha256": {0: b"..."}}
     lock_pcr: int = DEFAULT_LOCK_PCR  # the peer's tpm.lock_pcr: "boot" needs it at reset
+    ek_pub: str | None = None  # the EK the AK was enrolled under (PEM), if enrolled
+    ek_cert: str | None = None  # its certificate (PEM), if the TPM had one
 
     @property
     def address(self) -> str:
@@ -61,6 +63,8 @@ class Peer:
             "ak_pub": self.ak_pub.decode(),
             "pcrs": pcrs_to_json(self.pcrs),
             "lock_pcr": self.lock_pcr,
+            **({"ek_pub": self.ek_pub} if self.ek_pub else {}),
+            **({"ek_cert": self.ek_cert} if self.ek_cert else {}),
         }
 
 
@@ -155,6 +159,10 @@ def parse_peer(obj: Any, where: str) -> Peer:
     pem = obj["ak_pub"].strip()
     if not (pem.startswith("-----BEGIN PUBLIC KEY-----") and pem.endswith("-----")):
         raise ConfigError(f"{where}.ak_pub: not a PEM public key", _HINT)
+    for f, begin in (("ek_pub", "PUBLIC KEY"), ("ek_cert", "CERTIFICATE")):
+        v = obj.get(f)
+        if v is not None and not (isinstance(v, str) and v.startswith(f"-----BEGIN {begin}")):
+            raise ConfigError(f"{where}.{f}: not a PEM {begin.lower()}", _HINT)
     host, port = parse_address(obj["address"], f"{where}.address")
     return Peer(
         id=obj["id"],
@@ -164,6 +172,8 @@ def parse_peer(obj: Any, where: str) -> Peer:
         ak_pub=(pem + "\n").encode(),
         pcrs=parse_pcrs(obj["pcrs"], f"{where}.pcrs"),
         lock_pcr=lock,
+        ek_pub=obj.get("ek_pub"),
+        ek_cert=obj.get("ek_cert"),
     )
 
 

@@ -73,6 +73,8 @@ def test_lock_pcr_is_optional_and_kept() -> None:
         (with_(lock_pcr=16), "lock_pcr: must be a non-resettable PCR 0..15"),
         (with_(lock_pcr="15"), "lock_pcr: must be a non-resettable PCR"),
         (with_(lock_pcr=True), "lock_pcr: must be a non-resettable PCR"),
+        (with_(ek_pub="AAAA"), "ek_pub: not a PEM public key"),
+        (with_(ek_cert=PEM), "ek_cert: not a PEM certificate"),
     ],
 )
 def test_bad_entries(entry: Any, message: str) -> None:
