@@ -230,11 +230,14 @@ def check_quote(ak_pub: bytes, quote: Quote, qualifying_data: bytes, expected: P
     return info
 
 
-def lock_selection(expected: PcrValues, lock_pcr: int) -> dict[str, tuple[int, ...]]:
+def lock_selection(
+    expected: PcrValues, lock_pcr: int, bank: str | None = None
+) -> dict[str, tuple[int, ...]]:
     """The selection a reply's quote covers: the expected PCRs plus the lock PCR in the
-    first bank (the set the sealed object's policy covers: core.policy.policy_selection)."""
+    first bank (the set the sealed object's policy covers: core.policy.policy_selection),
+    or in ``bank``."""
     want = {alg: tuple(sorted(v)) for alg, v in expected.items()}
-    bank = next(iter(want))
+    bank = bank or next(iter(want))
     want[bank] = tuple(sorted({*want[bank], lock_pcr}))
     return want
 
@@ -269,10 +272,21 @@ def check_reply_quote(
     got = dict(parse_selection(info.pcr_selection)) if info.pcr_selection else {}
     values: dict[str, dict[int, bytes]] = {alg: dict(v) for alg, v in expected.items()}
     lock_value: bytes | None = None
-    with_lock = lock_pcr is not None and lock_pcr not in want[next(iter(want))]
-    if with_lock and got == lock_selection(expected, lock_pcr):  # type: ignore[arg-type]
+    # The lock PCR sits in the first bank of the quoter's tpm.pcrs; the inventory may
+    # list the banks in another order, so any bank that lacks it will do.
+    bank = next(
+        (
+            b
+            for b in want
+            if lock_pcr is not None
+            and lock_pcr not in want[b]
+            and got == lock_selection(expected, lock_pcr, b)
+        ),
+        None,
+    )
+    with_lock = lock_pcr is not None and any(lock_pcr not in p for p in want.values())
+    if bank is not None:
         assert lock_pcr is not None
-        bank = next(iter(want))
         lock_value = quote.pcrs.get(bank, {}).get(lock_pcr)
         if lock_value is None:
             raise Rejected(

@@ -305,3 +305,21 @@ def test_a_lying_peer_does_not_make_a_correlated_failure(sims: list, kind: Kind)
     v = decide_counts(Reading.ABNORMAL, 25.0, res.results, res.domain_size, Policy("50%"))
     assert v.kind is kind, (v.reasons, by_id(res))
     assert v.counts["needed"] == 2
+
+
+def test_lock_pcr_bank_order_does_not_matter() -> None:
+    """The quoter adds the lock PCR to the first bank of its tpm.pcrs; an inventory that
+    lists the banks in another order still verifies it (and still sees it at reset)."""
+    import hashlib
+
+    from testing.peersim import GOOD_PCRS
+
+    from recover.core.inventory import parse
+    from recover.core.protocol import verify_reply
+
+    sha1 = {0: hashlib.sha1(b"pcr0").digest()}
+    att = SoftwareAttestor(pcrs={**GOOD_PCRS, "sha1": sha1}, selection="sha256:0,2,4,7,9+sha1:0")
+    nonce = bytes(range(32))
+    peer = parse([entry("p1", 1, att.pem, pcrs={"sha1": sha1, **GOOD_PCRS})]).peers[0]
+    assert next(iter(peer.pcrs)) == "sha1"
+    assert verify_reply(peer, nonce, _reply(att, nonce), {"p1"}).role == "boot"
