@@ -6,7 +6,10 @@ are real TPMS_ATTEST structures (recover.tpm.attest.make_attest) checked by the 
 verifier. Misbehaving peers: forged (signs with a key the inventory does not know),
 replay (answers every request with its first reply), intruder (a host not in the
 inventory), badpcrs (quotes other PCR values), silent (accepts, never answers), down
-(nothing listens), garbage (invalid JSON).
+(nothing listens), garbage (invalid JSON), agent (its normal OS answers honestly: lock
+PCR extended, role agent), liar (root in its normal OS runs a responder that claims
+role boot: lock PCR extended), liar-lockvalue (the same, reporting a zero lock PCR the
+quote does not show), old (an older peer whose quote does not cover the lock PCR).
 
 ``Fleet`` runs many peers in ONE child process (``python -m testing.peersim``) that reads a
 JSON spec on stdin, prints its inventory entries as one JSON line, and serves until its
@@ -33,6 +36,9 @@ from recover.peers.server import Limits, Responder, Server, StatusSource  # noqa
 SELECTION = "sha256:0,2,4,7,9"
 GOOD_PCRS = {"sha256": {i: hashlib.sha256(b"pcr%d" % i).digest() for i in (0, 2, 4, 7, 9)}}
 BAD_PCRS = {"sha256": {**GOOD_PCRS["sha256"], 9: hashlib.sha256(b"evil").digest()}}
+LOCK_PCR = 15
+LOCK_RESET = bytes(32)  # in the payload, before the lock
+LOCK_EXTENDED = hashlib.sha256(bytes(32) + hashlib.sha256(b"locked").digest()).digest()
 
 
 def new_key() -> Any:
@@ -65,6 +71,8 @@ class SoftwareAttestor:
         reset_count: int = 7,
         restart_count: int = 0,
         clock_base_ms: int = 5_000_000,
+        lock_value: bytes | None = LOCK_RESET,
+        report_lock: bytes | None = None,
     ) -> None:
         self.key = key or new_key()
         self.pcrs = pcrs or GOOD_PCRS
@@ -73,6 +81,8 @@ class SoftwareAttestor:
         self.reset_count = reset_count
         self.restart_count = restart_count
         self.clock_base_ms = clock_base_ms
+        self.lock_value = lock_value  # None: replies do not cover the lock PCR (older peer)
+        self.report_lock = report_lock  # a lie about the lock PCR's value, if given
         self.t0 = time.monotonic()
         self.signer = b"\x00\x0b" + hashlib.sha256(pub_pem(self.key).encode()).digest()
 
@@ -90,23 +100,32 @@ class SoftwareAttestor:
             "safe": 1,
         }
 
-    def quote(self, qualifying_data: bytes) -> Quote:
+    def quote(self, qualifying_data: bytes, with_lock: bool = False) -> Quote:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
         from recover.core.attest import make_attest
+        from recover.core.pcrsel import format_selection
+        from recover.core.policy import policy_selection
 
+        selection, pcrs, reported = self.selection, self.pcrs, self.pcrs
+        if with_lock and self.lock_value is not None:
+            selection = format_selection(policy_selection(self.selection, LOCK_PCR))
+            bank = next(iter(self.pcrs))
+            pcrs = {**self.pcrs, bank: {**self.pcrs[bank], LOCK_PCR: self.lock_value}}
+            lie = self.report_lock if self.report_lock is not None else self.lock_value
+            reported = {**self.pcrs, bank: {**self.pcrs[bank], LOCK_PCR: lie}}
         c = self.clock()
         attest = make_attest(
             qualified_signer=self.signer,
             extra_data=qualifying_data,
-            selection=self.selection,
-            pcr_values=self.pcrs,
+            selection=selection,
+            pcr_values=pcrs,
             clock=c["clock"],
             reset_count=c["reset_count"],
             restart_count=c["restart_count"],
         )
-        return Quote(attest, self.key.sign(attest, ec.ECDSA(hashes.SHA256())), self.pcrs)
+        return Quote(attest, self.key.sign(attest, ec.ECDSA(hashes.SHA256())), reported)
 
 
 def evidence_of(summary: str) -> Evidence:
@@ -145,6 +164,7 @@ class SimPeer:
     id: str
     summary: str = "abnormal"
     behaviour: str = "ok"  # ok forged replay intruder badpcrs silent down garbage
+    # agent liar liar-lockvalue old
     since_reset_s: float = 20.0
     domain: str = "rack-1"
 
@@ -172,9 +192,12 @@ async def serve_fleet(spec: dict[str, Any]) -> tuple[list[dict], list[Any]]:
     servers: list[Any] = []
     plans = []
     for p in peers:
+        normal_os = p.behaviour in ("agent", "liar", "liar-lockvalue")
         att = SoftwareAttestor(
             pcrs=BAD_PCRS if p.behaviour == "badpcrs" else GOOD_PCRS,
             since_reset_s=p.since_reset_s,
+            lock_value=None if p.behaviour == "old" else LOCK_EXTENDED if normal_os else LOCK_RESET,
+            report_lock=LOCK_RESET if p.behaviour == "liar-lockvalue" else None,
         )
         attestors[p.id] = att
         listed_pem = pub_pem(new_key()) if p.behaviour == "forged" else att.pem
@@ -189,7 +212,8 @@ async def serve_fleet(spec: dict[str, Any]) -> tuple[list[dict], list[Any]]:
     inventory = parse(inv_entries)
     for p, att, listed_pem in plans:
         host_id = f"intruder-{p.id}" if p.behaviour == "intruder" else p.id
-        status = StatusSource(host_id, p.domain, "boot", evidence_of(p.summary), "sim")
+        role = "agent" if p.behaviour == "agent" else "boot"
+        status = StatusSource(host_id, p.domain, role, evidence_of(p.summary), "sim")
         if p.behaviour == "silent":
             srv: Any = await asyncio.start_server(_silent, "127.0.0.1", 0)
             port = srv.sockets[0].getsockname()[1]

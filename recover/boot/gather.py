@@ -261,7 +261,9 @@ def run(
             )
         with step("attestation-key", timings):
             tpm.ensure_ak(cfg.tpm_ak_handle)
-        attestor = TpmAttestor(tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, threading.Lock())
+        attestor = TpmAttestor(
+            tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, threading.Lock(), lock_pcr=cfg.tpm_lock_pcr
+        )
 
         stop_early = verdict_mod.EarlyStop(ev.summary, ev.since_reset_s, len(domain), policy)
 

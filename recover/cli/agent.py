@@ -15,6 +15,14 @@ def register(sub: Any) -> None:
     p = sub.add_parser("agent", help="Serve this host's attested status to its peers (normal OS).")
     p.set_defaults(handler=cmd_agent)
     p.add_argument("--listen", help="override peers.listen")
+    p.add_argument(
+        "--role",
+        choices=("agent", "boot"),
+        default="agent",
+        help="the role to claim (default agent). 'boot' stands in for a peer in its boot "
+        "payload (labs, tests): peers believe it only while this TPM's lock PCR is at its "
+        "reset value, i.e. never in a normal OS whose payload locked",
+    )
 
 
 def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
@@ -32,16 +40,17 @@ def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
         ev = gather.gather(tpm, cfg)
         gather.rearm_orderly_counter(tpm, cfg.tpm_orderly_nv)
         tpm.ensure_ak(cfg.tpm_ak_handle)
-        attestor = TpmAttestor(tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs)
-        status = StatusSource(me, entry.failure_domain if entry else "", "agent", ev)
+        attestor = TpmAttestor(tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, lock_pcr=cfg.tpm_lock_pcr)
+        status = StatusSource(me, entry.failure_domain if entry else "", args.role, ev)
         srv = Server(Responder(inv, attestor, status))
 
         def ready(s: Server) -> None:
             log.info(
-                "host-recover agent %s answering on %s:%d (evidence: %s)",
+                "host-recover agent %s answering on %s:%d as %s (evidence: %s)",
                 me,
                 host,
                 s.port,
+                args.role,
                 ev.summary,
             )
 

@@ -149,19 +149,25 @@ def cmd_unseal(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def cmd_attest(args: argparse.Namespace, cfg: Config) -> int:
+def own_entry(cfg: Config, args: argparse.Namespace, ak_pub: bytes, pcrs: Any) -> dict[str, Any]:
+    """This host's inventory entry (``attest``, ``enrol request``)."""
     from recover.core.inventory import pcrs_to_json, self_id
-    from recover.store.unseal import open_tpm
 
-    with open_tpm(cfg) as t:
-        ak_pub = t.ak_public(cfg.tpm_ak_handle)
-        pcrs = t.pcr_read(cfg.tpm_pcrs)
-    entry = {
+    return {
         "id": self_id(cfg),
         "address": args.address,
         "failure_domain": args.failure_domain,
         "ak_pub": ak_pub.decode(),
         "pcrs": pcrs_to_json(pcrs),
+        "lock_pcr": cfg.tpm_lock_pcr,
     }
-    print(json.dumps(entry, indent=2))
+
+
+def cmd_attest(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store.unseal import open_tpm
+
+    with open_tpm(cfg) as t:
+        ak_pub = t.ak_public(cfg.tpm_ak_handle)
+        pcrs = t.pcr_read(cfg.tpm_pcrs)
+    print(json.dumps(own_entry(cfg, args, ak_pub, pcrs), indent=2))
     return 0

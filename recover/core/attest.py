@@ -172,3 +172,39 @@ def make_attest(
             struct.pack(">H", len(digest)) + digest,
         )
     )
+
+
+def check_ek_certificate(cert_der: bytes, ek_pem: bytes, chain: list[bytes]) -> str:
+    """Check an EK certificate (DER) for AK enrolment: it certifies ``ek_pem`` (the EK the
+    TPM derived), and each certificate is signed by the next of ``chain`` (PEMs, issuing
+    CA first, the trusted root last, itself self-signed). Returns the root's subject.
+    Raises IntegrityError. Validity dates are not checked: EK certificates are often
+    issued to 9999 or have expired CAs (TCG EK Credential Profile)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_der_x509_certificate(cert_der)
+        cas = [x509.load_pem_x509_certificate(c) for c in chain]
+    except ValueError as e:
+        raise IntegrityError(f"EK certificate: cannot parse: {e}") from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    pem = serialization.Encoding.PEM
+    if cert.public_key().public_bytes(pem, spki) != ek_pem:
+        raise IntegrityError("EK certificate: certifies another key than this TPM's EK")
+    if not cas:
+        raise IntegrityError("EK certificate: no issuer chain to check it against")
+    for child, parent in zip([cert, *cas], cas + [cas[-1]], strict=True):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError) as e:
+            raise IntegrityError(
+                f"EK certificate: {child.subject.rfc4514_string()} is not issued by "
+                f"{parent.subject.rfc4514_string()}: {e}"
+            ) from None
+        except Exception as e:  # cryptography's InvalidSignature
+            raise IntegrityError(
+                f"EK certificate: bad signature on {child.subject.rfc4514_string()}: "
+                f"{type(e).__name__}"
+            ) from None
+    return cas[-1].subject.rfc4514_string()

@@ -2,8 +2,12 @@
 
     {"version": 1, "peers": [
       {"id": "host-a", "address": "10.0.0.1:7469", "failure_domain": "rack-1",
-       "ak_pub": "-----BEGIN PUBLIC KEY-----\\n...", "pcrs": {"sha256": {"0": "hex", ...}}}
+       "ak_pub": "-----BEGIN PUBLIC KEY-----\\n...", "pcrs": {"sha256": {"0": "hex", ...}},
+       "lock_pcr": 15}
     ]}
+
+``lock_pcr`` (optional, default 15) is the peer's tpm.lock_pcr: its replies may claim
+``role: boot`` only with that PCR quoted at its reset value (recover.core.protocol).
 
 A bare list of entries is accepted too. Each entry is exactly what ``host-recover attest``
 prints. Validation is strict: every problem is a ConfigError naming the entry and field.
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
     from recover.config import Config
 
 FIELDS = ("id", "address", "failure_domain", "ak_pub", "pcrs")
+OPTIONAL = ("lock_pcr", "ek_pub", "ek_cert")  # ek_*: recorded by `host-recover enrol verify`
+DEFAULT_LOCK_PCR = 15  # tpm.lock_pcr's default
 _HINT = "fix the inventory (docs/peer-protocol.md); `host-recover attest` prints valid entries"
 
 
@@ -36,6 +42,9 @@ class Peer:
     failure_domain: str
     ak_pub: bytes  # PEM
     pcrs: Mapping[str, Mapping[int, bytes]]  # expected PCR values {"sha256": {0: b"..."}}
+    lock_pcr: int = DEFAULT_LOCK_PCR  # the peer's tpm.lock_pcr: "boot" needs it at reset
+    ek_pub: str | None = None  # the EK the AK was enrolled under (PEM), if enrolled
+    ek_cert: str | None = None  # its certificate (PEM), if the TPM had one
 
     @property
     def address(self) -> str:
@@ -53,6 +62,9 @@ class Peer:
             "failure_domain": self.failure_domain,
             "ak_pub": self.ak_pub.decode(),
             "pcrs": pcrs_to_json(self.pcrs),
+            "lock_pcr": self.lock_pcr,
+            **({"ek_pub": self.ek_pub} if self.ek_pub else {}),
+            **({"ek_cert": self.ek_cert} if self.ek_cert else {}),
         }
 
 
@@ -134,15 +146,23 @@ def parse_peer(obj: Any, where: str) -> Peer:
     missing = [f for f in FIELDS if f not in obj]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}", _HINT)
-    extra = sorted(set(obj) - set(FIELDS))
+    extra = sorted(set(obj) - set(FIELDS) - set(OPTIONAL))
     if extra:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}", _HINT)
+    lock = obj.get("lock_pcr", DEFAULT_LOCK_PCR)
+    if isinstance(lock, bool) or not isinstance(lock, int) or not 0 <= lock <= 15:
+        # 16-23 can be reset after boot: a normal OS could show them at zero
+        raise ConfigError(f"{where}.lock_pcr: must be a non-resettable PCR 0..15", _HINT)
     for f in ("id", "failure_domain", "ak_pub"):
         if not isinstance(obj[f], str) or not obj[f].strip():
             raise ConfigError(f"{where}.{f}: must be a non-empty string", _HINT)
     pem = obj["ak_pub"].strip()
     if not (pem.startswith("-----BEGIN PUBLIC KEY-----") and pem.endswith("-----")):
         raise ConfigError(f"{where}.ak_pub: not a PEM public key", _HINT)
+    for f, begin in (("ek_pub", "PUBLIC KEY"), ("ek_cert", "CERTIFICATE")):
+        v = obj.get(f)
+        if v is not None and not (isinstance(v, str) and v.startswith(f"-----BEGIN {begin}")):
+            raise ConfigError(f"{where}.{f}: not a PEM {begin.lower()}", _HINT)
     host, port = parse_address(obj["address"], f"{where}.address")
     return Peer(
         id=obj["id"],
@@ -151,6 +171,9 @@ def parse_peer(obj: Any, where: str) -> Peer:
         failure_domain=obj["failure_domain"],
         ak_pub=(pem + "\n").encode(),
         pcrs=parse_pcrs(obj["pcrs"], f"{where}.pcrs"),
+        lock_pcr=lock,
+        ek_pub=obj.get("ek_pub"),
+        ek_cert=obj.get("ek_cert"),
     )
 
 

@@ -6,6 +6,11 @@ of the failure domain. A reply is believed only if its signer is the inventory's
 that peer, it answers our nonce, its quote verifies (recover.core.attest.verify_quote)
 over sha256(canonical_json(status) ‖ nonce), and the quoted PCR digest equals the
 inventory's expected PCRs. Anything else is counted with a reason and never believed.
+
+Only a peer's measured boot payload may answer ``role: boot`` (the role whose summary
+votes): a reply's quote covers the peer's policy PCRs plus its lock PCR, and ``boot`` is
+believed only when the quoted lock PCR is at its reset value (zero) — the payload extends
+it before it ends, so the normal OS can never show it at zero (ROLE_MISMATCH otherwise).
 Transport lives in recover.peers (http, client, server).
 """
 
@@ -43,6 +48,9 @@ CLOCK_SLACK_MS = 60_000  # the status's clock is read just before the quote is s
 PcrValues = Mapping[str, Mapping[int, bytes]]
 
 
+ROLES = ("boot", "agent")  # the peer's boot payload / its normal OS (host-recover agent)
+
+
 class Outcome(enum.StrEnum):
     VERIFIED = "verified"
     FORGED = "forged"  # signature does not verify with the inventory's AK
@@ -50,6 +58,7 @@ class Outcome(enum.StrEnum):
     UNKNOWN_HOST = "unknown-host"  # the answer is from a host not in the inventory
     UNEXPECTED_PCRS = "unexpected-pcrs"  # quoted PCRs differ from the inventory's
     INCONSISTENT = "inconsistent"  # the status contradicts the signed clock
+    ROLE_MISMATCH = "role-mismatch"  # says "boot", but the quoted lock PCR is not at reset
     MALFORMED = "malformed"
     REFUSED = "refused"  # the peer said no (HTTP 4xx with a JSON error)
     UNREACHABLE = "unreachable"
@@ -146,6 +155,8 @@ class PeerStatus:
             raise Rejected(
                 Outcome.MALFORMED, "status.summary: not clean|abnormal|unknown"
             ) from None
+        if need("role", str) not in ROLES:
+            raise Rejected(Outcome.MALFORMED, f"status.role: not {'|'.join(ROLES)}")
         since = float(need("since_reset_s", (int, float)))
         if not 0 <= since < 1e10:
             raise Rejected(Outcome.MALFORMED, "status.since_reset_s: out of range")
@@ -215,6 +226,36 @@ def check_quote(ak_pub: bytes, quote: Quote, qualifying_data: bytes, expected: P
     Raises Rejected with FORGED (bad signature), REPLAYED (valid signature, other
     qualifying data) or UNEXPECTED_PCRS.
     """
+    info, _ = check_reply_quote(ak_pub, quote, qualifying_data, expected, None)
+    return info
+
+
+def lock_selection(
+    expected: PcrValues, lock_pcr: int, bank: str | None = None
+) -> dict[str, tuple[int, ...]]:
+    """The selection a reply's quote covers: the expected PCRs plus the lock PCR in the
+    first bank (the set the sealed object's policy covers: core.policy.policy_selection),
+    or in ``bank``."""
+    want = {alg: tuple(sorted(v)) for alg, v in expected.items()}
+    bank = bank or next(iter(want))
+    want[bank] = tuple(sorted({*want[bank], lock_pcr}))
+    return want
+
+
+def check_reply_quote(
+    ak_pub: bytes,
+    quote: Quote,
+    qualifying_data: bytes,
+    expected: PcrValues,
+    lock_pcr: int | None,
+) -> tuple[Any, bytes | None]:
+    """:func:`check_quote`, also accepting a quote that covers ``lock_pcr`` besides the
+    expected PCRs. Returns (QuoteInfo, the lock PCR's value, or None when not covered).
+
+    The lock PCR's value is the one the reply reports; it is believed because the quoted
+    pcrDigest is recomputed over the expected values plus that value (the inventory holds
+    no golden value for it: only "at reset" matters, judged by the caller).
+    """
     from recover.core.attest import parse_attest, pcr_digest, verify_quote
     from recover.core.pcrsel import parse_selection
 
@@ -229,13 +270,39 @@ def check_quote(ak_pub: bytes, quote: Quote, qualifying_data: bytes, expected: P
         raise Rejected(Outcome.REPLAYED, "quote is not over this nonce and status") from None
     want = {alg: tuple(sorted(v)) for alg, v in expected.items()}
     got = dict(parse_selection(info.pcr_selection)) if info.pcr_selection else {}
-    if got != want:
+    values: dict[str, dict[int, bytes]] = {alg: dict(v) for alg, v in expected.items()}
+    lock_value: bytes | None = None
+    # The lock PCR sits in the first bank of the quoter's tpm.pcrs; the inventory may
+    # list the banks in another order, so any bank that lacks it will do.
+    bank = next(
+        (
+            b
+            for b in want
+            if lock_pcr is not None
+            and lock_pcr not in want[b]
+            and got == lock_selection(expected, lock_pcr, b)
+        ),
+        None,
+    )
+    with_lock = lock_pcr is not None and any(lock_pcr not in p for p in want.values())
+    if bank is not None:
+        assert lock_pcr is not None
+        lock_value = quote.pcrs.get(bank, {}).get(lock_pcr)
+        if lock_value is None:
+            raise Rejected(
+                Outcome.UNEXPECTED_PCRS,
+                f"quote covers lock PCR {bank}:{lock_pcr}, but the reply does not report its value",
+            )
+        values[bank][lock_pcr] = lock_value
+    elif got != want:
+        also = f" (+ lock PCR {lock_pcr})" if with_lock else ""
         raise Rejected(
             Outcome.UNEXPECTED_PCRS,
             f"quote covers {info.pcr_selection or 'no PCRs'}, inventory expects "
-            + "+".join(f"{a}:{','.join(map(str, p))}" for a, p in want.items()),
+            + "+".join(f"{a}:{','.join(map(str, p))}" for a, p in want.items())
+            + also,
         )
-    if pcr_digest(info.pcr_selection, expected) != info.pcr_digest:
+    if pcr_digest(info.pcr_selection, values) != info.pcr_digest:
         differ = [
             f"{alg}:{i}"
             for alg, vals in expected.items()
@@ -243,10 +310,12 @@ def check_quote(ak_pub: bytes, quote: Quote, qualifying_data: bytes, expected: P
             if quote.pcrs.get(alg, {}).get(i, v) != v
         ]
         detail = f" (reported values differ in {', '.join(differ)})" if differ else ""
+        if lock_value is not None and not differ:
+            detail = " (or the reported lock PCR value is not the quoted one)"
         raise Rejected(
             Outcome.UNEXPECTED_PCRS, "quoted PCR digest differs from the inventory" + detail
         )
-    return info
+    return info, lock_value
 
 
 def verify_reply(peer: Peer, nonce: bytes, reply: Any, known_ids: set[str]) -> PeerStatus:
@@ -265,7 +334,11 @@ def verify_reply(peer: Peer, nonce: bytes, reply: Any, known_ids: set[str]) -> P
         raise Rejected(Outcome.UNKNOWN_HOST, f"answered as {status.host_id!r}, asked {peer.id!r}")
     quote = Quote.from_json(reply.get("quote"), reply.get("pcrs"))
     assert isinstance(raw_status, dict)
-    info = check_quote(peer.ak_pub, quote, reply_qualifying_data(raw_status, nonce), peer.pcrs)
+    info, lock_value = check_reply_quote(
+        peer.ak_pub, quote, reply_qualifying_data(raw_status, nonce), peer.pcrs, peer.lock_pcr
+    )
+    if status.role == "boot":
+        check_boot_role(lock_value, peer.lock_pcr)
     c = status.clock
     if (info.reset_count, info.restart_count) != (c["reset_count"], c["restart_count"]):
         raise Rejected(Outcome.INCONSISTENT, "status reset/restart counts differ from the quote's")
@@ -274,6 +347,22 @@ def verify_reply(peer: Peer, nonce: bytes, reply: Any, known_ids: set[str]) -> P
     if status.since_reset_source == "tpm" and status.since_reset_s * 1000 > info.clock + 1000:
         raise Rejected(Outcome.INCONSISTENT, "time since reset exceeds the signed TPM clock")
     return status
+
+
+def check_boot_role(lock_value: bytes | None, lock_pcr: int) -> None:
+    """A reply may say ``role: boot`` only if its quote shows the lock PCR at its reset
+    value: the payload extends it before it ends, so the normal OS never shows zero."""
+    if lock_value is None:
+        raise Rejected(
+            Outcome.ROLE_MISMATCH,
+            f"says role boot, but its quote does not cover lock PCR {lock_pcr} "
+            "(an older peer: its role cannot be attested)",
+        )
+    if any(lock_value):
+        raise Rejected(
+            Outcome.ROLE_MISMATCH,
+            f"says role boot, but its lock PCR {lock_pcr} is extended: its normal OS answered",
+        )
 
 
 def make_request(self_id: str, nonce: bytes, quote: Quote) -> bytes:

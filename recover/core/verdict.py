@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from recover.core.protocol import PeerResult, PeerResults
 
 
+MIN_PERCENT_QUORUM = 2  # a percentage quorum never rests on one peer's word
+
+
 class Kind(enum.StrEnum):
     CLEAN = "clean"
     CORRELATED = "correlated-failure"
@@ -74,12 +77,15 @@ class Policy:
         )
 
     def needed(self, domain_size: int) -> int:
-        """Abnormal peers needed for a correlated failure (>= 1)."""
+        """Abnormal peers needed for a correlated failure: a count as configured; a
+        percentage of the domain rounded up, but at least 2, so that no single peer (one
+        compromised host) decides a correlated failure. A domain smaller than that can
+        never reach the quorum: the verdict is then undetermined (:func:`_kind`)."""
         count, frac = parse_quorum(self.quorum)
         if count is not None:
             return count
         assert frac is not None
-        return max(1, math.ceil(frac * domain_size - 1e-9))
+        return max(MIN_PERCENT_QUORUM, math.ceil(frac * domain_size - 1e-9))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,18 +108,25 @@ class Verdict:
 class _Tally:
     same: int  # verified, abnormal, TPM reset within the window of ours
     unknown: int  # verified, reset within the window, evidence unknown
-    unaffected: int  # verified and clean, or reset outside the window
+    unaffected: int  # verified and clean, reset outside the window, or a normal-OS answer
     unverified: int  # no believable answer (any reason)
     outside: int  # of unaffected: abnormal but reset outside the window
+    normal_os: int  # of unaffected: answered by the peer's normal OS (role agent)
 
 
 def _classify(own_since_reset: float | None, r: PeerResult, window: float) -> str:
-    """same | unknown | unaffected | outside (unaffected, abnormal) | unverified."""
+    """same | unknown | unaffected | outside (unaffected, abnormal) | normal-os
+    (unaffected: an agent's answer) | unverified."""
     from recover.core.protocol import Outcome
 
     if r.outcome is not Outcome.VERIFIED or r.status is None:
         return "unverified"
     st = r.status
+    if st.role != "boot":
+        # Its normal OS answered (the verifier checked that only a quote with the lock PCR
+        # at its reset value may say "boot"): root there can say anything, so at most
+        # "unaffected", never a vote for a correlated failure (docs/verdict.md).
+        return "normal-os"
     if own_since_reset is not None and abs(st.since_reset_s - own_since_reset) > window:
         return "outside" if st.summary == Reading.ABNORMAL else "unaffected"
     if st.summary == Reading.ABNORMAL:  # in the window, or ours unknown (said)
@@ -124,13 +137,18 @@ def _classify(own_since_reset: float | None, r: PeerResult, window: float) -> st
 def _tally(
     own_since_reset: float | None, results: Iterable[PeerResult], window: float
 ) -> tuple[_Tally, dict[str, int]]:
-    n = dict.fromkeys(("same", "unknown", "unaffected", "outside", "unverified"), 0)
+    n = dict.fromkeys(("same", "unknown", "unaffected", "outside", "normal-os", "unverified"), 0)
     outcomes: dict[str, int] = {}
     for r in results:
         outcomes[str(r.outcome)] = outcomes.get(str(r.outcome), 0) + 1
         n[_classify(own_since_reset, r, window)] += 1
     tally = _Tally(
-        n["same"], n["unknown"], n["unaffected"] + n["outside"], n["unverified"], n["outside"]
+        same=n["same"],
+        unknown=n["unknown"],
+        unaffected=n["unaffected"] + n["outside"] + n["normal-os"],
+        unverified=n["unverified"],
+        outside=n["outside"],
+        normal_os=n["normal-os"],
     )
     return tally, outcomes
 
@@ -138,7 +156,7 @@ def _tally(
 def _kind(own: Reading, same: int, undecided: int, need: int, domain: int) -> Kind:
     if own == Reading.CLEAN:
         return Kind.CLEAN
-    if domain == 0:
+    if need > domain:  # no peers, or fewer than the quorum: correlation cannot be judged
         return Kind.UNDETERMINED
     if same >= need:
         return Kind.CORRELATED
@@ -225,6 +243,7 @@ def decide_counts(
         "unknown": t.unknown,
         "unaffected": t.unaffected,
         "outside_window": t.outside,
+        "normal_os": t.normal_os,
         "unverified": t.unverified,
         **{f"outcome.{k}": v for k, v in sorted(outcomes.items())},
     }
@@ -240,6 +259,11 @@ def decide_counts(
         )
         if t.outside:
             reasons.append(f"{t.outside} abnormal peers reset outside the window (other events)")
+        if t.normal_os:
+            reasons.append(
+                f"{t.normal_os} peers answered from their normal OS (role agent): counted "
+                "unaffected, only a peer's measured boot payload can vote"
+            )
         if undecided:
             from recover.core.protocol import Outcome
 
@@ -253,7 +277,10 @@ def decide_counts(
         if kind is Kind.UNDETERMINED and own == Reading.UNKNOWN and t.same < need:
             reasons.append("local evidence is unknown and peers show no correlated failure")
         if need > domain_size:
-            reasons.append(f"quorum {need} exceeds the domain's {domain_size} peers")
+            reasons.append(
+                f"quorum {need} exceeds the domain's {domain_size} peers: it can never be "
+                "reached, so correlation cannot be judged"
+            )
     action = {
         Kind.CLEAN: Action.NORMAL,
         Kind.CORRELATED: Action.RECOVER,

@@ -99,7 +99,9 @@ async def _ask(
     try:
         reply = loads_bounded(data)
     except ValueError as e:
-        raise Rejected(Outcome.MALFORMED, f"HTTP {code}: body is not acceptable JSON: {e}") from None
+        raise Rejected(
+            Outcome.MALFORMED, f"HTTP {code}: body is not acceptable JSON: {e}"
+        ) from None
     if code != 200:
         err = reply.get("error") if isinstance(reply, dict) else None
         msg = err.get("message") if isinstance(err, dict) else None

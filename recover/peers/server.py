@@ -144,7 +144,7 @@ class Responder:
             return 403, _error(str(e.outcome), f"requester {requester!r}: {e.reason}")
         try:
             status = self.status.build(self.attestor.clock())
-            mine = self.attestor.quote(reply_qualifying_data(status, nonce))
+            mine = self.attestor.quote(reply_qualifying_data(status, nonce), with_lock=True)
         except HostRecoverError as e:
             log.error("cannot quote: %s", e.message)
             return 503, _error("tpm", f"cannot quote: {e.message}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from recover.tpm.nv import NvOps
 from recover.tpm.pcr import PcrOps
-from recover.tpm.quote import QuoteOps
+from recover.tpm.quote import EnrolOps, QuoteOps
 from recover.tpm.seal import SealOps
 
 
-class Tpm(SealOps, NvOps, QuoteOps, PcrOps):
+class Tpm(SealOps, NvOps, QuoteOps, EnrolOps, PcrOps):
     """``with Tpm.open(tcti) as t: ...`` — see docs/tpm.md for handles and policies."""

@@ -1,5 +1,8 @@
 """The lab: one host VM plus its failure domain's peers, run as host-side agents.
 
+A peer that "lost power" answers as its boot payload would (``agent --role boot`` on a
+just power-cycled swtpm, lock PCR at reset); the others as their normal OS (``agent``).
+
 Peers are ``host-recover agent`` processes, each with its own swtpm (testing/swtpm.py,
 TCP on 127.0.0.1), reached from the guest through QEMU user networking (restrict=on,
 explicit guestfwd 10.0.2.10N:7469 → 127.0.0.1:PORT). Nothing listens beyond loopback.
@@ -89,11 +92,17 @@ class PeerAgent:
         return dict(json.loads(entry))
 
     def start_agent(self) -> None:
+        """A peer that lost power is back in its boot payload, asking and answering while
+        its TPM's lock PCR is at reset: stand in for it with ``agent --role boot`` (its
+        swtpm was just power-cycled, nothing extended the lock PCR). Only such answers
+        vote (docs/peer-protocol.md#role); a peer rebooted orderly runs its normal OS
+        (role agent: counted unaffected)."""
         if self.tpm.proc is None:
             self.tpm.start()
         log = (self.dir / "agent.log").open("ab")
+        role = "boot" if self.was_cut else "agent"
         self.proc = subprocess.Popen(
-            [*HOST_CLI, "agent"],
+            [*HOST_CLI, "agent", "--role", role],
             env=self.env(),
             stdout=log,
             stderr=log,

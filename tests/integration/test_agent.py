@@ -232,7 +232,7 @@ def test_a_bug_in_a_handler_is_a_500_and_the_server_goes_on() -> None:
         def clock(self) -> dict[str, int]:
             raise RuntimeError("boom")
 
-        def quote(self, qualifying_data: bytes) -> Any:
+        def quote(self, qualifying_data: bytes, with_lock: bool = False) -> Any:
             raise AssertionError
 
     asker = SoftwareAttestor()

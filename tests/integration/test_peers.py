@@ -162,7 +162,7 @@ def _reply(att: SoftwareAttestor, nonce: bytes, **status_changes: object) -> dic
 
     status = StatusSource("p1", "rack-1", "boot", evidence_of("abnormal"), "b").build(att.clock())
     status.update(status_changes)
-    q = att.quote(reply_qualifying_data(status, nonce))
+    q = att.quote(reply_qualifying_data(status, nonce), with_lock=True)
     return {
         "version": 1,
         "nonce": nonce.hex(),
@@ -191,6 +191,11 @@ def _flip(hexsig: str) -> str:
         (lambda r: r["status"].update(host_id="p2"), Outcome.UNKNOWN_HOST, "asked 'p1'"),
         (lambda r: r.update(version=2), Outcome.MALFORMED, "v1"),
         (lambda r: r.update(quote="x"), Outcome.MALFORMED, "quote"),
+        (lambda r: r["status"].update(role="root"), Outcome.MALFORMED, "status.role"),
+        # The lock PCR's reported value must be the quoted one; it must be reported.
+        (lambda r: r["pcrs"]["sha256"].update({"15": "11" * 32}), Outcome.UNEXPECTED_PCRS,
+         "lock PCR value"),
+        (lambda r: r["pcrs"]["sha256"].pop("15"), Outcome.UNEXPECTED_PCRS, "does not report"),
     ],
 )  # fmt: skip
 def test_verify_reply_table(mutate: object, outcome: Outcome, words: str) -> None:
@@ -229,3 +234,92 @@ def test_status_must_agree_with_the_signed_clock(changes: dict, words: str) -> N
     with pytest.raises(Rejected) as e:
         verify_reply(peer, nonce, _reply(att, nonce, **changes), {"p1"})
     assert e.value.outcome is Outcome.INCONSISTENT and words in e.value.reason
+
+
+@pytest.mark.parametrize(
+    "kind,role,outcome,words",
+    [
+        # the peer's payload: lock PCR quoted at its reset value
+        ("payload", "boot", Outcome.VERIFIED, ""),
+        ("payload", "agent", Outcome.VERIFIED, ""),
+        # its normal OS (lock PCR extended): "boot" is a lie, "agent" the truth
+        ("normal-os", "boot", Outcome.ROLE_MISMATCH, "its normal OS answered"),
+        ("normal-os", "agent", Outcome.VERIFIED, ""),
+        # root in the normal OS reports a zero lock PCR its quote does not show
+        ("lying-value", "boot", Outcome.UNEXPECTED_PCRS, "lock PCR value"),
+        # an older peer whose quote does not cover the lock PCR: its role is not attested
+        ("old", "boot", Outcome.ROLE_MISMATCH, "does not cover lock PCR 15"),
+        ("old", "agent", Outcome.VERIFIED, ""),
+    ],
+)
+def test_only_a_quote_with_the_lock_pcr_at_reset_may_say_boot(
+    kind: str, role: str, outcome: Outcome, words: str
+) -> None:
+    """Issue 9: the AK quotes at any time, so root in a peer's normal OS can run its own
+    responder. The quote covers the lock PCR; "boot" needs it at reset."""
+    from testing.peersim import LOCK_EXTENDED, LOCK_RESET
+
+    from recover.core.inventory import parse
+    from recover.core.protocol import Rejected, verify_reply
+
+    att = SoftwareAttestor(
+        lock_value={"payload": LOCK_RESET, "old": None}.get(kind, LOCK_EXTENDED),
+        report_lock=LOCK_RESET if kind == "lying-value" else None,
+    )
+    nonce = bytes(range(32))
+    peer = parse([entry("p1", 1, att.pem)]).peers[0]
+    reply = _reply(att, nonce, role=role)
+    if outcome is Outcome.VERIFIED:
+        assert verify_reply(peer, nonce, reply, {"p1"}).role == role
+        return
+    with pytest.raises(Rejected) as e:
+        verify_reply(peer, nonce, reply, {"p1"})
+    assert e.value.outcome is outcome and words in e.value.reason, e.value.reason
+
+
+@pytest.mark.parametrize(
+    "sims,kind",
+    [
+        # A domain of 2, quorum 50%: one peer whose normal OS claims "boot, abnormal" used
+        # to decide alone (needed was 1). Now it is not believed, and 2 are needed anyway.
+        ([SimPeer("liar", behaviour="liar"), SimPeer("fine", summary="clean")], Kind.ISOLATED),
+        ([SimPeer("liar", behaviour="liar"), SimPeer("down", summary="abnormal")],
+         Kind.UNDETERMINED),
+        ([SimPeer("liar", behaviour="liar"), SimPeer("liar2", behaviour="liar-lockvalue")],
+         Kind.UNDETERMINED),
+        # An honest agent saying abnormal (its payload ran already) counts as unaffected.
+        ([SimPeer("agent", behaviour="agent"), SimPeer("down", summary="abnormal")],
+         Kind.ISOLATED),
+        ([SimPeer("old", behaviour="old"), SimPeer("down", summary="abnormal")],
+         Kind.UNDETERMINED),
+        # Two peers in their payloads, both down: correlated.
+        ([SimPeer("down1"), SimPeer("down2")], Kind.CORRELATED),
+    ],
+)  # fmt: skip
+def test_a_lying_peer_does_not_make_a_correlated_failure(sims: list, kind: Kind) -> None:
+    att = SoftwareAttestor()
+    with Fleet(sims, [me_entry(att)]) as fleet:
+        res = ask(fleet.inventory(me_entry(att)), att)
+    liars = [r for r in res.results if r.peer_id.startswith("liar") or r.peer_id == "old"]
+    assert all(r.outcome is not Outcome.VERIFIED for r in liars), by_id(res)
+    v = decide_counts(Reading.ABNORMAL, 25.0, res.results, res.domain_size, Policy("50%"))
+    assert v.kind is kind, (v.reasons, by_id(res))
+    assert v.counts["needed"] == 2
+
+
+def test_lock_pcr_bank_order_does_not_matter() -> None:
+    """The quoter adds the lock PCR to the first bank of its tpm.pcrs; an inventory that
+    lists the banks in another order still verifies it (and still sees it at reset)."""
+    import hashlib
+
+    from testing.peersim import GOOD_PCRS
+
+    from recover.core.inventory import parse
+    from recover.core.protocol import verify_reply
+
+    sha1 = {0: hashlib.sha1(b"pcr0").digest()}
+    att = SoftwareAttestor(pcrs={**GOOD_PCRS, "sha1": sha1}, selection="sha256:0,2,4,7,9+sha1:0")
+    nonce = bytes(range(32))
+    peer = parse([entry("p1", 1, att.pem, pcrs={"sha1": sha1, **GOOD_PCRS})]).peers[0]
+    assert next(iter(peer.pcrs)) == "sha1"
+    assert verify_reply(peer, nonce, _reply(att, nonce), {"p1"}).role == "boot"

@@ -48,6 +48,13 @@ def test_round_trip_and_lookup(tmp_path: Path) -> None:
     assert inventory.parse([GOOD]).peers[0].id == "a"  # a bare list is fine too
 
 
+def test_lock_pcr_is_optional_and_kept() -> None:
+    """The peer's lock PCR (issue 9: "boot" answers need it at reset): default 15."""
+    assert inventory.parse([GOOD]).peers[0].lock_pcr == 15
+    peer = inventory.parse([with_(lock_pcr=14)]).peers[0]
+    assert peer.lock_pcr == 14 and peer.to_json()["lock_pcr"] == 14
+
+
 @pytest.mark.parametrize(
     "entry,message",
     [
@@ -63,6 +70,11 @@ def test_round_trip_and_lookup(tmp_path: Path) -> None:
         (with_(pcrs={"sha256": {"0": "00" * 31}}), "sha256.0: expected 32 bytes of hex"),
         (with_(pcrs={"sha256": {"0": "zz" * 32}}), "expected 32 bytes of hex"),
         ("not an object", "must be an object"),
+        (with_(lock_pcr=16), "lock_pcr: must be a non-resettable PCR 0..15"),
+        (with_(lock_pcr="15"), "lock_pcr: must be a non-resettable PCR"),
+        (with_(lock_pcr=True), "lock_pcr: must be a non-resettable PCR"),
+        (with_(ek_pub="AAAA"), "ek_pub: not a PEM public key"),
+        (with_(ek_cert=PEM), "ek_cert: not a PEM certificate"),
     ],
 )
 def test_bad_entries(entry: Any, message: str) -> None:

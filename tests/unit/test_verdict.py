@@ -15,12 +15,14 @@ A, C, U = Reading.ABNORMAL, Reading.CLEAN, Reading.UNKNOWN
 OWN_RESET = 30.0
 
 
-def peer(i: int, summary: Reading = A, since: float = OWN_RESET + 5) -> PeerResult:
+def peer(
+    i: int, summary: Reading = A, since: float = OWN_RESET + 5, role: str = "boot"
+) -> PeerResult:
     st = PeerStatus(
         host_id=f"p{i}",
         boot_id="b",
         failure_domain="rack",
-        role="boot",
+        role=role,
         summary=summary,
         orderly=summary is C,
         since_reset_s=since,
@@ -36,7 +38,8 @@ def bad(i: int, outcome: Outcome = Outcome.TIMEOUT) -> PeerResult:
 
 def peers(*spec: str) -> tuple[PeerResult, ...]:
     """a: abnormal in window, c: clean, u: unknown summary, o: abnormal outside the
-    window, x: unverified (timeout), f: forged."""
+    window, x: unverified (timeout), f: forged, g: abnormal in the window but answered by
+    the peer's normal OS (role agent), h: unknown, answered by the normal OS."""
     out = []
     for i, ch in enumerate(spec):
         out.append(
@@ -47,6 +50,8 @@ def peers(*spec: str) -> tuple[PeerResult, ...]:
                 "o": lambda i: peer(i, A, since=OWN_RESET + 10_000),
                 "x": lambda i: bad(i),
                 "f": lambda i: bad(i, Outcome.FORGED),
+                "g": lambda i: peer(i, A, role="agent"),
+                "h": lambda i: peer(i, U, role="agent"),
             }[ch](i)
         )
     return tuple(out)
@@ -74,7 +79,27 @@ CASES = [
     (A, "ooaa", "50%", "normal", "normal", "auto", Kind.CORRELATED, Action.RECOVER),
     (A, "aaaa", "100%", "normal", "normal", "auto", Kind.CORRELATED, Action.RECOVER),
     (A, "aaax", "100%", "normal", "hold", "auto", Kind.UNDETERMINED, Action.HOLD),
-    (A, "aa", "5", "hold", "normal", "auto", Kind.ISOLATED, Action.HOLD),  # quorum > domain
+    # A quorum larger than the domain can never be reached: undetermined (as for a host
+    # alone), no longer isolated (it was: "no quorum can be reached" held vacuously, although
+    # both peers went down too).
+    (A, "aa", "5", "hold", "normal", "auto", Kind.UNDETERMINED, Action.NORMAL),
+    (A, "cc", "5", "hold", "hold", "auto", Kind.UNDETERMINED, Action.HOLD),
+    # Percentage quorums need at least 2 abnormal peers (issue 9: one compromised peer
+    # must not decide). Domain of 2 at 50%: needed was 1, now 2.
+    (A, "aa", "50%", "normal", "normal", "auto", Kind.CORRELATED, Action.RECOVER),
+    (A, "ac", "50%", "normal", "normal", "auto", Kind.ISOLATED, Action.NORMAL),  # was correlated
+    (A, "ax", "50%", "normal", "hold", "auto", Kind.UNDETERMINED, Action.HOLD),  # was correlated
+    # Domain of 1 at a percentage: never reachable → undetermined (was correlated/isolated).
+    (A, "a", "50%", "normal", "hold", "auto", Kind.UNDETERMINED, Action.HOLD),
+    (A, "c", "100%", "normal", "hold", "auto", Kind.UNDETERMINED, Action.HOLD),
+    # A count quorum stays as configured: 1 abnormal peer of 1 decides if the operator says so.
+    (A, "a", "1", "normal", "normal", "auto", Kind.CORRELATED, Action.RECOVER),
+    # Answers from a peer's normal OS (role agent) count as unaffected, whatever they say.
+    (A, "gg", "50%", "normal", "hold", "auto", Kind.ISOLATED, Action.NORMAL),
+    (A, "agg", "50%", "normal", "hold", "auto", Kind.ISOLATED, Action.NORMAL),
+    (A, "aag", "50%", "normal", "hold", "auto", Kind.CORRELATED, Action.RECOVER),
+    (A, "g", "1", "hold", "normal", "auto", Kind.ISOLATED, Action.HOLD),
+    (A, "hh", "1", "hold", "normal", "auto", Kind.ISOLATED, Action.HOLD),  # unknown → unaffected
     (A, "", "50%", "recover", "hold", "auto", Kind.UNDETERMINED, Action.HOLD),  # alone
     (U, "aaa", "50%", "normal", "normal", "auto", Kind.CORRELATED, Action.RECOVER),
     (U, "ccc", "50%", "recover", "hold", "auto", Kind.UNDETERMINED, Action.HOLD),
@@ -112,7 +137,11 @@ def test_verdict_table(
 @pytest.mark.parametrize(
     "quorum,domain,need",
     [("50%", 4, 2), ("50%", 5, 3), ("1%", 200, 2), ("100%", 3, 3), ("3", 10, 3),
-     ("50%", 0, 1), ("30%", 10, 3), ("33%", 3, 1)],
+     ("30%", 10, 3),
+     # percentages need at least 2 (issue 9); these were 1 before:
+     ("50%", 0, 2), ("33%", 3, 2), ("50%", 1, 2), ("50%", 2, 2), ("1%", 10, 2),
+     # a count stays as configured:
+     ("1", 1, 1), ("1", 0, 1)],
 )  # fmt: skip
 def test_quorum_needed(quorum: str, domain: int, need: int) -> None:
     assert Policy(quorum).needed(domain) == need
@@ -131,6 +160,13 @@ def test_window_decides_same_event() -> None:
     assert inside.kind is Kind.CORRELATED
     assert outside.kind is Kind.ISOLATED
     assert outside.counts["outside_window"] == 1
+
+
+def test_normal_os_answers_are_counted_and_said() -> None:
+    v = decide_counts(A, OWN_RESET, peers("a", "g", "g"), 3, Policy("50%"))
+    assert v.kind is Kind.ISOLATED
+    assert (v.counts["same_event"], v.counts["unaffected"], v.counts["normal_os"]) == (1, 2, 2)
+    assert any("normal OS" in r for r in v.reasons)
 
 
 def test_unknown_own_reset_time_is_said() -> None:
@@ -164,23 +200,25 @@ def test_settled_matches_every_completion() -> None:
     same kind; if False, two completions differ."""
     import itertools
 
-    pol = Policy("3")
-    for spec in ("", "a", "aa", "c", "cc", "ac", "x", "ax", "cx"):
-        done = peers(*spec)
-        for pending in range(0, 4):
-            domain = len(done) + pending
-            kinds = set()
-            for fill in itertools.product("acx", repeat=pending):
-                allres = done + tuple(
-                    peer(9 + k, A) if f == "a" else peer(9 + k, C) if f == "c" else bad(9 + k)
-                    for k, f in enumerate(fill)
+    for pol in (Policy("3"), Policy("50%")):  # percentages: at least 2 (issue 9)
+        for spec in ("", "a", "aa", "c", "cc", "ac", "x", "ax", "cx", "g", "ag"):
+            done = peers(*spec)
+            for pending in range(0, 4):
+                domain = len(done) + pending
+                kinds = set()
+                for fill in itertools.product("acxg", repeat=pending):
+                    allres = done + tuple(_one(f, 9 + k) for k, f in enumerate(fill))
+                    kinds.add(decide_counts(A, OWN_RESET, allres, domain, pol).kind)
+                assert settled(A, OWN_RESET, done, pending, domain, pol) is (len(kinds) == 1), (
+                    pol.quorum,
+                    spec,
+                    pending,
+                    kinds,
                 )
-                kinds.add(decide_counts(A, OWN_RESET, allres, domain, pol).kind)
-            assert settled(A, OWN_RESET, done, pending, domain, pol) is (len(kinds) == 1), (
-                spec,
-                pending,
-                kinds,
-            )
+
+
+def _one(ch: str, i: int) -> PeerResult:
+    return {"a": peer(i, A), "c": peer(i, C), "x": bad(i), "g": peer(i, A, role="agent")}[ch]
 
 
 def test_decide_takes_evidence_and_results() -> None:
