@@ -47,6 +47,9 @@ class Config:
     tpm_orderly_nv: int
     tpm_record_nv: int
     tpm_policy_nv: int
+    tpm_srk_name: str
+    tpm_seal_name: str
+    tpm_image_key_id: str
     tpm_timeout: float
     store_image: str
     store_credentials: str
@@ -119,12 +122,23 @@ def _read_file(path: Path, raw: dict[str, str]) -> None:
             _apply(raw, f"{section}.{key.replace('-', '_')}", value, os.fspath(path))
 
 
-def config_files(path: str | os.PathLike[str] | None) -> list[Path]:
-    main = (
+def main_path(path: str | os.PathLike[str] | None) -> Path:
+    """The main configuration file: ``path``, else $HOST_RECOVER_CONFIG, else the default."""
+    return (
         Path(path)
         if path is not None
         else Path(os.environ.get("HOST_RECOVER_CONFIG", DEFAULT_PATH))
     )
+
+
+def dropin_dir(path: str | os.PathLike[str] | None) -> Path:
+    """The drop-in directory of the main file (``host-recover.conf.d``)."""
+    main = main_path(path)
+    return main.with_name(main.name + ".d")
+
+
+def config_files(path: str | os.PathLike[str] | None) -> list[Path]:
+    main = main_path(path)
     try:
         main_exists = main.exists()
         files = [main] if main_exists else []
