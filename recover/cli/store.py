@@ -157,6 +157,9 @@ def _print_status(doc: dict[str, Any]) -> None:
         ),
         f"unsealable: {verdict}" + (f" ({sealed['reason']})" if sealed.get("reason") else ""),
         f"rollback:   {doc['rollback_counter']}",
+        "owner auth: "
+        + ("set" if doc["owner_auth_set"] else "EMPTY (provision --export-owner-auth FILE)"),
+        "pins:       " + ", ".join(f"{k} {v}" for k, v in doc["pins"].items()),
     ]
     print("\n".join(lines), file=out)
 

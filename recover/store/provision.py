@@ -274,6 +274,21 @@ def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
     return out
 
 
+def _pin_state(t: Tpm, cfg: Config, persistent: list[int]) -> dict[str, str]:
+    """Each pinned TPM name: "match", "MISMATCH", "missing" (no object) or "not pinned"."""
+    out = {}
+    for key, handle in (("srk_name", cfg.tpm_srk_handle), ("seal_name", cfg.tpm_seal_handle)):
+        pinned = getattr(cfg, f"tpm_{key}")
+        if not pinned:
+            out[key] = "not pinned"
+        elif handle not in persistent:
+            out[key] = "missing"
+        else:
+            out[key] = "match" if t.object_name(handle).hex() == pinned else "MISMATCH"
+    out["image_key_id"] = cfg.tpm_image_key_id or "not pinned"
+    return out
+
+
 def status(cfg: Config) -> dict[str, Any]:
     """The status document (``status --json``)."""
     doc: dict[str, Any] = {"tpm": {"tcti": cfg.tpm_tcti, "reachable": False}}
@@ -299,6 +314,7 @@ def status(cfg: Config) -> dict[str, Any]:
             }
             doc["sealed"] = _policy_state(t, cfg)
             doc["owner_auth_set"] = t.owner_auth_set()
+            doc["pins"] = _pin_state(t, cfg, persistent)
             for name in ("rollback_nv", "orderly_nv", "policy_nv"):
                 index = getattr(cfg, f"tpm_{name}")
                 doc[name.replace("_nv", "_counter")] = (

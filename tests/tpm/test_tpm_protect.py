@@ -237,13 +237,14 @@ def test_provision_pins_the_srk_the_sealed_object_and_the_key_id(host: Host, cap
     assert host.run(capsys, "unseal", "--check")[0] == 0
 
 
-def _replace_srk(tcti: str) -> None:
+def _replace_srk(tcti: str, owner_auth: bytes = b"") -> None:
     """Root in the normal OS (empty owner auth): another key at the SRK's handle."""
     from tpm2_pytss import ESYS_TR, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
 
     from recover.tpm.seal import SRK_ATTRS
 
     with Tpm.open(tcti) as t:
+        t.use_owner_auth(owner_auth)
         old = t.ectx.tr_from_tpmpublic(0x81000001)
         t.ectx.evict_control(ESYS_TR.OWNER, old, 0x81000001)
         tmpl = TPM2B_PUBLIC.parse("ecc256:aes128cfb", objectAttributes=SRK_ATTRS)
@@ -292,3 +293,14 @@ def test_pins_never_create_the_configuration_directory(
     assert doc["pinned"] is None and set(doc["pins"]) == {"srk_name", "image_key_id"}
     assert "could not write the pinned names" in err
     assert not conf.parent.exists()
+
+
+def test_status_shows_owner_auth_and_pins(host: Host, capsys) -> None:
+    assert host.run(capsys, "provision", "--export-owner-auth", str(host.root / "o"))[0] == 0
+    rc, out, _ = host.run(capsys, "status", "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["owner_auth_set"] is True
+    assert doc["pins"]["srk_name"] == "match" and doc["pins"]["seal_name"] == "not pinned"
+    _replace_srk(host.tcti, (host.root / "o").read_bytes())
+    rc, out, _ = host.run(capsys, "status")
+    assert rc == 0 and "owner auth: set" in out and "srk_name MISMATCH" in out
