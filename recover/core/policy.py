@@ -66,7 +66,9 @@ NV_ORDERLY = 0x4000000
 NV_WRITTEN = 0x20000000
 # Only the owner (auth held offline once provision set it) may raise the policy counter;
 # anyone may read it (PolicyNV reads it with the index's empty authValue).
-POLICY_COUNTER_ATTRS = NV_TPM_NT_COUNTER | NV_OWNERWRITE | NV_OWNERREAD | NV_AUTHREAD | NV_NO_DA
+OWNER_COUNTER_ATTRS = NV_TPM_NT_COUNTER | NV_OWNERWRITE | NV_OWNERREAD | NV_AUTHREAD | NV_NO_DA
+POLICY_COUNTER_ATTRS = OWNER_COUNTER_ATTRS
+ROLLBACK_COUNTER_ATTRS = OWNER_COUNTER_ATTRS  # raised by `image floor --owner-auth`
 DEFAULT_POLICY_NV = 0x01500013
 
 PcrValues = Mapping[str, Mapping[int, bytes]]

@@ -1,4 +1,6 @@
-"""``policy install``: make a signed policy the current one and revoke older ones.
+"""``policy install`` (make a signed policy the current one and revoke older ones) and
+``image floor`` (raise the lowest accepted recovery image version): the two owner-auth
+operations on the TPM's anti-rollback counters.
 
 The file is verified (policy key, digest, both signatures, lock PCR, policy counter
 index, version >= the TPM's policy counter), copied atomically to tpm.policy_file, and
@@ -61,3 +63,18 @@ def install_policy(
         # valid (counter <= its version); the old one was superseded on disk only.
         counter = t.counter_advance_to(cfg.tpm_policy_nv, signed.policy_version)
     return signed.policy_version, counter
+
+
+def raise_image_floor(cfg: Config, version: int, *, owner_auth_file: str | None = None) -> int:
+    """Raise the rollback counter (tpm.rollback_nv) to ``version``; returns its value.
+
+    Images below it are refused from then on (exit 5). Needs the owner auth once set
+    (the counter is OWNERWRITE only, so the normal OS cannot raise it to deny recovery).
+    """
+    from recover.errors import UsageError
+
+    if version < 0:
+        raise UsageError("the image floor must be >= 0")
+    with open_tpm(cfg) as t:
+        use_owner_auth(t, owner_auth_file, "raising the image floor")
+        return t.counter_advance_to(cfg.tpm_rollback_nv, version)

@@ -53,7 +53,7 @@ def provision(
     ``provision --json`` prints."""
     from recover.atomicfile import AtomicFile
     from recover.core import imageformat
-    from recover.core.policy import POLICY_COUNTER_ATTRS
+    from recover.core.policy import POLICY_COUNTER_ATTRS, ROLLBACK_COUNTER_ATTRS
     from recover.store.credentials import on_memory_fs
     from recover.tpm.nv import NvLayoutError
 
@@ -130,7 +130,7 @@ def provision(
             report["image_key_id"] = imageformat.key_id(image_root_key(secret)).hex()
         counters = {
             "orderly_nv": (cfg.tpm_orderly_nv, True, None),
-            "rollback_nv": (cfg.tpm_rollback_nv, False, None),
+            "rollback_nv": (cfg.tpm_rollback_nv, False, ROLLBACK_COUNTER_ATTRS),
             "policy_nv": (cfg.tpm_policy_nv, False, POLICY_COUNTER_ATTRS),
         }
         report["counters_created"], report["counters_migrated"] = [], []

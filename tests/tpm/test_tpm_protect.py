@@ -304,3 +304,39 @@ def test_status_shows_owner_auth_and_pins(host: Host, capsys) -> None:
     _replace_srk(host.tcti, (host.root / "o").read_bytes())
     rc, out, _ = host.run(capsys, "status")
     assert rc == 0 and "owner auth: set" in out and "srk_name MISMATCH" in out
+
+
+def test_rollback_counter_needs_the_owner_auth(host: Host, capsys) -> None:
+    """Root in the normal OS cannot raise the image floor past the current image (a
+    permanent denial of recovery); the operator can, with the owner auth."""
+    from tpm2_pytss import ESYS_TR, TSS2_Exception
+
+    auth = host.root / "owner.auth"
+    assert host.run(capsys, "provision", "--export-owner-auth", str(auth))[0] == 0
+    rollback = 0x01500010
+    with Tpm.open(host.tcti) as t:
+        assert t.nv_attributes(rollback) == pol.ROLLBACK_COUNTER_ATTRS | pol.NV_WRITTEN
+        nv = t.ectx.tr_from_tpmpublic(rollback)
+        for auth_handle in (nv, ESYS_TR.OWNER):
+            with pytest.raises(TSS2_Exception):
+                t.ectx.nv_increment(nv, auth_handle=auth_handle)
+        assert t.counter_read(rollback) == 1
+    rc, _, err = host.run(capsys, "image", "floor", "3")
+    assert rc == 2 and "--owner-auth" in err
+    assert host.run(capsys, "image", "floor", "3", "--owner-auth", str(auth))[0] == 0
+    assert (
+        host.run(capsys, "image", "floor", "2", "--owner-auth", str(auth))[0] == 0
+    )  # never lowers
+    assert unseal.rollback_version(host.cfg()) == 3
+
+
+def test_provision_migrates_an_old_rollback_counter(host: Host, capsys) -> None:
+    rollback = 0x01500010
+    with Tpm.open(host.tcti) as t:  # the layout before this change: AUTHWRITE
+        t._nv_define(rollback, NV_BASE | pol.NV_TPM_NT_COUNTER, 8)
+        t.counter_increment(rollback)
+        t.counter_advance_to(rollback, 5)
+    rc, out, err = host.run(capsys, "provision", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["counters_migrated"] == ["rollback_nv"]
+    assert unseal.rollback_version(host.cfg()) >= 5
