@@ -47,6 +47,9 @@ class Config:
     tpm_orderly_nv: int
     tpm_record_nv: int
     tpm_policy_nv: int
+    tpm_srk_name: str
+    tpm_seal_name: str
+    tpm_image_key_id: str
     tpm_timeout: float
     store_image: str
     store_credentials: str
@@ -119,13 +122,25 @@ def _read_file(path: Path, raw: dict[str, str]) -> None:
             _apply(raw, f"{section}.{key.replace('-', '_')}", value, os.fspath(path))
 
 
+def main_path(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:
+    """The main configuration file: ``path``, else HOST_RECOVER_CONFIG from ``env`` (the
+    process environment by default), else the default."""
+    env = os.environ if env is None else env
+    return Path(path) if path is not None else Path(env.get("HOST_RECOVER_CONFIG", DEFAULT_PATH))
+
+
+def dropin_dir(path: str | os.PathLike[str] | None) -> Path:
+    """The drop-in directory of the main file (``host-recover.conf.d``)."""
+    main = main_path(path)
+    return main.with_name(main.name + ".d")
+
+
 def config_files(
     path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
 ) -> list[Path]:
-    """The main file (``path``, else HOST_RECOVER_CONFIG from ``env``, else the default)
-    and its drop-ins; only a given ``path`` must exist."""
-    env = os.environ if env is None else env
-    main = Path(path) if path is not None else Path(env.get("HOST_RECOVER_CONFIG", DEFAULT_PATH))
+    """The main file (:func:`main_path`) and its drop-ins; only a given ``path`` must
+    exist."""
+    main = main_path(path, env)
     try:
         main_exists = main.exists()
         files = [main] if main_exists else []

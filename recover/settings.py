@@ -36,6 +36,24 @@ def _nv_index(text: str) -> int:
     return value
 
 
+def _hex_pin(size: int) -> Callable[[str], str]:
+    """A pinned value: ``size`` bytes as lowercase hex, or empty (not pinned)."""
+
+    def parse(text: str) -> str:
+        t = text.strip().lower()
+        if not t:
+            return ""
+        try:
+            raw = bytes.fromhex(t)
+        except ValueError:
+            raise ValueError(f"{text!r} is not hex") from None
+        if len(raw) != size:
+            raise ValueError(f"{text!r} is {len(raw)} bytes, not {size}")
+        return t
+
+    return parse
+
+
 def _pcr_index(text: str) -> int:
     value = int(text, 0)
     if not 0 <= value <= 23:
@@ -284,7 +302,32 @@ SETTINGS: tuple[Setting, ...] = (
         _nv_index,
         "0x01500013",
         "NV counter index holding the lowest accepted signed-policy version (policy = "
-        "signed); a successful unseal raises it, so older signed policies are refused.",
+        "signed; owner-write only). `host-recover policy install` raises it; every signed "
+        "policy requires it <= its version at the TPM (PolicyNV), so older ones stop working.",
+    ),
+    Setting(
+        "tpm.srk_name",
+        _hex_pin(34),
+        "",
+        "TPM name (hex) of the storage key at tpm.srk_handle, pinned by `provision` in "
+        "host-recover.conf.d/50-provisioned.conf; unseal refuses another key (exit 5) before "
+        "salting a session with it. Empty: not pinned.",
+    ),
+    Setting(
+        "tpm.seal_name",
+        _hex_pin(34),
+        "",
+        "TPM name (hex) of the sealed object at tpm.seal_handle, pinned by `provision` with "
+        "policy = signed; unseal refuses another object (exit 5) before loading it. Empty: "
+        "not pinned.",
+    ),
+    Setting(
+        "tpm.image_key_id",
+        _hex_pin(16),
+        "",
+        "Key id (hex, as `image inspect` shows it) of the image key derived from the sealed "
+        "master, pinned by `provision`; an unsealed master of another id is refused (exit "
+        "5). Empty: not pinned.",
     ),
     Setting(
         "tpm.timeout",

@@ -111,8 +111,19 @@ def _image(r: Recovery) -> None:
     image_key = keys.image_root_key(bytes(r.master))
     image.decrypt_file(r.image_path, plain_dir / "root.img", image_key, min_version=min_version)
     if header.image_version > min_version:
-        with contextlib.suppress(HostRecoverError):
-            r.tpm.counter_advance_to(r.cfg.tpm_rollback_nv, header.image_version)
+        # The rollback counter is owner-write only: with an empty owner auth the boot may
+        # still raise it; once an owner auth is set only `image floor --owner-auth` can.
+        if r.tpm.owner_auth_set():
+            log.info(
+                "image version %d is above the floor %d: raise it with `host-recover image "
+                "floor %d --owner-auth FILE`",
+                header.image_version,
+                min_version,
+                header.image_version,
+            )
+        else:
+            with contextlib.suppress(HostRecoverError):
+                r.tpm.counter_advance_to(r.cfg.tpm_rollback_nv, header.image_version)
 
 
 def _rootfs(r: Recovery) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from recover.errors import UsageError
 
 if TYPE_CHECKING:
     from recover.config import Config
+
+log = logging.getLogger(__name__)
 
 _MIN_VERSION_HELP = "reject images older than this (with the TPM: at least its rollback counter)"
 
@@ -62,6 +65,18 @@ def register(sub: Any) -> None:
     p.add_argument("--key-file", metavar="FILE")
     p.add_argument("--workers", type=int, default=0, help="0: one per core")
     p.add_argument("--min-version", type=int, default=0, help=_MIN_VERSION_HELP)
+    p = imgsub.add_parser(
+        "floor",
+        help="Raise the TPM's rollback counter (tpm.rollback_nv): recovery images below "
+        "VERSION are refused from then on. Never lowers it.",
+    )
+    p.set_defaults(handler=cmd_floor)
+    p.add_argument("version", type=int, metavar="VERSION")
+    p.add_argument(
+        "--owner-auth",
+        metavar="FILE",
+        help="owner hierarchy auth (from `provision --export-owner-auth`), once it is set",
+    )
 
 
 def _image_key(args: argparse.Namespace, cfg: Config) -> tuple[bytes, bool]:
@@ -187,4 +202,12 @@ def cmd_decrypt(args: argparse.Namespace, cfg: Config) -> int:
         workers=args.workers,
     )
     print(f"{args.output}: {header.plaintext_length} bytes verified and decrypted")
+    return 0
+
+
+def cmd_floor(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store.policyinstall import raise_image_floor
+
+    value = raise_image_floor(cfg, args.version, owner_auth_file=args.owner_auth)
+    log.info("rollback counter 0x%08x = %d: older images are refused", cfg.tpm_rollback_nv, value)
     return 0

@@ -1,9 +1,11 @@
-"""``host-recover policy keygen|sign``: signed PCR policies (tpm.policy = signed).
+"""``host-recover policy keygen|sign|install``: signed PCR policies (tpm.policy = signed).
 
 The private key signs on an operator machine; the host keeps only the public key (in
 the measured initramfs) and the signed policy file (outside the measured path). After
 a planned PCR change (new firmware, kernel, initramfs) the operator signs the predicted
-values and the host unseals again without re-sealing. File format: docs/tpm.md.
+values and installs them (``policy install``: the file goes to tpm.policy_file and the
+TPM's policy counter rises to its version, so every older signed policy stops working
+at the TPM); the host unseals again without re-sealing. File format: docs/tpm.md.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +52,19 @@ def register(sub: Any) -> None:
         metavar="N",
         help="anti-rollback version of the signed policy (default: one more than the "
         "existing output file's, at least the TPM's policy counter)",
+    )
+    p = polsub.add_parser(
+        "install",
+        help="Verify a signed policy, copy it to tpm.policy_file (atomically) and raise the "
+        "TPM's policy counter to its version: older signed policies stop working at the TPM.",
+    )
+    p.set_defaults(handler=cmd_install)
+    p.add_argument("file", metavar="FILE", help="signed policy file (from `policy sign`)")
+    p.add_argument(
+        "--owner-auth",
+        metavar="FILE",
+        help="owner hierarchy auth (from `provision --export-owner-auth`); needed to raise "
+        "the policy counter once it is set",
     )
 
 
@@ -132,7 +148,9 @@ def cmd_sign(args: argparse.Namespace, cfg: Config) -> int:
     if version < 0:
         raise UsageError("--policy-version must be >= 0")
     try:
-        signed = sign_policy(private, selection, values, cfg.tpm_lock_pcr, version)
+        signed = sign_policy(
+            private, selection, values, cfg.tpm_lock_pcr, version, policy_nv=cfg.tpm_policy_nv
+        )
     except (ValueError, TypeError) as e:
         raise UsageError(
             f"cannot sign with {args.key}: {str(e).splitlines()[0]}",
@@ -140,11 +158,30 @@ def cmd_sign(args: argparse.Namespace, cfg: Config) -> int:
         ) from None
     signed.save(output)
     log.info(
-        "signed policy v%d for %s (+ lock PCR %d): %s → %s",
+        "signed policy v%d for %s (+ lock PCR %d, policy counter <= %d): %s → %s",
         version,
         signed.selection,
         cfg.tpm_lock_pcr,
+        version,
         signed.approved_policy.hex(),
         output,
+    )
+    if os.path.abspath(output) == os.path.abspath(cfg.tpm_policy_file):
+        log.info(
+            "activate it (and revoke older ones) with `host-recover policy install %s`", output
+        )
+    return 0
+
+
+def cmd_install(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store.policyinstall import install_policy
+
+    version, counter = install_policy(cfg, args.file, owner_auth_file=args.owner_auth)
+    log.info(
+        "installed signed policy v%d at %s; policy counter 0x%08x = %d (older policies revoked)",
+        version,
+        cfg.tpm_policy_file,
+        cfg.tpm_policy_nv,
+        counter,
     )
     return 0

@@ -43,6 +43,18 @@ def register(sub: Any) -> None:
         help="seal this 32-byte master secret instead of a fresh random one "
         "(fleet images shared by hosts)",
     )
+    p.add_argument(
+        "--owner-auth",
+        metavar="FILE",
+        help="the owner hierarchy auth (from --export-owner-auth); needed for --force, "
+        "migrations and any change once it is set",
+    )
+    p.add_argument(
+        "--export-owner-auth",
+        metavar="FILE",
+        help="set a new random owner hierarchy auth and write it to FILE (mode 0600) before "
+        "the TPM changes; keep it offline like the master",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
@@ -73,6 +85,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_provision(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.config import dropin_dir
     from recover.store.provision import provision
 
     report = provision(
@@ -81,6 +94,9 @@ def cmd_provision(args: argparse.Namespace, cfg: Config) -> int:
         export_image_key=args.export_image_key,
         export_master=args.export_master,
         master_from=args.master_from,
+        owner_auth=args.owner_auth,
+        export_owner_auth=args.export_owner_auth,
+        pin_dir=dropin_dir(args.config),
     )
     exported = report.pop("exported")
     if args.json:
@@ -95,6 +111,11 @@ def cmd_provision(args: argparse.Namespace, cfg: Config) -> int:
             f"; image key id {report['image_key_id']}" if "image_key_id" in report else "",
             "".join(f"; wrote {p}" for p in exported),
         )
+        if report.get("pinned"):
+            log.info(
+                "pinned the provisioned objects in %s: rebuild the initramfs to bake it in",
+                report["pinned"],
+            )
     return 0
 
 
@@ -137,6 +158,9 @@ def _print_status(doc: dict[str, Any]) -> None:
         ),
         f"unsealable: {verdict}" + (f" ({sealed['reason']})" if sealed.get("reason") else ""),
         f"rollback:   {doc['rollback_counter']}",
+        "owner auth: "
+        + ("set" if doc["owner_auth_set"] else "EMPTY (provision --export-owner-auth FILE)"),
+        "pins:       " + ", ".join(f"{k} {v}" for k, v in doc["pins"].items()),
     ]
     print("\n".join(lines), file=out)
 

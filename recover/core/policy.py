@@ -6,7 +6,12 @@ PolicyAuthorize ``H(H(old ‖ TPM_CC_PolicyAuthorize ‖ keyName) ‖ policyRef)
 SHA-256 starting from 32 zero bytes. They agree with the TPM (trial and real sessions)
 and with ``tpm2_createpolicy`` (tests/test_tpm_crosscheck.py).
 
-The signed policy file (docs/tpm.md, "Signed policy file v1") is versioned JSON. It
+The approved policy of a signed policy of version v is PolicyPCR(values, lock PCR at 0)
+followed by ``PolicyNV(policy counter, v, TPM_EO_UNSIGNED_LE)``: the TPM itself refuses
+it once the policy counter is above v (``host-recover policy install`` raises the
+counter), so superseded policies stop working at the TPM (docs/tpm.md, "Revocation").
+
+The signed policy file (docs/tpm.md, "Signed policy file v2") is versioned JSON. It
 carries two ECDSA P-256 signatures by the offline policy key:
 
 * ``signature``: over SHA-256(approvedPolicy ‖ policyRef); the TPM checks this one
@@ -36,6 +41,8 @@ from recover.errors import ConfigError, PolicyMismatch
 
 CC_POLICY_PCR = 0x0000017F
 CC_POLICY_AUTHORIZE = 0x0000016A
+CC_POLICY_NV = 0x00000149
+EO_UNSIGNED_LE = 0x0009  # TPM_EO: NV contents <= operandB (unsigned)
 ALG_IDS = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
 ALG_SHA256 = 0x000B
 ALG_NULL = 0x0010
@@ -44,7 +51,25 @@ ECC_NIST_P256 = 0x0003
 # TPMA_OBJECT of the external policy key: sign | userWithAuth (verification only).
 EXTERNAL_KEY_ATTRS = 0x00040000 | 0x00000040
 FORMAT = "host-recover-signed-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # v2: the approved digest includes PolicyNV(policy counter <= version)
+
+# TPMA_NV bits (Part 2, 13.4) and the layout of the policy counter, whose TPM name is
+# part of every approved policy digest (so it is fixed here, in the pure core).
+NV_OWNERWRITE = 0x2
+NV_AUTHWRITE = 0x4
+NV_POLICYWRITE = 0x8
+NV_TPM_NT_COUNTER = 0x1 << 4
+NV_OWNERREAD = 0x20000
+NV_AUTHREAD = 0x40000
+NV_NO_DA = 0x2000000
+NV_ORDERLY = 0x4000000
+NV_WRITTEN = 0x20000000
+# Only the owner (auth held offline once provision set it) may raise the policy counter;
+# anyone may read it (PolicyNV reads it with the index's empty authValue).
+OWNER_COUNTER_ATTRS = NV_TPM_NT_COUNTER | NV_OWNERWRITE | NV_OWNERREAD | NV_AUTHREAD | NV_NO_DA
+POLICY_COUNTER_ATTRS = OWNER_COUNTER_ATTRS
+ROLLBACK_COUNTER_ATTRS = OWNER_COUNTER_ATTRS  # raised by `image floor --owner-auth`
+DEFAULT_POLICY_NV = 0x01500013
 
 PcrValues = Mapping[str, Mapping[int, bytes]]
 
@@ -105,6 +130,54 @@ def policy_pcr_digest(
     ).digest()
 
 
+def nv_name(index: int, attrs: int, size: int, auth_policy: bytes = b"") -> bytes:
+    """TPM name of an NV index: nameAlg ‖ SHA-256(TPMS_NV_PUBLIC). ``attrs`` as the TPM
+    holds them (TPMA_NV_WRITTEN set once the index was written)."""
+    public = (
+        struct.pack(">IHI", index, ALG_SHA256, attrs)
+        + _tpm2b(auth_policy)
+        + struct.pack(">H", size)
+    )
+    return struct.pack(">H", ALG_SHA256) + hashlib.sha256(public).digest()
+
+
+def policy_counter_name(index: int) -> bytes:
+    """TPM name of the (initialised) policy counter at ``index``."""
+    return nv_name(index, POLICY_COUNTER_ATTRS | NV_WRITTEN, 8)
+
+
+def policy_nv_digest(
+    old: bytes, nv_index_name: bytes, operand_b: bytes, offset: int, operation: int
+) -> bytes:
+    """PolicyNV: ``H(old ‖ TPM_CC_PolicyNV ‖ H(operandB ‖ offset ‖ operation) ‖ nvName)``."""
+    args = hashlib.sha256(operand_b + struct.pack(">HH", offset, operation)).digest()
+    return hashlib.sha256(old + struct.pack(">I", CC_POLICY_NV) + args + nv_index_name).digest()
+
+
+def version_operand(version: int) -> bytes:
+    """A policy version as PolicyNV's operandB: 8 bytes big-endian, like the counter."""
+    if not 0 <= version < 1 << 64:
+        raise ConfigError(f"policy version {version} is out of range")
+    return version.to_bytes(8, "big")
+
+
+def approved_policy_digest(
+    selection: str | Selection,
+    pcr_values: PcrValues,
+    lock_pcr: int | None,
+    policy_nv: int,
+    policy_version: int,
+) -> bytes:
+    """The digest a signed policy approves: PolicyPCR, then policy counter <= version."""
+    return policy_nv_digest(
+        policy_pcr_digest(selection, pcr_values, lock_pcr),
+        policy_counter_name(policy_nv),
+        version_operand(policy_version),
+        0,
+        EO_UNSIGNED_LE,
+    )
+
+
 def _tpm2b(data: bytes) -> bytes:
     return struct.pack(">H", len(data)) + data
 
@@ -145,7 +218,7 @@ def policy_authorize_digest(pubkey_pem: bytes, policy_ref: bytes = b"") -> bytes
 
 @dataclasses.dataclass(frozen=True)
 class SignedPolicy:
-    """A PCR policy approved by the offline policy key (file format v1)."""
+    """A PCR policy approved by the offline policy key (file format v2)."""
 
     selection: str
     lock_pcr: int
@@ -156,6 +229,7 @@ class SignedPolicy:
     signature: bytes  # DER ECDSA over SHA-256(approved_policy ‖ policy_ref); TPM-checked
     payload_signature: bytes  # DER ECDSA over canonical payload(); software-checked
     policy_ref: bytes = b""
+    policy_nv: int = DEFAULT_POLICY_NV  # the policy counter the approved digest names
 
     def payload(self) -> bytes:
         body = {
@@ -171,6 +245,7 @@ class SignedPolicy:
             "key_name": self.key_name.hex(),
             "policy_ref": self.policy_ref.hex(),
             "policy_version": self.policy_version,
+            "policy_nv": f"0x{self.policy_nv:08x}",
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
@@ -185,6 +260,11 @@ class SignedPolicy:
         try:
             doc: dict[str, Any] = json.loads(text)
             if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
+                if doc.get("format") == FORMAT and doc.get("version") == 1:
+                    raise ValueError(
+                        "format v1 (before revocation in the TPM); sign it again and "
+                        "install it with `host-recover policy install`"
+                    )
                 raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} file")
             return cls(
                 selection=str(doc["selection"]),
@@ -197,6 +277,7 @@ class SignedPolicy:
                 key_name=bytes.fromhex(doc["key_name"]),
                 policy_ref=bytes.fromhex(doc.get("policy_ref", "")),
                 policy_version=int(doc["policy_version"]),
+                policy_nv=int(str(doc["policy_nv"]), 16),
                 signature=bytes.fromhex(doc["signature"]),
                 payload_signature=bytes.fromhex(doc["payload_signature"]),
             )
@@ -233,7 +314,10 @@ class SignedPolicy:
                 "signed policy is for another policy key",
                 hint="check tpm.policy_pubkey and the key used by `policy sign`",
             )
-        if self.approved_policy != policy_pcr_digest(self.selection, self.pcrs, self.lock_pcr):
+        approved = approved_policy_digest(
+            self.selection, self.pcrs, self.lock_pcr, self.policy_nv, self.policy_version
+        )
+        if self.approved_policy != approved:
             raise PolicyMismatch("signed policy: approved digest does not match its PCR values")
         key = load_pem_public_key(pubkey_pem)
         assert isinstance(key, ec.EllipticCurvePublicKey)
@@ -264,8 +348,10 @@ def sign_policy(
     pcr_values: PcrValues,
     lock_pcr: int,
     policy_version: int,
+    policy_nv: int = DEFAULT_POLICY_NV,
 ) -> SignedPolicy:
-    """Sign ``pcr_values`` for ``selection`` with the offline policy key."""
+    """Sign ``pcr_values`` for ``selection`` with the offline policy key, valid while the
+    TPM's policy counter at ``policy_nv`` is at most ``policy_version``."""
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -280,7 +366,7 @@ def sign_policy(
     )
     sel = parse_selection(selection)
     values = {alg: {p: bytes(pcr_values[alg][p]) for p in pcrs} for alg, pcrs in sel}
-    approved = policy_pcr_digest(sel, values, lock_pcr)
+    approved = approved_policy_digest(sel, values, lock_pcr, policy_nv, policy_version)
     unsigned = SignedPolicy(
         selection=format_selection(sel),
         lock_pcr=lock_pcr,
@@ -288,6 +374,7 @@ def sign_policy(
         approved_policy=approved,
         key_name=key_name(pub_pem),
         policy_version=policy_version,
+        policy_nv=policy_nv,
         signature=key.sign(approved, ec.ECDSA(hashes.SHA256())),
         payload_signature=b"",
     )

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from recover.config import Config
 from recover.core.keys import MASTER_SIZE, image_root_key
 from recover.core.pcrsel import parse_selection
-from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
+from recover.errors import HostRecoverError, PolicyMismatch, TpmUnavailable, UsageError
 from recover.store.keyfile import read_key_file
+from recover.store.owner import OWNER_AUTH_SIZE
 from recover.store.unseal import load_signed_policy, open_tpm, policy_floor, read_pubkey
 
 if TYPE_CHECKING:
@@ -38,26 +39,54 @@ def provision(
     export_image_key: str | None = None,
     export_master: str | None = None,
     master_from: str | None = None,
+    owner_auth: str | None = None,
+    export_owner_auth: str | None = None,
+    pin_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Create what is missing (SRK, AK, NV counters) and seal a master secret unless
     one is sealed (``force`` replaces it). Exports are written completely before the
-    TPM changes. Returns the report ``provision --json`` prints."""
+    TPM changes. Once the owner hierarchy auth is set, ``force`` and every change need
+    it (``owner_auth``: a file); ``export_owner_auth`` sets a new random one (written
+    to that file first). ``pin_dir``: the configuration's drop-in directory, where the
+    TPM names of the SRK and (policy = signed) the sealed object and the image key id
+    are written (``PINS_FILE``, to be baked into the initramfs). Returns the report
+    ``provision --json`` prints."""
     from recover.atomicfile import AtomicFile
     from recover.core import imageformat
+    from recover.core.policy import POLICY_COUNTER_ATTRS, ROLLBACK_COUNTER_ATTRS
     from recover.store.credentials import on_memory_fs
+    from recover.tpm.nv import NvLayoutError
 
     exports = [p for p in (export_image_key, export_master) if p]
-    for p in exports:
+    for p in [*exports, *([export_owner_auth] if export_owner_auth else [])]:
         _check_export_target(p)
-    if len(exports) == 2 and os.path.abspath(exports[0]) == os.path.abspath(exports[1]):
-        raise UsageError("--export-image-key and --export-master name the same file")
+    named = [os.path.abspath(p) for p in (*exports, export_owner_auth) if p]
+    if len(set(named)) != len(named):
+        raise UsageError("two --export-* options name the same file")
     given = read_key_file(master_from, "master secret") if master_from else None
+    auth = read_key_file(owner_auth, "owner auth") if owner_auth else None
     pubkey = read_pubkey(cfg) if cfg.tpm_policy == "signed" else None
     report: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         # Export files are created (unnamed) before the TPM changes: a bad path fails here.
         outs = {p: stack.enter_context(contextlib.closing(AtomicFile(p))) for p in exports}
+        auth_out = (
+            stack.enter_context(contextlib.closing(AtomicFile(export_owner_auth)))
+            if export_owner_auth
+            else None
+        )
         t = stack.enter_context(open_tpm(cfg))
+        auth_was_set = t.owner_auth_set()
+        if auth is not None:
+            t.use_owner_auth(auth)
+        elif auth_was_set and (force or export_owner_auth):
+            raise UsageError(
+                "the owner hierarchy auth is set on this TPM: "
+                + ("--force" if force else "--export-owner-auth")
+                + " must prove ownership with --owner-auth FILE",
+                hint="give the file written by `provision --export-owner-auth`; if it is lost, "
+                'see docs/tpm.md ("Owner auth")',
+            )
         report["srk_created"] = t.ensure_srk(cfg.tpm_srk_handle)
         t.ensure_ak(cfg.tpm_ak_handle)
         sealed = t.has_object(cfg.tpm_seal_handle)
@@ -100,19 +129,93 @@ def provision(
             # Public: compare with `image inspect`'s key_id to tell which master an image needs.
             report["image_key_id"] = imageformat.key_id(image_root_key(secret)).hex()
         counters = {
-            "orderly_nv": (cfg.tpm_orderly_nv, True),
-            "rollback_nv": (cfg.tpm_rollback_nv, False),
-            "policy_nv": (cfg.tpm_policy_nv, False),
+            "orderly_nv": (cfg.tpm_orderly_nv, True, None),
+            "rollback_nv": (cfg.tpm_rollback_nv, False, ROLLBACK_COUNTER_ATTRS),
+            "policy_nv": (cfg.tpm_policy_nv, False, POLICY_COUNTER_ATTRS),
         }
-        report["counters_created"] = [
-            name for name, (index, orderly) in counters.items()
-            if t.ensure_counter(index, orderly=orderly)
-        ]  # fmt: skip
+        report["counters_created"], report["counters_migrated"] = [], []
+        for name, (index, orderly, attrs) in counters.items():
+            try:
+                if t.ensure_counter(index, orderly=orderly, attrs=attrs):
+                    report["counters_created"].append(name)
+            except NvLayoutError as e:
+                if attrs is None:
+                    raise
+                # An older layout (AUTHWRITE: anyone could raise it): redefine it, owner-
+                # write only, at its old value. Needs the owner auth once it is set.
+                t.migrate_counter(index, attrs=e.want)
+                report["counters_migrated"].append(name)
+        if auth_out is not None:
+            new = os.urandom(OWNER_AUTH_SIZE)
+            auth_out.write_all(new, 0)
+            auth_out.commit()  # on disk before the TPM changes
+            try:
+                t.change_owner_auth(new)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(auth_out.dst)
+                raise
+            if not on_memory_fs(auth_out.fd):
+                log.warning(
+                    "%s is on persistent storage: move it offline and shred it", auth_out.dst
+                )
+        if pin_dir is not None:
+            key_id = report.get("image_key_id") or cfg.tpm_image_key_id
+            pins = {"srk_name": t.object_name(cfg.tpm_srk_handle, "storage key").hex()}
+            if cfg.tpm_policy == "signed":
+                pins["seal_name"] = t.object_name(cfg.tpm_seal_handle, "sealed object").hex()
+            if key_id:
+                pins["image_key_id"] = key_id
+            report["pins"] = pins
+            try:
+                report["pinned"] = os.fspath(write_pins(pin_dir, pins))
+            except HostRecoverError as e:  # e.g. a read-only /etc: the TPM work is done
+                report["pinned"] = None
+                log.warning(
+                    "could not write the pinned names (%s): add [tpm] %s to the baked-in "
+                    "configuration by hand",
+                    e.message,
+                    ", ".join(f"{k} = {v}" for k, v in pins.items()),
+                )
+        report["owner_auth_set"] = auth_out is not None or auth_was_set
+        if not report["owner_auth_set"]:
+            log.warning(
+                "the owner hierarchy auth is empty: any root process can raise the policy "
+                "counter or undefine the NV indices; set one with "
+                "`host-recover provision --export-owner-auth FILE` and keep the file offline"
+            )
     report["policy"] = str(cfg.tpm_policy)
     report["pcrs"] = cfg.tpm_pcrs
     report["lock_pcr"] = cfg.tpm_lock_pcr
     report["exported"] = [p for p in exports if report["secret"] != "kept"]
+    if export_owner_auth:
+        report["exported"].append(export_owner_auth)
     return report
+
+
+PINS_FILE = "50-provisioned.conf"
+
+
+def write_pins(pin_dir: str | os.PathLike[str], pins: dict[str, str]) -> Path:
+    """Write the pinned names as a configuration drop-in, atomically (0644)."""
+    from recover.atomicfile import write_file
+
+    d = Path(pin_dir)
+    if not d.parent.is_dir():  # never create the configuration directory itself
+        raise UsageError(f"the configuration directory {d.parent} does not exist")
+    try:
+        d.mkdir(mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {d}: {e.strerror}") from None
+    text = (
+        "# Written by `host-recover provision`: the provisioned TPM objects, checked before\n"
+        "# every unseal. Bake it into the initramfs (the dracut module installs\n"
+        "# host-recover.conf.d/*.conf). Rewritten by every provision run.\n"
+        "[tpm]\n" + "".join(f"{k} = {v}\n" for k, v in pins.items())
+    )
+    path = d / PINS_FILE
+    write_file(path, text.encode(), mode=0o644)
+    return path
 
 
 def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
@@ -171,6 +274,21 @@ def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
     return out
 
 
+def _pin_state(t: Tpm, cfg: Config, persistent: list[int]) -> dict[str, str]:
+    """Each pinned TPM name: "match", "MISMATCH", "missing" (no object) or "not pinned"."""
+    out = {}
+    for key, handle in (("srk_name", cfg.tpm_srk_handle), ("seal_name", cfg.tpm_seal_handle)):
+        pinned = getattr(cfg, f"tpm_{key}")
+        if not pinned:
+            out[key] = "not pinned"
+        elif handle not in persistent:
+            out[key] = "missing"
+        else:
+            out[key] = "match" if t.object_name(handle).hex() == pinned else "MISMATCH"
+    out["image_key_id"] = cfg.tpm_image_key_id or "not pinned"
+    return out
+
+
 def status(cfg: Config) -> dict[str, Any]:
     """The status document (``status --json``)."""
     doc: dict[str, Any] = {"tpm": {"tcti": cfg.tpm_tcti, "reachable": False}}
@@ -195,6 +313,8 @@ def status(cfg: Config) -> dict[str, Any]:
                 "present": cfg.tpm_ak_handle in persistent,
             }
             doc["sealed"] = _policy_state(t, cfg)
+            doc["owner_auth_set"] = t.owner_auth_set()
+            doc["pins"] = _pin_state(t, cfg, persistent)
             for name in ("rollback_nv", "orderly_nv", "policy_nv"):
                 index = getattr(cfg, f"tpm_{name}")
                 doc[name.replace("_nv", "_counter")] = (

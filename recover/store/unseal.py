@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recover.core.pcrsel import parse_selection
-from recover.errors import HostRecoverError, PolicyMismatch, UsageError
+from recover.errors import HostRecoverError, IntegrityError, PolicyMismatch, UsageError
 from recover.store.safefile import POLICY_MAX, read_capped
 
 if TYPE_CHECKING:
@@ -71,12 +71,12 @@ def unseal_master(cfg: Config, tpm: Tpm | None = None) -> bytes:
     """Unseal the master secret with the configured policy; PolicyMismatch → exit 4.
 
     With ``tpm.policy = signed`` the signed policy file is checked (signatures, PCR
-    values, version >= the TPM's policy counter) and, once it unsealed, the counter is
-    raised to its version so older signed policies are refused from then on.
+    values, version >= the TPM's policy counter), and the TPM checks the counter again
+    (PolicyNV). Unsealing never raises the counter: ``policy install`` does.
     """
     with open_tpm(cfg, tpm) as t:
         try:
-            return _unseal(cfg, t)
+            return _check_key_id(cfg, _unseal(cfg, t))
         except PolicyMismatch as e:
             if _lock_pcr_extended(t, cfg):
                 raise PolicyMismatch(
@@ -85,6 +85,28 @@ def unseal_master(cfg: Config, tpm: Tpm | None = None) -> bytes:
                     "cannot unseal: pass --key-file with the offline copy of the key",
                 ) from None
             raise
+
+
+def _check_key_id(cfg: Config, secret: bytes) -> bytes:
+    """The pinned image key id (tpm.image_key_id) against the unsealed master."""
+    if not cfg.tpm_image_key_id:
+        return secret
+    from recover.core import imageformat
+    from recover.core.keys import image_root_key
+
+    got = imageformat.key_id(image_root_key(secret)).hex()
+    if got != cfg.tpm_image_key_id:
+        raise IntegrityError(
+            f"the unsealed master has image key id {got}, not the provisioned "
+            f"{cfg.tpm_image_key_id} (tpm.image_key_id): refusing it",
+            hint="the sealed object was replaced; if you re-provisioned on purpose, rebuild "
+            "the initramfs with the new host-recover.conf.d/50-provisioned.conf",
+        )
+    return secret
+
+
+def _pin(value: str) -> bytes | None:
+    return bytes.fromhex(value) if value else None
 
 
 def _lock_pcr_extended(t: Tpm, cfg: Config) -> bool:
@@ -102,10 +124,12 @@ def _unseal(cfg: Config, t: Tpm) -> bytes:
             selection=cfg.tpm_pcrs,
             lock_pcr=cfg.tpm_lock_pcr,
             policy="pcr",
+            srk_name=_pin(cfg.tpm_srk_name),
+            seal_name=_pin(cfg.tpm_seal_name),
         )
     signed = load_signed_policy(cfg.tpm_policy_file)
     floor = policy_floor(t, cfg)
-    secret = t.unseal_master(
+    return t.unseal_master(
         srk_handle=cfg.tpm_srk_handle,
         seal_handle=cfg.tpm_seal_handle,
         selection=signed.selection,
@@ -114,13 +138,10 @@ def _unseal(cfg: Config, t: Tpm) -> bytes:
         signed_policy=signed,
         policy_pubkey_pem=read_pubkey(cfg),
         min_policy_version=floor or 0,
+        policy_nv=cfg.tpm_policy_nv,
+        srk_name=_pin(cfg.tpm_srk_name),
+        seal_name=_pin(cfg.tpm_seal_name),
     )
-    if floor is not None and signed.policy_version > floor:
-        try:
-            t.counter_advance_to(cfg.tpm_policy_nv, signed.policy_version)
-        except HostRecoverError as e:
-            log.warning("could not raise the policy counter: %s", e.message)
-    return secret
 
 
 def rollback_version(cfg: Config, tpm: Tpm | None = None) -> int:

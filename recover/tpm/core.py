@@ -56,7 +56,13 @@ RETRY_HINT = (
 _TCTI_HINT = "check tpm.tcti (--tcti), e.g. device:/dev/tpmrm0; for swtpm check host and port"
 
 # TPM_PT properties (Part 2, 6.13).
+PT_PERMANENT = 0x200
 PT_STARTUP_CLEAR = 0x201
+OWNER_AUTH_SET = 1 << 0  # TPMA_PERMANENT.ownerAuthSet
+RC_BAD_AUTH = 0x0A2  # TPM_RC_BAD_AUTH (NODA objects/hierarchies, incl. owner on swtpm)
+RC_AUTH_FAIL = 0x08E  # TPM_RC_AUTH_FAIL
+RC_POLICY = 0x126  # TPM_RC_POLICY: e.g. a PolicyNV comparison failed
+RC_NV_AUTHORIZATION = 0x149  # TPM_RC_NV_AUTHORIZATION: this auth may not write the index
 PT_LOCKOUT_COUNTER = 0x20E
 PT_MAX_AUTH_FAIL = 0x20F
 PT_LOCKOUT_INTERVAL = 0x210
@@ -166,6 +172,12 @@ def translate(what: str) -> Iterator[None]:
             raise PcrChanged(what) from None
         if err == RC_LOCKOUT:
             raise TpmError(f"{what}: TPM in lockout (0x{rc:x})", rc=rc, hint=LOCKOUT_HINT) from None
+        if err in (RC_BAD_AUTH, RC_AUTH_FAIL, RC_NV_AUTHORIZATION):
+            raise UsageError(
+                f"{what}: the TPM refused the authorization (0x{rc:x})",
+                hint="the owner hierarchy auth is set: pass --owner-auth FILE with the file "
+                "written by `host-recover provision --export-owner-auth`",
+            ) from None
         raise TpmError(f"{what} failed: {e} (0x{rc:x})", rc=rc) from None
 
 
@@ -326,6 +338,26 @@ class TpmCore:
             "restartCount": int(ci.restartCount),
             "safe": bool(ci.safe),
         }
+
+    # --- owner hierarchy ------------------------------------------------------------
+
+    def owner_auth_set(self) -> bool:
+        """TPMA_PERMANENT.ownerAuthSet: the owner hierarchy has a non-empty auth."""
+        return bool(self._properties(PT_PERMANENT, 1).get(PT_PERMANENT, 0) & OWNER_AUTH_SET)
+
+    def use_owner_auth(self, auth: bytes) -> None:
+        """Authorise later owner-hierarchy commands with ``auth`` (not sent anywhere)."""
+        from tpm2_pytss import ESYS_TR
+
+        self.ectx.tr_set_auth(ESYS_TR.OWNER, auth)
+
+    def change_owner_auth(self, new: bytes) -> None:
+        """HierarchyChangeAuth(OWNER): the current auth (use_owner_auth) authorises it."""
+        from tpm2_pytss import ESYS_TR
+
+        with translate("setting the owner hierarchy auth"):
+            self.ectx.hierarchy_change_auth(ESYS_TR.OWNER, new)
+        self.use_owner_auth(new)
 
     def persistent_handles(self) -> list[int]:
         return self._handles(0x81000000)

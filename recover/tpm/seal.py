@@ -14,8 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from recover.core import policy as pol
 from recover.core.pcrsel import format_selection
-from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
-from recover.tpm.core import RC_SIGNATURE, RC_VALUE, PcrChanged, TpmCore, translate
+from recover.errors import IntegrityError, PolicyMismatch, TpmUnavailable, UsageError
+from recover.tpm.core import (
+    RC_POLICY,
+    RC_SIGNATURE,
+    RC_VALUE,
+    PcrChanged,
+    TpmCore,
+    translate,
+)
 
 if TYPE_CHECKING:
     from recover.core.policy import SignedPolicy
@@ -127,6 +134,24 @@ class SealOps(TpmCore):
             lock_pcr,
         )
 
+    def object_name(self, handle: int, what: str = "object") -> bytes:
+        """The TPM name (nameAlg ‖ H(public area)) of a persistent object or NV index."""
+        return bytes(self.ectx.tr_get_name(self._tr(handle, what)))
+
+    def _check_pin(
+        self, tr: Any, pinned: bytes | None, what: str, handle: int, setting: str
+    ) -> None:
+        if not pinned:
+            return
+        name = bytes(self.ectx.tr_get_name(tr))
+        if name != pinned:
+            raise IntegrityError(
+                f"the {what} at 0x{handle:08x} is not the provisioned one (name {name.hex()}, "
+                f"pinned {pinned.hex()} in {setting}): refusing to use it",
+                hint="someone replaced it; if you re-provisioned on purpose, rebuild the "
+                "initramfs with the new host-recover.conf.d/50-provisioned.conf",
+            )
+
     def sealed_policy_digest(self, seal_handle: int) -> bytes:
         """authPolicy of the persisted sealed object."""
         obj = self._tr(seal_handle, "sealed object")
@@ -146,12 +171,19 @@ class SealOps(TpmCore):
         retries: int = 3,
         policy_pubkey_pem: bytes | None = None,
         min_policy_version: int = 0,
+        policy_nv: int | None = None,
+        srk_name: bytes | None = None,
+        seal_name: bytes | None = None,
     ) -> bytes:
         """Unseal through a salted, response-encrypted policy session.
 
         ``policy = "signed"`` needs ``signed_policy`` and ``policy_pubkey_pem``; the file
-        is checked in software (signatures, digest, ``min_policy_version``) and then by
-        the TPM (VerifySignature → PolicyAuthorize). Raises PolicyMismatch (exit 4).
+        is checked in software (signatures, digest, ``min_policy_version``, the policy
+        counter it names is ``policy_nv``) and then by the TPM (PolicyPCR, PolicyNV:
+        policy counter <= its version, VerifySignature → PolicyAuthorize). Raises
+        PolicyMismatch (exit 4). ``srk_name`` / ``seal_name``: the pinned TPM names;
+        another object at either handle is an IntegrityError (exit 5), checked before the
+        SRK salts a session and before the sealed object is used.
         """
         if policy == "signed":
             if signed_policy is None or policy_pubkey_pem is None:
@@ -162,11 +194,19 @@ class SealOps(TpmCore):
                     f"signed policy covers lock PCR {signed_policy.lock_pcr}, not {lock_pcr}",
                     hint="sign the policy with the configured tpm.lock_pcr",
                 )
+            if policy_nv is not None and signed_policy.policy_nv != policy_nv:
+                raise PolicyMismatch(
+                    f"signed policy names policy counter 0x{signed_policy.policy_nv:08x}, "
+                    f"not tpm.policy_nv 0x{policy_nv:08x}",
+                    hint="sign the policy with the configured tpm.policy_nv",
+                )
             selection = signed_policy.selection
         elif policy != "pcr":
             raise UsageError(f"unknown policy {policy!r} (pcr or signed)")
         srk = self._srk(srk_handle)
+        self._check_pin(srk, srk_name, "storage key", srk_handle, "tpm.srk_name")
         sealed = self._tr(seal_handle, "sealed object")
+        self._check_pin(sealed, seal_name, "sealed object", seal_handle, "tpm.seal_name")
         for attempt in range(max(1, retries + 1)):
             try:
                 return self._unseal_once(
@@ -200,6 +240,7 @@ class SealOps(TpmCore):
             with translate("PolicyPCR"):
                 self.ectx.policy_pcr(session, b"", TPML_PCR_SELECTION.parse(sel))
             if signed is not None:
+                self._policy_counter_at_most(session, signed)
                 try:
                     self.ectx.policy_authorize(
                         policy_session=session,
@@ -230,6 +271,31 @@ class SealOps(TpmCore):
         finally:
             if not flushed:
                 self._flush(session)
+
+    def _policy_counter_at_most(self, session: Any, signed: SignedPolicy) -> None:
+        """PolicyNV: the TPM's policy counter <= the signed policy's version, checked by
+        the TPM in the unseal session (revocation: `policy install` raises it)."""
+        from tpm2_pytss import TPM2_EO, TPM2B_OPERAND, TSS2_Exception
+
+        nv = self._tr(signed.policy_nv, "policy counter")
+        try:
+            self.ectx.policy_nv(
+                nv,
+                nv,
+                session,
+                TPM2B_OPERAND(pol.version_operand(signed.policy_version)),
+                TPM2_EO.UNSIGNED_LE,
+                0,
+            )
+        except TSS2_Exception as e:
+            if getattr(e, "error", 0) == RC_POLICY:
+                raise PolicyMismatch(
+                    f"signed policy version {signed.policy_version} is revoked: the TPM's "
+                    f"policy counter 0x{signed.policy_nv:08x} is above it",
+                    hint="use the newest signed policy (`host-recover policy install`)",
+                ) from None
+            with translate("PolicyNV (policy counter)"):
+                raise
 
     def _verify_policy_signature(self, signed: SignedPolicy, pubkey_pem: bytes) -> Any:
         """LoadExternal (OWNER hierarchy) + VerifySignature → a ticket for PolicyAuthorize."""

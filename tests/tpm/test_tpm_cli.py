@@ -97,8 +97,12 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     # Idempotent: a second run keeps the secret and creates nothing.
     rc, out, _ = host.run(capsys, "provision", "--json")
     assert rc == 0
-    assert json.loads(out) | {"pcrs": None} == {
+    doc = json.loads(out)
+    assert doc.pop("pinned") == str(host.root / "host-recover.conf.d" / "50-provisioned.conf")
+    assert set(doc.pop("pins")) == {"srk_name", "image_key_id"}
+    assert doc | {"pcrs": None} == {
         "srk_created": False, "secret": "kept", "counters_created": [],
+        "counters_migrated": [], "owner_auth_set": False,
         "policy": "pcr", "pcrs": None, "lock_pcr": 14,
     }  # fmt: skip
     # Exports only when a secret is created now: refuse, write nothing.
@@ -176,6 +180,8 @@ def test_signed_policy_cli(host: Host, capsys) -> None:
     second = json.loads((host.root / "policy.json").read_text())
     assert second["policy_version"] == first["policy_version"] + 1
     assert host.run(capsys, "unseal", "--check")[0] == 0
+    # Installing it raises the policy counter (unsealing does not).
+    assert host.run(capsys, "policy", "install", str(host.root / "policy.json"))[0] == 0
 
     # Back to the old PCR values with the old policy: stale, the counter moved on.
     host.restart_tpm()
@@ -183,9 +189,14 @@ def test_signed_policy_cli(host: Host, capsys) -> None:
     rc, _, err = host.run(capsys, "unseal", "--check")
     assert rc == 4 and "stale" in err
 
-    # A tampered file: exit 4 as well.
+    # A tampered file: exit 4 as well (the version is part of the approved digest).
     doc = json.loads((host.root / "old-policy.json").read_text())
     doc["policy_version"] = 99
+    (host.root / "policy.json").write_text(json.dumps(doc))
+    rc, _, err = host.run(capsys, "unseal", "--check")
+    assert rc == 4 and "approved digest does not match" in err
+    doc = json.loads((host.root / "old-policy.json").read_text())
+    doc["signature"] = doc["payload_signature"]
     (host.root / "policy.json").write_text(json.dumps(doc))
     rc, _, err = host.run(capsys, "unseal", "--check")
     assert rc == 4 and "bad signature" in err

@@ -31,6 +31,8 @@ def tpm(swtpm_module) -> Iterator[Tpm]:
         for pcr in (16, 23):
             t.ectx.pcr_reset(_pcr(pcr))
         t.ensure_srk(SRK)
+        # The policy counter every signed policy names (PolicyNV: counter <= version).
+        t.ensure_counter(pol.DEFAULT_POLICY_NV, orderly=False, attrs=pol.POLICY_COUNTER_ATTRS)
         yield t
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import struct
 
 import pytest
@@ -102,7 +103,9 @@ def test_signed_policy_round_trip_and_verify(tmp_path) -> None:
     loaded = load_signed_policy(path)
     assert loaded == signed
     loaded.verify(pub, min_version=3)
-    assert loaded.approved_policy == pol.policy_pcr_digest("sha256:0,2,4,7,9", values, 15)
+    assert loaded.approved_policy == pol.approved_policy_digest(
+        "sha256:0,2,4,7,9", values, 15, pol.DEFAULT_POLICY_NV, 3
+    )
 
 
 def test_signed_policy_refuses_forgery_staleness_and_other_keys() -> None:
@@ -114,9 +117,18 @@ def test_signed_policy_refuses_forgery_staleness_and_other_keys() -> None:
         signed.verify(pub, min_version=6)
     with pytest.raises(PolicyMismatch, match="another policy key"):
         signed.verify(other_pub)
-    # Someone edits the version (to escape the anti-rollback floor): payload signature fails.
-    with pytest.raises(PolicyMismatch, match="bad signature"):
+    # Someone edits the version (to escape the anti-rollback floor): the approved digest
+    # names the version (PolicyNV), so it no longer matches; with the digest recomputed
+    # the TPM-checked signature fails.
+    with pytest.raises(PolicyMismatch, match="approved digest"):
         dataclasses.replace(signed, policy_version=9).verify(pub, min_version=6)
+    bumped = dataclasses.replace(
+        signed,
+        policy_version=9,
+        approved_policy=pol.approved_policy_digest("sha256:0,7", values, 15, signed.policy_nv, 9),
+    )
+    with pytest.raises(PolicyMismatch, match="bad signature"):
+        bumped.verify(pub, min_version=6)
     # New PCR values with the old approved digest: the digest check catches it.
     moved = {"sha256": {0: b"\x01" * 32, 7: ZERO}}
     with pytest.raises(PolicyMismatch, match="approved digest"):
@@ -266,3 +278,31 @@ def test_verify_quote_fuzz(pcrs: set[int], nonce: bytes, flip: int, data) -> Non
         )  # fmt: skip
     except IntegrityError:
         pass
+
+
+def test_approved_digest_is_policy_pcr_then_policy_nv() -> None:
+    """Independent re-derivation of Part 3 PolicyNV (CC 0x149) after PolicyPCR: the
+    policy counter <= version, TPM_EO_UNSIGNED_LE (9), operandB 8 bytes big-endian."""
+    values = {"sha256": {0: ZERO, 7: ZERO}}
+    pcr = pol.policy_pcr_digest("sha256:0,7", values, 15)
+    # TPMS_NV_PUBLIC: index, nameAlg, attributes (+ WRITTEN), authPolicy (empty), size 8.
+    attrs = 0x2 | 0x10 | 0x20000 | 0x40000 | 0x2000000 | 0x20000000
+    public = struct.pack(">IHIHH", 0x01500013, 0x000B, attrs, 0, 8)
+    name = b"\x00\x0b" + hashlib.sha256(public).digest()
+    assert pol.policy_counter_name(0x01500013) == name
+    args = hashlib.sha256((3).to_bytes(8, "big") + struct.pack(">HH", 0, 9)).digest()
+    expected = hashlib.sha256(pcr + struct.pack(">I", 0x149) + args + name).digest()
+    assert pol.approved_policy_digest("sha256:0,7", values, 15, 0x01500013, 3) == expected
+    # Each version, and each counter index, approves a different digest.
+    assert pol.approved_policy_digest("sha256:0,7", values, 15, 0x01500013, 4) != expected
+    assert pol.approved_policy_digest("sha256:0,7", values, 15, 0x01500014, 3) != expected
+
+
+def test_format_v1_files_are_refused_with_a_hint() -> None:
+    priv, _ = _keypair()
+    doc = json.loads(
+        pol.sign_policy(priv, "sha256:0,7", {"sha256": {0: ZERO, 7: ZERO}}, 15, 1).to_json()
+    )
+    doc["version"] = 1
+    with pytest.raises(PolicyMismatch, match="format v1"):
+        pol.SignedPolicy.from_json(json.dumps(doc))
