@@ -48,6 +48,7 @@ class Config:
     tpm_record_nv: int
     tpm_policy_nv: int
     tpm_timeout: float
+    tpm_event_log: str
     store_image: str
     store_credentials: str
     store_device: str

@@ -44,6 +44,7 @@ def register(sub: Any) -> None:
         "(fleet images shared by hosts)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_allow_unbound(p)
 
     p = sub.add_parser(
         "status",
@@ -72,6 +73,16 @@ def register(sub: Any) -> None:
     p.add_argument("--failure-domain", default="", help="failure domain of this host")
 
 
+def _add_allow_unbound(p: Any) -> None:
+    p.add_argument(
+        "--allow-unbound",
+        action="store_true",
+        help="seal even when the event log shows that tpm.pcrs leaves the kernel, the "
+        "initramfs or the command line unmeasured, or there is no event log (a boot path "
+        "without measurements, a test TPM); docs/measured-boot.md",
+    )
+
+
 def cmd_provision(args: argparse.Namespace, cfg: Config) -> int:
     from recover.store.provision import provision
 
@@ -81,6 +92,7 @@ def cmd_provision(args: argparse.Namespace, cfg: Config) -> int:
         export_image_key=args.export_image_key,
         export_master=args.export_master,
         master_from=args.master_from,
+        allow_unbound=args.allow_unbound,
     )
     exported = report.pop("exported")
     if args.json:

@@ -14,6 +14,7 @@ from recover.config import Config
 from recover.core.keys import MASTER_SIZE, image_root_key
 from recover.core.pcrsel import parse_selection
 from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
+from recover.store import binding
 from recover.store.keyfile import read_key_file
 from recover.store.unseal import load_signed_policy, open_tpm, policy_floor, read_pubkey
 
@@ -38,6 +39,7 @@ def provision(
     export_image_key: str | None = None,
     export_master: str | None = None,
     master_from: str | None = None,
+    allow_unbound: bool = False,
 ) -> dict[str, Any]:
     """Create what is missing (SRK, AK, NV counters) and seal a master secret unless
     one is sealed (``force`` replaces it). Exports are written completely before the
@@ -58,6 +60,10 @@ def provision(
         # Export files are created (unnamed) before the TPM changes: a bad path fails here.
         outs = {p: stack.enter_context(contextlib.closing(AtomicFile(p))) for p in exports}
         t = stack.enter_context(open_tpm(cfg))
+        if force or not t.has_object(cfg.tpm_seal_handle):  # about to seal: bound?
+            bound = binding.assess(cfg.tpm_event_log, cfg.tpm_pcrs, t)
+            binding.require(bound, allow_unbound=allow_unbound, what="seal to tpm.pcrs")
+            report["binding"] = bound.to_json()
         report["srk_created"] = t.ensure_srk(cfg.tpm_srk_handle)
         t.ensure_ak(cfg.tpm_ak_handle)
         sealed = t.has_object(cfg.tpm_seal_handle)
@@ -195,6 +201,7 @@ def status(cfg: Config) -> dict[str, Any]:
                 "present": cfg.tpm_ak_handle in persistent,
             }
             doc["sealed"] = _policy_state(t, cfg)
+            doc["binding"] = binding.assess(cfg.tpm_event_log, cfg.tpm_pcrs, t).to_json()
             for name in ("rollback_nv", "orderly_nv", "policy_nv"):
                 index = getattr(cfg, f"tpm_{name}")
                 doc[name.replace("_nv", "_counter")] = (

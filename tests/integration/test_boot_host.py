@@ -76,9 +76,9 @@ class Host:
 
     def provision_and_build(self, sign_with: Path | None = None) -> None:
         key = self.base / "image.key"
-        assert self.cli("provision", "--export-image-key", str(key)) == 0
+        assert self.cli("provision", "--allow-unbound", "--export-image-key", str(key)) == 0
         if sign_with is not None:  # tpm.policy = signed: sign the current PCR values
-            assert self.cli("policy", "sign", "--key", str(sign_with)) == 0
+            assert self.cli("policy", "sign", "--allow-unbound", "--key", str(sign_with)) == 0
         tree = self.base / "tree"
         (tree / "etc").mkdir(parents=True)
         (tree / "etc" / "os-release").write_text("ID=recovery\n")
@@ -391,7 +391,7 @@ def test_signed_policy_recovery_survives_a_kernel_update(tmp_path: Path) -> None
         # the operator signs the new values (here: read from this very boot)
         h.tpm.power_cut_and_restart()
         subprocess.run(extend, env=h.tpm.env, check=True, capture_output=True)
-        assert h.cli("policy", "sign", "--key", str(priv)) == 0
+        assert h.cli("policy", "sign", "--allow-unbound", "--key", str(priv)) == 0
         code, rec = h.boot()
         assert code == 10, rec
     finally:
