@@ -149,6 +149,12 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"unsealable: {verdict}" + (f" ({sealed['reason']})" if sealed.get("reason") else ""),
         f"rollback:   {doc['rollback_counter']}",
     ]
+    if b := doc.get("binding"):  # which selected PCR binds what (docs/measured-boot.md)
+        names = {"kernel": "kernel", "initrd": "initramfs", "cmdline": "command line"}
+        pcrs = [f"{n} {'/'.join(map(str, b['selected'][k])) or '-'}" for k, n in names.items()]
+        blocking = [p["message"] for p in b["problems"] if p["component"] in names]
+        lines.append(f"binding:    {b['boot_path']}: {', '.join(pcrs)}"
+                     + ("" if b["bound"] else f" (NOT BOUND: {blocking[0]})"))  # fmt: skip
     print("\n".join(lines), file=out)
 
 

@@ -150,7 +150,15 @@ def assess(
         problems = [
             dataclasses.replace(p, message=f"{binding.notes[0]}: {p.message}") for p in problems
         ]
+    problems.sort(key=lambda p: _FIXABLE_FIRST.index(p.kind))  # stable: by component next
     return Assessment(path, present, binding, selection, verified, tuple(problems))
+
+
+_FIXABLE_FIRST = [
+    ev.ProblemKind.NOT_SELECTED,
+    ev.ProblemKind.NOT_MEASURED,
+    ev.ProblemKind.LOG_MISMATCH,
+]
 
 
 class Unbound(UsageError):
@@ -167,8 +175,7 @@ def require(a: Assessment, *, allow_unbound: bool, what: str) -> None:
         if a.blocking:
             log.warning("warning: %s anyway (--allow-unbound)", what)
         return
-    order = [ev.ProblemKind.NOT_SELECTED, ev.ProblemKind.NOT_MEASURED, ev.ProblemKind.LOG_MISMATCH]
-    first = min(a.blocking, key=lambda p: order.index(p.kind))  # the fixable one first
+    first = a.blocking[0]
     more = f" (and {len(a.blocking) - 1} more)" if len(a.blocking) > 1 else ""
     adds = sorted({p.add for p in a.blocking if p.add is not None})
     if not a.present:

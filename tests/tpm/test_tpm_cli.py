@@ -246,6 +246,9 @@ def test_provision_and_sign_refuse_an_unbound_selection(host: Host, capsys) -> N
     assert doc["boot_path"] == "grub" and doc["bound"] is False
     assert doc["cmdline"] == [8] and doc["selected"]["cmdline"] == []
     assert [p["add"] for p in doc["problems"] if p["component"] == "cmdline"] == [8]
+    rc, out, _ = host.run(capsys, *grub, "status")
+    assert "binding:    grub: kernel 9, initramfs 9, command line - (NOT BOUND: " in out
+    assert out.rstrip().endswith("add 8)")
 
     rc, out, err = host.run(capsys, *nolog, "provision", "--force", "--allow-unbound", "--json")
     assert rc == 0 and json.loads(out)["binding"]["bound"] is False
