@@ -299,7 +299,7 @@ SETTINGS: tuple[Setting, ...] = (
         "The TCG event log the firmware and boot loader wrote. `provision`, `policy sign` "
         "and `status` replay it to learn which PCR measures the kernel, the initramfs and "
         "the command line on this boot path (docs/measured-boot.md); at boot a measured "
-        "command line must equal /proc/cmdline. securityfs is mounted at boot if needed.",
+        "command line must equal /proc/cmdline (the boot hook mounts securityfs).",
     ),
     # --- store ---------------------------------------------------------------------
     Setting(

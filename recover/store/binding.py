@@ -76,23 +76,6 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def mount_securityfs(path: str) -> None:
-    """At boot: dracut's shell init does not mount securityfs; do it when the log lives
-    there and is missing (bounded; a failure only means no log)."""
-    if os.path.exists(path) or not path.startswith(SECURITYFS + "/"):
-        return
-    if not os.path.isdir(SECURITYFS) or os.listdir(SECURITYFS):
-        return  # not there, or mounted (a mounted securityfs is never empty)
-    import subprocess
-
-    argv = ["mount", "-t", "securityfs", "securityfs", SECURITYFS]
-    log.debug("+ %s", " ".join(argv))
-    try:
-        subprocess.run(argv, capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError) as e:
-        log.warning("cannot mount securityfs: %s", e)
-
-
 def read_log(path: str) -> bytes | None:
     """The event log's bytes, or None when there is none (no TPM log on this boot path:
     SeaBIOS, GRUB's plain ``linux`` handoff, a host test on swtpm)."""
@@ -194,7 +177,6 @@ def require(a: Assessment, *, allow_unbound: bool, what: str) -> None:
 def check_cmdline(path: str, proc_cmdline: str) -> str | None:
     """At boot, before unseal: the command line the kernel got must be the one the log
     measured. Returns a note for the record; raises PolicyMismatch (exit 4) when not."""
-    mount_securityfs(path)
     try:
         present, binding, _ = load(path)
     except HostRecoverError as e:  # an unreadable log binds nothing: the PCRs still do
