@@ -10,7 +10,8 @@ line was changed at GRUB (``rd.host_recover=0``, ``rd.host_recover.mode=never``,
 dracut shell before the payload. The extra arguments come from GRUB's environment block,
 as an edit at GRUB's menu would: grub.cfg, kernel and initramfs (PCR 9) stay the same.
 
-Four TCG boots (~1 min each under GRUB) plus the one-time build.
+Four TCG boots (the provisioning boot and three more, ~20-35 s each to the normal root
+under GRUB) plus the one-time build (GRUB image, FAT disk, lab).
 """
 
 from __future__ import annotations
