@@ -11,6 +11,7 @@
 
 HR_STATE=/run/host-recover
 HR_RECORD=$HR_STATE/decision.json
+HR_SECURITYFS=/sys/kernel/security
 
 hr_say() {
     # One unambiguous line on the console and in the kernel log.
@@ -58,6 +59,9 @@ hr_run() {
     mkdir -p "$HR_STATE"
     rm -f "$HR_STATE/action"
     hr_net_up
+    # The TPM event log is on securityfs, which dracut's shell init does not mount
+    # (systemd does); the payload compares a measured command line with /proc/cmdline.
+    [ -e "$HR_SECURITYFS/tpm0" ] || mount -t securityfs securityfs "$HR_SECURITYFS" 2> /dev/null
     hr_say "HR-PHASE payload-start"
     host-recover boot --newroot "$1"
     HR_RC=$?

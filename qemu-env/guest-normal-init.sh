@@ -6,10 +6,23 @@
 #              image and store the service credential on the store disk, attest
 #   poweroff   orderly poweroff (the kernel sends TPM2_Shutdown)
 #   hold       stay up (the harness cuts the power)
+#   check      report whether the sealed secret unseals now (HR-UNSEAL-CHECK rc=N, as the
+#              normal OS sees it), the status (HR-STATUS json) and /proc/cmdline
+# Optional lines: hrargs= global arguments of every host-recover call (e.g. --set
+# tpm.pcrs=...); refuse=yes first provisions with the root's own configuration and
+# reports the outcome (HR-PROVISION-DEFAULT rc=N error...).
 export PATH=/bin:/usr/bin
 mount -t tmpfs tmpfs /tmp
+# As a distribution's init does: the TPM event log lives on securityfs.
+mount -t securityfs securityfs /sys/kernel/security 2> /dev/null
 ctl=$(dd if=/dev/disk/by-id/virtio-hrcontrol bs=4096 count=1 2> /dev/null | tr -d '\000')
 action=$(echo "$ctl" | sed -n 's/^action=//p')
+hrargs=$(echo "$ctl" | sed -n 's/^hrargs=//p')
+refuse=$(echo "$ctl" | sed -n 's/^refuse=//p')
+hr() {
+    # shellcheck disable=SC2086 # hrargs is a list of arguments
+    host-recover $hrargs "$@"
+}
 echo "HR-NORMAL-ROOT up"
 if [ -r /run/host-recover/decision.json ]; then
     echo "HR-NORMAL-RECORD $(tr -d '\n' < /run/host-recover/decision.json)"
@@ -17,23 +30,33 @@ fi
 if [ -n "$(ls /run/credentials/host-recover 2> /dev/null)" ]; then
     echo "HR-NORMAL-CREDENTIALS-PRESENT"
 fi
+if [ "$action" = provision ] && [ "$refuse" = yes ]; then
+    out=$(host-recover provision 2>&1)
+    rc=$?
+    echo "HR-PROVISION-DEFAULT rc=$rc $(echo "$out" | grep 'error:' | head -n 1)"
+fi
 if [ "$action" = provision ]; then
     mkdir -p /mnt/store
     # The boot payload extended the lock PCR already (boot.lock=always): the normal OS
     # cannot unseal, so the keys for the image factory are exported at provisioning
     # time, used from tmpfs and deleted.
     mount -t ext4 /dev/disk/by-id/virtio-hrstore /mnt/store \
-        && host-recover provision --export-image-key /tmp/image.key --export-master /tmp/master.key \
-        && host-recover image create --key-file /tmp/image.key /mnt/store/plain.squashfs \
+        && hr provision --export-image-key /tmp/image.key --export-master /tmp/master.key \
+        && hr image create --key-file /tmp/image.key /mnt/store/plain.squashfs \
             /mnt/store/recovery.hri \
-        && host-recover credential add --key-file /tmp/master.key service-hmac \
+        && hr credential add --key-file /tmp/master.key service-hmac \
             /mnt/store/service-hmac.in \
         && rm -f /mnt/store/plain.squashfs /mnt/store/service-hmac.in \
-        && echo "HR-ATTEST $(host-recover attest --address 10.0.2.15:7469 \
+        && echo "HR-ATTEST $(hr attest --address 10.0.2.15:7469 \
             --failure-domain rack-1 | tr -d '\n')"
     echo "HR-PROVISIONED rc=$?"
     rm -f /tmp/image.key /tmp/master.key
     umount /mnt/store
+fi
+if [ "$action" = check ] || [ "$refuse" = yes ]; then
+    [ "$action" = check ] && { hr unseal --check; echo "HR-UNSEAL-CHECK rc=$?"; }
+    echo "HR-STATUS $(hr status --json | tr -d '\n')"
+    echo "HR-CMDLINE $(cat /proc/cmdline)"
 fi
 echo "HR-PCR15 $(cat /sys/class/tpm/tpm0/pcr-sha256/15 2> /dev/null)"
 echo "HR-GUEST-DONE action=$action"

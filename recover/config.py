@@ -51,6 +51,7 @@ class Config:
     tpm_seal_name: str
     tpm_image_key_id: str
     tpm_timeout: float
+    tpm_event_log: str
     store_image: str
     store_credentials: str
     store_device: str

@@ -335,6 +335,15 @@ SETTINGS: tuple[Setting, ...] = (
         "30",
         "Seconds to wait for the TPM device to appear (real TPMs can be slow).",
     ),
+    Setting(
+        "tpm.event_log",
+        str,
+        "/sys/kernel/security/tpm0/binary_bios_measurements",
+        "The TCG event log the firmware and boot loader wrote. `provision`, `policy sign` "
+        "and `status` replay it to learn which PCR measures the kernel, the initramfs and "
+        "the command line on this boot path (docs/measured-boot.md); at boot a measured "
+        "command line must equal /proc/cmdline (the boot hook mounts securityfs).",
+    ),
     # --- store ---------------------------------------------------------------------
     Setting(
         "store.image",

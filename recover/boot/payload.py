@@ -80,6 +80,7 @@ class Payload:
 
     cfg: Config
     newroot: str
+    cmdline: str = ""  # the kernel command line's text
     outcome: Outcome = dataclasses.field(default_factory=Outcome)
     t0: float = dataclasses.field(default_factory=time.monotonic)
     route: plan.Route | None = None
@@ -144,7 +145,8 @@ class Payload:
         from recover.boot.recovery import Recovery, run_steps
 
         if self.route is plan.Route.RECOVER:
-            run_steps(Recovery(self.cfg, self._tpm(), self.newroot, self.outcome), steps)
+            r = Recovery(self.cfg, self._tpm(), self.newroot, self.outcome, cmdline=self.cmdline)
+            run_steps(r, steps)
             log.info("recovery root ready on %s", self.newroot)
         elif steps == (plan.Step.LOCK,):
             self._lock()
@@ -193,7 +195,7 @@ def boot(cfg: Config, newroot: str, cmdline: str) -> int:
     cfg = apply_kernel_options(cfg, cmdline)
     if cfg.boot_debug:
         logging.getLogger().setLevel(logging.DEBUG)
-    p = Payload(cfg, newroot)
+    p = Payload(cfg, newroot, cmdline)
     watchdog = _start_watchdog(p)
     try:
         p.run()

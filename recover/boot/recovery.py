@@ -1,5 +1,5 @@
 """The recovery steps, carried out in the order recover.core.plan gives them:
-(mark) → unseal → lock → store → image → rootfs → credentials.
+(mark) → binding → unseal → lock → store → image → rootfs → credentials.
 
 Nothing on the store is read before the secret is unsealed and the lock PCR extended,
 except — with ``tpm.policy = signed`` — the signed policy file, which the unseal needs;
@@ -41,6 +41,7 @@ class Recovery:
     master: bytearray = dataclasses.field(default_factory=bytearray)
     image_path: str = ""
     creds_path: str = ""
+    cmdline: str = ""  # the kernel command line's text (/proc/cmdline)
 
     def wipe(self) -> None:
         for i in range(len(self.master)):
@@ -52,6 +53,7 @@ def run_steps(r: Recovery, steps: tuple[Step, ...]) -> None:
     wiped from memory at the end, whatever happens."""
     actions = {
         Step.MARK: _mark,
+        Step.BINDING: _binding,
         Step.UNSEAL: _unseal,
         Step.LOCK: _lock,
         Step.STORE: _store,
@@ -69,6 +71,14 @@ def run_steps(r: Recovery, steps: tuple[Step, ...]) -> None:
 
 def _mark(r: Recovery) -> None:
     record_nv(r.tpm, r.cfg, dataclasses.replace(r.outcome, action="recovering"))
+
+
+def _binding(r: Recovery) -> None:
+    """A command line the event log measured must be the one the kernel got: else the
+    PCRs bind a command line this boot did not run with (exit 4, before unseal)."""
+    from recover.store import binding
+
+    log.info("binding: %s", binding.check_cmdline(r.cfg.tpm_event_log, r.cmdline))
 
 
 def _unseal(r: Recovery) -> None:

@@ -53,6 +53,13 @@ def register(sub: Any) -> None:
         help="anti-rollback version of the signed policy (default: one more than the "
         "existing output file's, at least the TPM's policy counter)",
     )
+    p.add_argument(
+        "--allow-unbound",
+        action="store_true",
+        help="sign even when this boot's event log shows that the selection leaves the "
+        "kernel, the initramfs or the command line unmeasured, or there is no event log "
+        "(docs/measured-boot.md)",
+    )
     p = polsub.add_parser(
         "install",
         help="Verify a signed policy, copy it to tpm.policy_file (atomically) and raise the "
@@ -132,13 +139,20 @@ def cmd_sign(args: argparse.Namespace, cfg: Config) -> int:
         private = Path(args.key).read_bytes()
     except OSError as e:
         raise UsageError(f"cannot read the signing key {args.key}: {e.strerror}") from None
-    floor = 0
-    if args.values:
+    from recover.store import binding
+
+    floor, setting = 0, "--pcrs" if args.pcrs else "tpm.pcrs"
+    what = f"sign a policy for {setting}"
+    if args.values:  # predicted values: the log still says which PCR measures what
+        bound = binding.assess(cfg.tpm_event_log, selection, setting=setting)
+        binding.require(bound, allow_unbound=args.allow_unbound, what=what)
         values = _read_values(args.values)
     else:
         from recover.tpm import Tpm
 
         with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as t:
+            bound = binding.assess(cfg.tpm_event_log, selection, t, setting=setting)
+            binding.require(bound, allow_unbound=args.allow_unbound, what=what)
             values = t.pcr_read(selection)
             if cfg.tpm_policy_nv in t.nv_indices():
                 floor = t.counter_read(cfg.tpm_policy_nv)

@@ -56,6 +56,7 @@ def register(sub: Any) -> None:
         "the TPM changes; keep it offline like the master",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_allow_unbound(p)
 
     p = sub.add_parser(
         "status",
@@ -84,6 +85,16 @@ def register(sub: Any) -> None:
     p.add_argument("--failure-domain", default="", help="failure domain of this host")
 
 
+def _add_allow_unbound(p: Any) -> None:
+    p.add_argument(
+        "--allow-unbound",
+        action="store_true",
+        help="seal even when the event log shows that tpm.pcrs leaves the kernel, the "
+        "initramfs or the command line unmeasured, or there is no event log (a boot path "
+        "without measurements, a test TPM); docs/measured-boot.md",
+    )
+
+
 def cmd_provision(args: argparse.Namespace, cfg: Config) -> int:
     from recover.config import dropin_dir
     from recover.store.provision import provision
@@ -97,6 +108,7 @@ def cmd_provision(args: argparse.Namespace, cfg: Config) -> int:
         owner_auth=args.owner_auth,
         export_owner_auth=args.export_owner_auth,
         pin_dir=dropin_dir(args.config),
+        allow_unbound=args.allow_unbound,
     )
     exported = report.pop("exported")
     if args.json:
@@ -162,6 +174,12 @@ def _print_status(doc: dict[str, Any]) -> None:
         + ("set" if doc["owner_auth_set"] else "EMPTY (provision --export-owner-auth FILE)"),
         "pins:       " + ", ".join(f"{k} {v}" for k, v in doc["pins"].items()),
     ]
+    if b := doc.get("binding"):  # which selected PCR binds what (docs/measured-boot.md)
+        names = {"kernel": "kernel", "initrd": "initramfs", "cmdline": "command line"}
+        pcrs = [f"{n} {'/'.join(map(str, b['selected'][k])) or '-'}" for k, n in names.items()]
+        blocking = [p["message"] for p in b["problems"] if p["component"] in names]
+        lines.append(f"binding:    {b['boot_path']}: {', '.join(pcrs)}"
+                     + ("" if b["bound"] else f" (NOT BOUND: {blocking[0]})"))  # fmt: skip
     print("\n".join(lines), file=out)
 
 

@@ -35,6 +35,7 @@ class Route(enum.StrEnum):
 class Step(enum.StrEnum):
     GATHER = "gather"  # evidence → peers → verdict
     MARK = "mark"  # TPM NV record "recovering" (a power cut now is seen next boot)
+    BINDING = "binding"  # a measured command line must be /proc/cmdline (event log)
     UNSEAL = "unseal"
     LOCK = "lock"  # extend the lock PCR in every bank, read back, verify
     STORE = "store"  # mount the store read-only, nodev, nosuid, noexec; read its files
@@ -75,6 +76,7 @@ def steps(r: Route | None) -> tuple[Step, ...]:
     if r is Route.RECOVER:
         return (
             Step.MARK,
+            Step.BINDING,
             Step.UNSEAL,
             Step.LOCK,
             Step.STORE,

@@ -14,6 +14,7 @@ from recover.config import Config
 from recover.core.keys import MASTER_SIZE, image_root_key
 from recover.core.pcrsel import parse_selection
 from recover.errors import HostRecoverError, PolicyMismatch, TpmUnavailable, UsageError
+from recover.store import binding
 from recover.store.keyfile import read_key_file
 from recover.store.owner import OWNER_AUTH_SIZE
 from recover.store.unseal import load_signed_policy, open_tpm, policy_floor, read_pubkey
@@ -42,6 +43,7 @@ def provision(
     owner_auth: str | None = None,
     export_owner_auth: str | None = None,
     pin_dir: str | os.PathLike[str] | None = None,
+    allow_unbound: bool = False,
 ) -> dict[str, Any]:
     """Create what is missing (SRK, AK, NV counters) and seal a master secret unless
     one is sealed (``force`` replaces it). Exports are written completely before the
@@ -87,6 +89,10 @@ def provision(
                 hint="give the file written by `provision --export-owner-auth`; if it is lost, "
                 'see docs/tpm.md ("Owner auth")',
             )
+        if force or not t.has_object(cfg.tpm_seal_handle):  # about to seal: bound?
+            bound = binding.assess(cfg.tpm_event_log, cfg.tpm_pcrs, t)
+            binding.require(bound, allow_unbound=allow_unbound, what="seal to tpm.pcrs")
+            report["binding"] = bound.to_json()
         report["srk_created"] = t.ensure_srk(cfg.tpm_srk_handle)
         t.ensure_ak(cfg.tpm_ak_handle)
         sealed = t.has_object(cfg.tpm_seal_handle)
@@ -315,6 +321,7 @@ def status(cfg: Config) -> dict[str, Any]:
             doc["sealed"] = _policy_state(t, cfg)
             doc["owner_auth_set"] = t.owner_auth_set()
             doc["pins"] = _pin_state(t, cfg, persistent)
+            doc["binding"] = binding.assess(cfg.tpm_event_log, cfg.tpm_pcrs, t).to_json()
             for name in ("rollback_nv", "orderly_nv", "policy_nv"):
                 index = getattr(cfg, f"tpm_{name}")
                 doc[name.replace("_nv", "_counter")] = (

@@ -5,6 +5,8 @@ kernel      ``apt-get download`` of Debian's unsigned kernel (cached in /var/cac
 bundle      ``recover.bundle.build`` from this interpreter's environment (sys.prefix)
 initramfs   dracut 059 with our module through a ``dracutbasedir`` overlay of symlinks;
             shell init (default) or systemd; with or without the module (size delta)
+grub        Debian's GRUB EFI image (grub-mkstandalone, ``linuxefi``) and a FAT boot disk
+            for the boots "as Debian boots" (cached: a rebuild moves PCR 4)
 disks       normal root and recovery root (squashfs made from host binaries: busybox,
             openssl), the store (ext4, label HRSTORE) and a control disk (challenge and
             what the guest does when it is up: poweroff or hold)
@@ -260,6 +262,133 @@ def initramfs(
     return out
 
 
+# --- GRUB, as Debian boots ---------------------------------------------------------------
+
+#: Debian's GRUB EFI build and the FAT tools, unpacked with ``dpkg -x`` (not installed).
+GRUB_DEBS = (
+    "grub-efi-amd64-bin",
+    "grub-common",
+    "libefivar1",
+    "libefiboot1",
+    "mtools",
+    "dosfstools",
+)
+GRUB_CACHE = CACHE.parent / "grub"
+#: Where tests/unit/data/capture-eventlog.sh keeps the same packages.
+EVENTLOG_LAB = CACHE.parent / "eventlog-lab"
+
+
+def grub_tools() -> Path:
+    """The unpacked tools (``usr/bin/grub-mkstandalone``, ``sbin/mkfs.vfat``, mtools);
+    the .debs come from the machine-wide cache, else ``apt-get download``."""
+    GRUB_CACHE.mkdir(parents=True, exist_ok=True)
+    debs = []
+    for name in GRUB_DEBS:
+        found = sorted(GRUB_CACHE.glob(f"{name}_*.deb")) or sorted(
+            EVENTLOG_LAB.glob(f"{name}_*.deb")
+        )
+        if not found:
+            subprocess.run(["apt-get", "download", name], cwd=GRUB_CACHE, check=True, timeout=600)
+            found = sorted(GRUB_CACHE.glob(f"{name}_*.deb"))
+        debs.append(found[-1])
+    root = BUILD / "grub-tools"
+    digest = _digest([d.name for d in debs])
+    if not _fresh(root, digest):
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        for deb in debs:
+            sh("dpkg", "-x", deb, root)
+        _stamp(root, digest)
+    return root
+
+
+def _grub_env(tools: Path) -> dict[str, str]:
+    path = f"{tools}/usr/bin:{tools}/sbin:{tools}/usr/sbin:{os.environ.get('PATH', '')}"
+    lib = f"{tools}/usr/lib/x86_64-linux-gnu:{tools}/lib/x86_64-linux-gnu"
+    return {**os.environ, "PATH": path, "LD_LIBRARY_PATH": lib, "MTOOLS_SKIP_CHECK": "1"}
+
+
+#: GRUB reads the extra kernel arguments of one boot from its environment block, as
+#: Debian's grub.cfg reads ``next_entry`` and friends: ``load_env`` opens the file
+#: unverified, so it is not measured itself, but the expanded ``linuxefi`` command and the
+#: ``kernel_cmdline`` are (PCR 8). grub.cfg, the kernel and the initrd are files GRUB
+#: reads (PCR 9) and stay the same on every boot.
+GRUB_CFG = """insmod fat
+insmod linuxefi
+search --no-floppy --file /hr-esp --set=root
+set timeout=0
+load_env -f ($root)/grubenv
+linuxefi /vmlinuz {cmdline} $hr_extra
+initrdefi /initrd.img
+boot
+"""
+
+
+def grub_efi(cmdline: str) -> Path:
+    """BOOTX64.EFI: ``grub-mkstandalone -O x86_64-efi`` with GRUB_CFG in its memdisk and
+    ``linuxefi`` (Debian's Secure Boot path: the kernel's EFI stub runs, so Linux gets
+    the event log; plain ``linux`` leaves it without one). Cached: the memdisk holds
+    timestamps, so a rebuild changes PCR 4."""
+    tools = grub_tools()
+    cfg = GRUB_CFG.format(cmdline=cmdline)
+    out = BUILD / f"grub-{_digest(cfg)[:8]}.efi"
+    digest = _digest(cfg, tools.with_name(tools.name + ".stamp"))
+    if _fresh(out, digest):
+        return out
+    cfg_file = out.with_suffix(".cfg")
+    cfg_file.write_text(cfg)
+    sh(
+        "grub-mkstandalone",
+        "-O",
+        "x86_64-efi",
+        "-d",
+        tools / "usr/lib/grub/x86_64-efi",
+        "--modules=tpm part_gpt part_msdos fat search search_fs_file linux linuxefi loadenv",
+        "-o",
+        out,
+        f"boot/grub/grub.cfg={cfg_file}",
+        env=_grub_env(tools),
+    )
+    _stamp(out, digest)
+    return out
+
+
+def grubenv(extra: str) -> bytes:
+    """A GRUB environment block (1024 bytes) setting ``hr_extra``."""
+    head = f"# GRUB Environment Block\nhr_extra={extra}\n".encode()
+    if len(head) > 1024 or "\n" in extra:
+        raise ValueError("extra kernel arguments too long for a GRUB environment block")
+    return head.ljust(1024, b"#")
+
+
+def esp_disk(out: Path, efi: Path, kernel: Path, initrd: Path, extra: str = "") -> Path:
+    """A FAT disk (no partition table) OVMF boots as removable media:
+    /EFI/BOOT/BOOTX64.EFI, /vmlinuz, /initrd.img, /grubenv and the marker /hr-esp."""
+    tools = grub_tools()
+    env = _grub_env(tools)
+    size = (efi.stat().st_size + kernel.stat().st_size + initrd.stat().st_size) // 2**20 + 64
+    out.unlink(missing_ok=True)
+    with out.open("wb") as f:
+        f.truncate(size << 20)
+    sh("mkfs.vfat", "-F", "32", "-i", "48520000", out, env=env)
+    sh("mmd", "-i", out, "::/EFI", "::/EFI/BOOT", env=env)
+    marker = out.with_suffix(".marker")
+    marker.write_text("host-recover test ESP\n")
+    for src, dest in ((efi, "EFI/BOOT/BOOTX64.EFI"), (kernel, "vmlinuz"),
+                      (initrd, "initrd.img"), (marker, "hr-esp")):  # fmt: skip
+        sh("mcopy", "-i", out, src, f"::/{dest}", env=env)
+    set_grubenv(out, extra)
+    return out
+
+
+def set_grubenv(esp: Path, extra: str) -> None:
+    """Replace /grubenv on the ESP: the extra kernel arguments of the next boot."""
+    env = _grub_env(grub_tools())
+    block = esp.with_suffix(".grubenv")
+    block.write_bytes(grubenv(extra))
+    sh("mcopy", "-o", "-i", esp, block, "::/grubenv", env=env)
+
+
 # --- disks ------------------------------------------------------------------------------
 
 GUEST_TOOLS = ("busybox", "openssl")
@@ -385,9 +514,13 @@ def store_disk(out: Path, files: dict[str, Path | bytes], size_mb: int = 96) -> 
     return out
 
 
-def control_disk(out: Path, action: str, challenge: str) -> Path:
-    """The guest reads this raw disk (virtio-hrcontrol): what to do once up, a challenge."""
-    data = f"action={action}\nchallenge={challenge}\n".encode()
+def control_disk(
+    out: Path, action: str, challenge: str, extra: dict[str, str] | None = None
+) -> Path:
+    """The guest reads this raw disk (virtio-hrcontrol): what to do once up, a challenge
+    (and ``extra`` key=value lines, e.g. ``hrargs``: global CLI arguments)."""
+    lines = {"action": action, "challenge": challenge, **(extra or {})}
+    data = "".join(f"{k}={v}\n" for k, v in lines.items()).encode()
     out.write_bytes(data.ljust(4096, b"\0"))
     return out
 

@@ -80,7 +80,7 @@ class PeerAgent:
 
     def provision(self) -> dict[str, object]:
         self.tpm.start()
-        cli("provision", env=self.env())
+        cli("provision", "--allow-unbound", env=self.env())  # host swtpm: no event log
         entry = cli(
             "attest",
             "--address",
@@ -160,10 +160,26 @@ class BootResult:
 
 
 class Lab:
-    def __init__(self, workdir: Path, n_peers: int = 3, init: str = "shell") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        n_peers: int = 3,
+        init: str = "shell",
+        *,
+        grub: bool = False,
+        tpm_pcrs: str | None = None,
+        control_extra: dict[str, str] | None = None,
+    ) -> None:
+        """``grub``: OVMF boots GRUB (harness.grub_efi) instead of the kernel directly;
+        ``tpm_pcrs``: baked into the host's configuration; ``control_extra``: lines for
+        the guest's control disk on every boot (qemu-env/guest-normal-init.sh)."""
         self.dir = workdir.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.init = init
+        self.grub = grub
+        self.tpm_pcrs = tpm_pcrs
+        self.control_extra = dict(control_extra or {})
+        self.provision_result: BootResult | None = None
         self.peers = [
             PeerAgent(self.dir, f"peer{i + 1}", f"10.0.2.{101 + i}") for i in range(n_peers)
         ]
@@ -177,8 +193,9 @@ class Lab:
 
     def write_host_config(self, peer_entries: list[dict[str, object]]) -> None:
         self.confdir.mkdir(parents=True, exist_ok=True)
+        tpm = f"[tpm]\npcrs = {self.tpm_pcrs}\n" if self.tpm_pcrs else ""
         (self.confdir / "host-recover.conf").write_text(
-            "[store]\n"
+            tpm + "[store]\n"
             "device = /dev/disk/by-label/HRSTORE\n"
             "image = recovery.hri\n"
             "credentials = credentials.hrc\n"
@@ -210,7 +227,7 @@ class Lab:
             },
         )
         self.control = self.dir / "control.ctl"
-        harness.control_disk(self.control, "provision", "-")
+        harness.control_disk(self.control, "provision", "-", self.control_extra)
         self.vm = vmmod.Vm(
             self.dir / "host",
             self.art.kernel.vmlinuz,
@@ -220,8 +237,13 @@ class Lab:
         self.vm.cmdline += f" rd.host_recover.net={HOST_NET}"
         for p in self.peers:
             self.vm.guestfwd.append((p.guest_ip, PEER_PORT, p.port))
+        if self.grub:  # GRUB's configuration holds the command line (+ grubenv's extra)
+            efi = harness.grub_efi(self.vm.cmdline)
+            self.vm.esp = harness.esp_disk(
+                self.dir / "esp.img", efi, self.art.kernel.vmlinuz, self.art.initramfs
+            )
         self.vm.manufacture()
-        res = self.boot("provision")
+        res = self.provision_result = self.boot("provision")
         line = res.console.find(r"^HR-ATTEST ")
         if line is None or res.console.find(r"^HR-PROVISIONED rc=0") is None:
             raise RuntimeError("provisioning boot failed:\n" + res.console.text()[-3000:])
@@ -287,11 +309,14 @@ class Lab:
         ``normal_root=False`` (the normal root disk is gone) change this boot only."""
         assert self.vm is not None
         challenge = secrets.token_hex(16)
-        harness.control_disk(self.control, action, challenge)
+        harness.control_disk(self.control, action, challenge, self.control_extra)
         base_cmdline, base_disks, base_initrd = self.vm.cmdline, list(self.vm.disks), self.vm.initrd
         if initrd is not None:
+            assert self.vm.esp is None, "GRUB boots the initrd on its ESP"
             self.vm.initrd = initrd
-        if extra_cmdline:
+        if self.vm.esp is not None:  # this boot's extra arguments, as if typed at GRUB's menu
+            harness.set_grubenv(self.vm.esp, extra_cmdline)
+        elif extra_cmdline:
             self.vm.cmdline += " " + extra_cmdline
         if store is not None:
             self.vm.disks[1] = store

@@ -172,6 +172,11 @@ class Vm:
         self.proc: subprocess.Popen[bytes] | None = None
         self.console = Console()
         self.boots = 0
+        #: A FAT disk OVMF boots from (GRUB as /EFI/BOOT/BOOTX64.EFI) instead of the
+        #: direct kernel boot; the command line is then GRUB's (harness.esp_disk).
+        self.esp: Path | None = None
+        #: Keep QEMU's stdin (the serial console's input) open for ``send``.
+        self.interactive = False
         self._reader: threading.Thread | None = None
         self.t0 = 0.0
 
@@ -202,12 +207,6 @@ class Vm:
             f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive",
             f"if=pflash,format=raw,unit=1,file={self.vars}",
-            "-kernel",
-            os.fspath(self.kernel),
-            "-initrd",
-            os.fspath(self.initrd),
-            "-append",
-            self.cmdline,
             "-chardev",
             f"socket,id=chrtpm,path={self.tpm.sock}",
             "-tpmdev",
@@ -217,6 +216,12 @@ class Vm:
         ]
         if acc == "kvm":
             argv += ["-cpu", "host"]
+        if self.esp is None:
+            argv += ["-kernel", os.fspath(self.kernel), "-initrd", os.fspath(self.initrd)]
+            argv += ["-append", self.cmdline]
+        else:
+            argv += ["-drive", f"if=none,id=hresp,file={self.esp},format=raw,readonly=on"]
+            argv += ["-device", "virtio-blk-pci,drive=hresp,serial=hresp,bootindex=0"]
         for serial, disk in zip(DISK_SERIALS, self.disks, strict=True):
             if disk is None:  # e.g. the normal root disk is gone
                 continue
@@ -242,7 +247,7 @@ class Vm:
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             self.argv(),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self.interactive else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
             preexec_fn=die_with_parent,
@@ -283,6 +288,12 @@ class Vm:
         tail = "\n".join(line for _, line in self.console.lines[-40:])
         why = "QEMU exited" if self.console.closed else f"{timeout:.0f} s passed"
         raise TimeoutError(f"no console line /{pattern}/ ({why}); last lines:\n{tail}")
+
+    def send(self, text: str) -> None:
+        """Type ``text`` on the serial console (``interactive`` VMs only)."""
+        assert self.proc is not None and self.proc.stdin is not None, "not interactive"
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
 
     def wait_exit(self, timeout: float = 120) -> int:
         """Wait for QEMU to exit (the guest powered off); the orderly swtpm exits too."""

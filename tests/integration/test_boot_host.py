@@ -76,9 +76,9 @@ class Host:
 
     def provision_and_build(self, sign_with: Path | None = None) -> None:
         key = self.base / "image.key"
-        assert self.cli("provision", "--export-image-key", str(key)) == 0
+        assert self.cli("provision", "--allow-unbound", "--export-image-key", str(key)) == 0
         if sign_with is not None:  # tpm.policy = signed: sign the current PCR values
-            assert self.cli("policy", "sign", "--key", str(sign_with)) == 0
+            assert self.cli("policy", "sign", "--allow-unbound", "--key", str(sign_with)) == 0
         tree = self.base / "tree"
         (tree / "etc").mkdir(parents=True)
         (tree / "etc" / "os-release").write_text("ID=recovery\n")
@@ -259,6 +259,28 @@ def test_changed_pcrs_mean_no_unseal(host: Host) -> None:
     _assert_nothing_left(host)
 
 
+def test_a_command_line_other_than_the_measured_one_does_not_unseal(host: Host) -> None:
+    """The event log measured a command line (GRUB, PCR 8) and /proc/cmdline is another:
+    exit 4 at the binding step, before unseal; the plan still locks. The measured one
+    recovers."""
+    data = Path(__file__).parents[1] / "unit" / "data" / "eventlog"
+    conf = host.conf.read_text()
+    host.conf.write_text(conf.replace("[tpm]\n", f"[tpm]\nevent_log = {data / 'grub.bin'}\n"))
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot("rd.break=pre-mount")
+    assert code == 4 and "not the one measured into PCR 8 (grub)" in rec["error"], rec
+    assert "binding" in rec["timeline_ms"] and "unseal" not in rec["timeline_ms"]
+    assert rec["lock_pcr_extended"] is True and rec["credentials"] == []
+    _assert_nothing_left(host)
+    host.tpm.power_cut_and_restart()
+    host.cmdline.write_text((data / "grub.cmdline").read_text())
+    code, rec = host.boot()
+    try:
+        assert code == 10, rec
+    finally:
+        _umount_all(host.newroot)
+
+
 def test_power_loss_during_recovery_recovers_again(host: Host) -> None:
     """Power is lost while recovering (after the 'recovering' summary reached TPM NV,
     before the pivot): the next boot sees it and recovers again."""
@@ -391,7 +413,7 @@ def test_signed_policy_recovery_survives_a_kernel_update(tmp_path: Path) -> None
         # the operator signs the new values (here: read from this very boot)
         h.tpm.power_cut_and_restart()
         subprocess.run(extend, env=h.tpm.env, check=True, capture_output=True)
-        assert h.cli("policy", "sign", "--key", str(priv)) == 0
+        assert h.cli("policy", "sign", "--allow-unbound", "--key", str(priv)) == 0
         code, rec = h.boot()
         assert code == 10, rec
     finally:

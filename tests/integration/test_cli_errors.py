@@ -190,7 +190,7 @@ def test_tcti_pointing_nowhere_is_exit_3_and_bounded(tmp_path: Path, tcti: str, 
     """No TPM there: exit 3 naming the cause, after tpm.timeout at most (hr() gives up
     after 30 s: the device wait would take the default 30 s if the setting were lost)."""
     conf = write_conf(tmp_path / "c.conf", extra="")
-    for verb in (["unseal", "--check"], ["provision"], ["credential", "list"]):
+    for verb in (["unseal", "--check"], ["provision", "--allow-unbound"], ["credential", "list"]):
         r = hr("--tcti", tcti, "--set", "tpm.timeout=0.3", *verb, conf=conf)
         clean_error(r, 3, "tpm", "tcti", why)
     r = hr("--tcti", tcti, "--set", "tpm.timeout=0.3", "status", conf=conf)
@@ -415,11 +415,11 @@ def test_policy_keygen_sign_mistakes(tmp_path: Path) -> None:
                  ["-algorithm", "ED25519"]):  # fmt: skip
         subprocess.run(["openssl", "genpkey", *algo, "-out", str(d / "wrong.pem")],
                        check=True, capture_output=True, timeout=30)  # fmt: skip
-        r = hr("policy", "sign", "--key", d / "wrong.pem", "--values", values,
+        r = hr("policy", "sign", "--allow-unbound", "--key", d / "wrong.pem", "--values", values,
                "--output", d / "pol.json", conf=conf)  # fmt: skip
         clean_error(r, 2, "ECC P-256 private key", "policy keygen")
         (d / "wrong.pem").unlink()
-    sign = ("policy", "sign", "--values", values, "--output")
+    sign = ("policy", "sign", "--allow-unbound", "--values", values, "--output")
     for keyfile, frag in ((d / "pub.pem", "private key"), (d / "c.conf", "cannot sign"),
                           (d / "none.pem", "No such file"), (d, "Is a directory")):  # fmt: skip
         clean_error(hr(*sign, d / "pol.json", "--key", keyfile, conf=conf), 2, frag)
@@ -428,7 +428,7 @@ def test_policy_keygen_sign_mistakes(tmp_path: Path) -> None:
     bad = d / "bad.json"
     for text, frag in (("{", "not valid JSON"), ('{"sha256": {"0": "zz"}}', "hex")):
         bad.write_text(text)
-        r = hr("policy", "sign", "--key", d / "priv.pem", "--values", bad,
+        r = hr("policy", "sign", "--allow-unbound", "--key", d / "priv.pem", "--values", bad,
                "--output", d / "pol.json", conf=conf)  # fmt: skip
         clean_error(r, 2, frag, '{"sha256"')
     bad.unlink()
@@ -452,7 +452,7 @@ def tpm_ws(swtpm_module, ws: dict[str, Path]) -> dict[str, Path]:
     write_conf(ws["conf"], swtpm_module.tcti)
     ws["master"].unlink()
     ws["key"].unlink()
-    r = hr("provision", "--force", "--export-master", ws["master"],
+    r = hr("provision", "--allow-unbound", "--force", "--export-master", ws["master"],
            "--export-image-key", ws["key"], conf=ws["conf"])  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert f"image key id {imageformat.key_id(ws['key'].read_bytes()).hex()}" in r.stderr
@@ -475,27 +475,35 @@ def _still_the_same_secret(ws: dict[str, Path]) -> None:
 @pytest.mark.tpm
 def test_provision_twice_and_bad_export_targets(tpm_ws: dict[str, Path]) -> None:
     ws, d, conf = tpm_ws, tpm_ws["dir"], tpm_ws["conf"]
-    r = hr("provision", conf=conf)
+    r = hr("provision", "--allow-unbound", conf=conf)
     assert r.returncode == 0 and "secret kept" in r.stderr
     before = snapshot(d)
-    clean_error(hr("provision", "--export-master", d / "m2", conf=conf), 2, "already sealed")
-    r = hr("provision", "--force", "--export-master", ws["master"], conf=conf)
+    clean_error(
+        hr("provision", "--allow-unbound", "--export-master", d / "m2", conf=conf),
+        2,
+        "already sealed",
+    )
+    r = hr("provision", "--allow-unbound", "--force", "--export-master", ws["master"], conf=conf)
     clean_error(r, 2, "already exists", "never replaced")
-    r = hr("provision", "--force", "--export-master", d / "nodir" / "m", conf=conf)
+    r = hr(
+        "provision", "--allow-unbound", "--force", "--export-master", d / "nodir" / "m", conf=conf
+    )
     clean_error(r, 2, "does not exist")
-    r = hr("provision", "--force", "--export-master", d / "m", "--export-image-key", d / "m",
+    r = hr("provision", "--allow-unbound", "--force", "--export-master", d / "m", "--export-image-key", d / "m",
            conf=conf)  # fmt: skip
     clean_error(r, 2, "same file")
-    r = hr("provision", "--force", "--export-master", d, conf=conf)
+    r = hr("provision", "--allow-unbound", "--force", "--export-master", d, conf=conf)
     clean_error(r, 2, "already exists")
     for src, frag in ((d / "none", "No such file"), (d, "Is a directory"), (ws["plain"], "32")):
-        clean_error(hr("provision", "--force", "--master-from", src, conf=conf), 2, frag)
+        clean_error(
+            hr("provision", "--allow-unbound", "--force", "--master-from", src, conf=conf), 2, frag
+        )
     # Sealing fails (the "SRK" is the attestation key): the exports written before it go.
-    r = hr("--set", "tpm.srk_handle=0x81010002", "provision", "--force",
+    r = hr("--set", "tpm.srk_handle=0x81010002", "provision", "--allow-unbound", "--force",
            "--export-master", d / "m5", "--export-image-key", d / "k5", conf=conf)  # fmt: skip
     clean_error(r, 3, "0x182")
     with mounted_tmpfs(d / "ro", "ro,size=1m") as ro:
-        r = hr("provision", "--force", "--export-master", ro / "m", conf=conf)
+        r = hr("provision", "--allow-unbound", "--force", "--export-master", ro / "m", conf=conf)
         clean_error(r, 2, "Read-only file system")
     assert snapshot(d) == before
     _still_the_same_secret(ws)
@@ -536,13 +544,19 @@ def test_missing_objects_and_wrong_handles(tpm_ws: dict[str, Path]) -> None:
 @pytest.mark.tpm
 @pytest.mark.parametrize(
     "verb",
-    [["unseal", "--check"], ["provision"], ["status"], ["attest"], ["credential", "list"]],
+    [
+        ["unseal", "--check"],
+        ["provision", "--allow-unbound"],
+        ["status"],
+        ["attest"],
+        ["credential", "list"],
+    ],
 )
 def test_swtpm_killed_mid_command(swtpm, tmp_path: Path, verb: list[str]) -> None:
     """The TPM stops answering (SIGSTOP), then dies (SIGKILL): exit 3, one line, quickly."""
     conf = write_conf(tmp_path / "c.conf", swtpm.tcti)
-    if verb != ["provision"]:
-        assert hr("provision", conf=conf).returncode == 0
+    if verb != ["provision", "--allow-unbound"]:
+        assert hr("provision", "--allow-unbound", conf=conf).returncode == 0
     assert swtpm.proc is not None
     os.kill(swtpm.proc.pid, signal.SIGSTOP)
     p = subprocess.Popen(

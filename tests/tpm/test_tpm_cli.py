@@ -83,7 +83,7 @@ def host(swtpm_module, tmp_path: Path) -> Iterator[Host]:
 def test_provision_status_unseal(host: Host, capsys) -> None:
     image_key, master = host.root / "image.key", host.root / "master.key"
     rc, out, _ = host.run(
-        capsys, "provision", "--force", "--json",
+        capsys, "provision", "--allow-unbound", "--force", "--json",
         "--export-image-key", str(image_key), "--export-master", str(master),
     )  # fmt: skip
     assert rc == 0
@@ -95,7 +95,7 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     assert unseal.unseal_master(host.cfg()) == master.read_bytes()
 
     # Idempotent: a second run keeps the secret and creates nothing.
-    rc, out, _ = host.run(capsys, "provision", "--json")
+    rc, out, _ = host.run(capsys, "provision", "--allow-unbound", "--json")
     assert rc == 0
     doc = json.loads(out)
     assert doc.pop("pinned") == str(host.root / "host-recover.conf.d" / "50-provisioned.conf")
@@ -106,7 +106,9 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
         "policy": "pcr", "pcrs": None, "lock_pcr": 14,
     }  # fmt: skip
     # Exports only when a secret is created now: refuse, write nothing.
-    rc, _, err = host.run(capsys, "provision", "--export-image-key", str(host.root / "k2"))
+    rc, _, err = host.run(
+        capsys, "provision", "--allow-unbound", "--export-image-key", str(host.root / "k2")
+    )
     assert rc == 2 and "already sealed" in err
     assert not (host.root / "k2").exists()
 
@@ -141,14 +143,19 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
 def test_force_and_master_from(host: Host, capsys) -> None:
     given = host.root / "given.key"
     given.write_bytes(bytes(range(100, 132)))
-    rc, _, _ = host.run(capsys, "provision", "--force", "--master-from", str(given))
+    rc, _, _ = host.run(
+        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(given)
+    )
     assert rc == 0
     assert unseal.unseal_master(host.cfg()) == given.read_bytes()
-    rc, _, err = host.run(capsys, "provision", "--master-from", str(given))
+    rc, _, err = host.run(capsys, "provision", "--allow-unbound", "--master-from", str(given))
     assert rc == 2 and "--force" in err
     short = host.root / "short.key"
     short.write_bytes(b"x" * 31)
-    assert host.run(capsys, "provision", "--force", "--master-from", str(short))[0] == 2
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--force", "--master-from", str(short))[0]
+        == 2
+    )
     assert unseal.unseal_master(host.cfg()) == given.read_bytes()
 
 
@@ -158,10 +165,10 @@ def test_signed_policy_cli(host: Host, capsys) -> None:
                     "--public", str(host.root / "policy-pub.pem"))[0] == 0  # fmt: skip
     assert priv.stat().st_mode & 0o777 == 0o600
     host.write_conf("signed")
-    assert host.run(capsys, "provision", "--force")[0] == 0
+    assert host.run(capsys, "provision", "--allow-unbound", "--force")[0] == 0
     assert host.run(capsys, "unseal", "--check")[0] == 4  # no policy signed yet
 
-    assert host.run(capsys, "policy", "sign", "--key", str(priv))[0] == 0
+    assert host.run(capsys, "policy", "sign", "--allow-unbound", "--key", str(priv))[0] == 0
     first = json.loads((host.root / "policy.json").read_text())
     assert host.run(capsys, "unseal", "--check")[0] == 0
     rc, out, _ = host.run(capsys, "status", "--json")
@@ -176,7 +183,8 @@ def test_signed_policy_cli(host: Host, capsys) -> None:
         values = t.pcr_read("sha256:0,2,4,7,16")
     vfile = host.root / "values.json"
     vfile.write_text(json.dumps({"sha256": {str(k): v.hex() for k, v in values["sha256"].items()}}))
-    assert host.run(capsys, "policy", "sign", "--key", str(priv), "--values", str(vfile))[0] == 0
+    sign = ("policy", "sign", "--allow-unbound", "--key", str(priv), "--values", str(vfile))
+    assert host.run(capsys, *sign)[0] == 0
     second = json.loads((host.root / "policy.json").read_text())
     assert second["policy_version"] == first["policy_version"] + 1
     assert host.run(capsys, "unseal", "--check")[0] == 0
@@ -205,7 +213,7 @@ def test_signed_policy_cli(host: Host, capsys) -> None:
 def test_attest_prints_an_inventory_entry(host: Host, capsys) -> None:
     from recover.core.inventory import parse_pcrs
 
-    assert host.run(capsys, "provision")[0] == 0
+    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
     rc, out, _ = host.run(
         capsys, "attest", "--address", "127.0.0.1:7469", "--failure-domain", "rack-1"
     )
@@ -226,3 +234,40 @@ def test_unreachable_tpm_exit_3(tmp_path: Path, capsys) -> None:
     assert rc == 3 and json.loads(out)["tpm"]["reachable"] is False
     rc, _, err = h.run(capsys, "unseal", "--check")
     assert rc == 3 and "cannot connect" in err
+
+
+DATA = Path(__file__).parents[1] / "unit" / "data" / "eventlog"
+
+
+def test_provision_and_sign_refuse_an_unbound_selection(host: Host, capsys) -> None:
+    """No event log (a test TPM, an unmeasured boot) or a log whose command line lies
+    outside tpm.pcrs: exit 2, one error line, a hint; nothing sealed or signed."""
+    nolog = ("--set", f"tpm.event_log={host.root / 'none'}")
+    grub = ("--set", f"tpm.event_log={DATA / 'grub.bin'}", "--set", "tpm.pcrs=sha256:0,2,4,7,9")
+    rc, _, err = host.run(capsys, *nolog, "provision", "--force")
+    assert rc == 2 and "error: refusing to seal to tpm.pcrs: no event log at" in err
+    assert "--allow-unbound" in err and "Traceback" not in err
+    assert len([x for x in err.splitlines() if "error:" in x]) == 1
+    master = str(host.root / "m")
+    rc, _, err = host.run(capsys, *grub, "provision", "--force", "--export-master", master)
+    assert rc == 2 and "command line is measured into PCR 8 (grub)" in err and "add 8" in err
+    assert not (host.root / "m").exists()  # refused before anything is written or sealed
+    rc, out, _ = host.run(capsys, *grub, "status", "--json")
+    doc = json.loads(out)["binding"]
+    assert doc["boot_path"] == "grub" and doc["bound"] is False
+    assert doc["cmdline"] == [8] and doc["selected"]["cmdline"] == []
+    assert [p["add"] for p in doc["problems"] if p["component"] == "cmdline"] == [8]
+    rc, out, _ = host.run(capsys, *grub, "status")
+    assert "binding:    grub: kernel 9, initramfs 9, command line - (NOT BOUND: " in out
+    assert out.rstrip().endswith("add 8)")
+
+    rc, out, err = host.run(capsys, *nolog, "provision", "--force", "--allow-unbound", "--json")
+    assert rc == 0 and json.loads(out)["binding"]["bound"] is False
+    assert "anyway (--allow-unbound)" in err
+
+    priv = host.root / "policy.key"
+    host.run(capsys, "policy", "keygen", "--private", str(priv),
+             "--public", str(host.root / "policy-pub.pem"))  # fmt: skip
+    rc, _, err = host.run(capsys, *grub, "policy", "sign", "--key", str(priv))
+    assert rc == 2 and "refusing to sign a policy for tpm.pcrs" in err and "add 8" in err
+    assert not (host.root / "policy.json").exists()

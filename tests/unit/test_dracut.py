@@ -36,6 +36,10 @@ def _run_lib(tmp_path: Path, rc: int, action: str | None) -> str:
     lib = (HOOKS / "host-recover-lib.sh").read_text()
     lib = lib.replace("HR_STATE=/run/host-recover", f"HR_STATE={state}")
     lib = lib.replace("/proc/cmdline", os.fspath(tmp_path / "cmdline"))
+    # securityfs "mounted" with a TPM log: the lib mounts nothing on this machine
+    (tmp_path / "securityfs" / "tpm0").mkdir(parents=True, exist_ok=True)
+    lib = lib.replace("HR_SECURITYFS=/sys/kernel/security", f"HR_SECURITYFS={tmp_path}/securityfs")
+    assert f"HR_SECURITYFS={tmp_path}/securityfs" in lib
     (tmp_path / "cmdline").write_text("\n")
     lib = lib.replace("/dev/console", "/dev/stdout").replace("/dev/kmsg", "/dev/null")
     script = lib + '\nhr_run /nonexistent-newroot\necho "ACTION=$HR_ACTION RC=$HR_RC"\n'

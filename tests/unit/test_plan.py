@@ -40,6 +40,8 @@ def test_every_route_locks_and_recovery_touches_the_store_only_after_the_lock() 
         assert Step.LOCK in steps, r
     rec = plan.steps(Route.RECOVER)
     assert rec.index(Step.UNSEAL) < rec.index(Step.LOCK) < rec.index(Step.STORE)
+    # the measured command line is checked against /proc/cmdline before anything unseals
+    assert rec.index(Step.MARK) < rec.index(Step.BINDING) < rec.index(Step.UNSEAL)
     assert rec.index(Step.STORE) < rec.index(Step.IMAGE) < rec.index(Step.ROOTFS)
     assert rec[-1] is Step.CREDENTIALS and rec[0] is Step.MARK
     assert {Action(a) for a in ("recover", "normal", "hold")} == set(Action)
