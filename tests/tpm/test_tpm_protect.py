@@ -44,13 +44,13 @@ def _signed_conf(host: Host, capsys) -> Path:
 def _signed_host(host: Host, capsys) -> Path:
     """A host provisioned with tpm.policy = signed; returns the private policy key."""
     priv = _signed_conf(host, capsys)
-    assert host.run(capsys, "provision")[0] == 0
+    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
     return priv
 
 
 def _sign(host: Host, capsys, priv: Path, out: Path, version: int) -> Path:
     rc, _, err = host.run(
-        capsys, "policy", "sign", "--key", str(priv), "--output", str(out),
+        capsys, "policy", "sign", "--allow-unbound", "--key", str(priv), "--output", str(out),
         "--policy-version", str(version),
     )  # fmt: skip
     assert rc == 0, err
@@ -140,7 +140,7 @@ def test_owner_auth_protects_the_policy_counter(host: Host, capsys) -> None:
 
     priv = _signed_conf(host, capsys)
     auth = host.root / "owner.auth"
-    rc, out, err = host.run(capsys, "provision", "--json", "--export-owner-auth", str(auth))
+    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json", "--export-owner-auth", str(auth))
     assert rc == 0, err
     assert json.loads(out)["owner_auth_set"] is True
     assert auth.stat().st_mode & 0o777 == 0o600 and len(auth.read_bytes()) == 32
@@ -166,28 +166,28 @@ def test_owner_auth_protects_the_policy_counter(host: Host, capsys) -> None:
         assert t.counter_read(POLICY_NV) == 2
     assert host.run(capsys, "unseal", "--check")[0] == 0
     # A second --export-owner-auth without the current one: refused, nothing written.
-    rc, _, err = host.run(capsys, "provision", "--export-owner-auth", str(host.root / "o2"))
+    rc, _, err = host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o2"))
     assert rc == 2 and "--owner-auth" in err
     assert not (host.root / "o2").exists()
 
 
 def test_force_needs_the_owner_auth(host: Host, capsys) -> None:
     auth = host.root / "owner.auth"
-    assert host.run(capsys, "provision", "--export-owner-auth", str(auth))[0] == 0
+    assert host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
     master = host.root / "attacker.key"
     master.write_bytes(bytes(range(32)))
-    rc, _, err = host.run(capsys, "provision", "--force", "--master-from", str(master))
+    rc, _, err = host.run(capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master))
     assert rc == 2 and "prove ownership" in err
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
     wrong = host.root / "wrong.auth"
     wrong.write_bytes(bytes(32))
     rc, _, err = host.run(
-        capsys, "provision", "--force", "--master-from", str(master), "--owner-auth", str(wrong)
+        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master), "--owner-auth", str(wrong)
     )
     assert rc == 2 and "refused the authorization" in err
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
     rc, _, err = host.run(
-        capsys, "provision", "--force", "--master-from", str(master), "--owner-auth", str(auth)
+        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master), "--owner-auth", str(auth)
     )
     assert rc == 0, err
     assert unseal.unseal_master(host.cfg()) == master.read_bytes()
@@ -207,7 +207,7 @@ def test_provision_migrates_an_old_policy_counter(host: Host, capsys) -> None:
         t.counter_advance_to(POLICY_NV, 3)
         with pytest.raises(UsageError, match="older host-recover layout"):
             t.ensure_counter(POLICY_NV, orderly=False, attrs=pol.POLICY_COUNTER_ATTRS)
-    rc, out, err = host.run(capsys, "provision", "--json")
+    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json")
     assert rc == 0, err
     assert json.loads(out)["counters_migrated"] == ["policy_nv"]
     with Tpm.open(host.tcti) as t:
@@ -223,7 +223,7 @@ def test_provision_pins_the_srk_the_sealed_object_and_the_key_id(host: Host, cap
 
     priv = _signed_conf(host, capsys)
     master = host.root / "master.key"
-    rc, out, err = host.run(capsys, "provision", "--json", "--export-master", str(master))
+    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json", "--export-master", str(master))
     assert rc == 0, err
     pins = Path(json.loads(out)["pinned"])
     assert pins == host.root / "host-recover.conf.d" / "50-provisioned.conf"
@@ -255,7 +255,7 @@ def _replace_srk(tcti: str, owner_auth: bytes = b"") -> None:
 
 
 def test_a_replaced_srk_is_refused_before_salting(host: Host, capsys) -> None:
-    assert host.run(capsys, "provision")[0] == 0
+    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
     assert host.run(capsys, "unseal", "--check")[0] == 0
     _replace_srk(host.tcti)
     rc, _, err = host.run(capsys, "unseal", "--check")
@@ -265,7 +265,7 @@ def test_a_replaced_srk_is_refused_before_salting(host: Host, capsys) -> None:
 def test_a_replaced_sealed_object_is_refused(host: Host, capsys) -> None:
     """Root replaces the sealed object (empty owner auth) with one holding its own master:
     the pinned image key id refuses what it unseals (exit 5)."""
-    assert host.run(capsys, "provision")[0] == 0
+    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
     with Tpm.open(host.tcti) as t:
         t.seal_master(
             bytes(range(32)), srk_handle=0x81000001, seal_handle=0x81000002,
@@ -286,7 +286,7 @@ def test_pins_never_create_the_configuration_directory(
     conf = tmp_path / "missing" / "host-recover.conf"
     monkeypatch.setenv("HOST_RECOVER_CONFIG", str(conf))
     capsys.readouterr()
-    rc = main.main(["--tcti", swtpm.tcti, "provision", "--json"])
+    rc = main.main(["--tcti", swtpm.tcti, "provision", "--allow-unbound", "--json"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     doc = json.loads(out)
@@ -296,7 +296,7 @@ def test_pins_never_create_the_configuration_directory(
 
 
 def test_status_shows_owner_auth_and_pins(host: Host, capsys) -> None:
-    assert host.run(capsys, "provision", "--export-owner-auth", str(host.root / "o"))[0] == 0
+    assert host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o"))[0] == 0
     rc, out, _ = host.run(capsys, "status", "--json")
     doc = json.loads(out)
     assert rc == 0 and doc["owner_auth_set"] is True
@@ -312,7 +312,7 @@ def test_rollback_counter_needs_the_owner_auth(host: Host, capsys) -> None:
     from tpm2_pytss import ESYS_TR, TSS2_Exception
 
     auth = host.root / "owner.auth"
-    assert host.run(capsys, "provision", "--export-owner-auth", str(auth))[0] == 0
+    assert host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
     rollback = 0x01500010
     with Tpm.open(host.tcti) as t:
         assert t.nv_attributes(rollback) == pol.ROLLBACK_COUNTER_ATTRS | pol.NV_WRITTEN
@@ -336,7 +336,7 @@ def test_provision_migrates_an_old_rollback_counter(host: Host, capsys) -> None:
         t._nv_define(rollback, NV_BASE | pol.NV_TPM_NT_COUNTER, 8)
         t.counter_increment(rollback)
         t.counter_advance_to(rollback, 5)
-    rc, out, err = host.run(capsys, "provision", "--json")
+    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json")
     assert rc == 0, err
     assert json.loads(out)["counters_migrated"] == ["rollback_nv"]
     assert unseal.rollback_version(host.cfg()) >= 5
