@@ -140,7 +140,9 @@ def test_owner_auth_protects_the_policy_counter(host: Host, capsys) -> None:
 
     priv = _signed_conf(host, capsys)
     auth = host.root / "owner.auth"
-    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json", "--export-owner-auth", str(auth))
+    rc, out, err = host.run(
+        capsys, "provision", "--allow-unbound", "--json", "--export-owner-auth", str(auth)
+    )
     assert rc == 0, err
     assert json.loads(out)["owner_auth_set"] is True
     assert auth.stat().st_mode & 0o777 == 0o600 and len(auth.read_bytes()) == 32
@@ -166,28 +168,48 @@ def test_owner_auth_protects_the_policy_counter(host: Host, capsys) -> None:
         assert t.counter_read(POLICY_NV) == 2
     assert host.run(capsys, "unseal", "--check")[0] == 0
     # A second --export-owner-auth without the current one: refused, nothing written.
-    rc, _, err = host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o2"))
+    rc, _, err = host.run(
+        capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o2")
+    )
     assert rc == 2 and "--owner-auth" in err
     assert not (host.root / "o2").exists()
 
 
 def test_force_needs_the_owner_auth(host: Host, capsys) -> None:
     auth = host.root / "owner.auth"
-    assert host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
     master = host.root / "attacker.key"
     master.write_bytes(bytes(range(32)))
-    rc, _, err = host.run(capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master))
+    rc, _, err = host.run(
+        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master)
+    )
     assert rc == 2 and "prove ownership" in err
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
     wrong = host.root / "wrong.auth"
     wrong.write_bytes(bytes(32))
     rc, _, err = host.run(
-        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master), "--owner-auth", str(wrong)
+        capsys,
+        "provision",
+        "--allow-unbound",
+        "--force",
+        "--master-from",
+        str(master),
+        "--owner-auth",
+        str(wrong),
     )
     assert rc == 2 and "refused the authorization" in err
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
     rc, _, err = host.run(
-        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master), "--owner-auth", str(auth)
+        capsys,
+        "provision",
+        "--allow-unbound",
+        "--force",
+        "--master-from",
+        str(master),
+        "--owner-auth",
+        str(auth),
     )
     assert rc == 0, err
     assert unseal.unseal_master(host.cfg()) == master.read_bytes()
@@ -223,7 +245,9 @@ def test_provision_pins_the_srk_the_sealed_object_and_the_key_id(host: Host, cap
 
     priv = _signed_conf(host, capsys)
     master = host.root / "master.key"
-    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json", "--export-master", str(master))
+    rc, out, err = host.run(
+        capsys, "provision", "--allow-unbound", "--json", "--export-master", str(master)
+    )
     assert rc == 0, err
     pins = Path(json.loads(out)["pinned"])
     assert pins == host.root / "host-recover.conf.d" / "50-provisioned.conf"
@@ -296,7 +320,12 @@ def test_pins_never_create_the_configuration_directory(
 
 
 def test_status_shows_owner_auth_and_pins(host: Host, capsys) -> None:
-    assert host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o"))[0] == 0
+    assert (
+        host.run(
+            capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o")
+        )[0]
+        == 0
+    )
     rc, out, _ = host.run(capsys, "status", "--json")
     doc = json.loads(out)
     assert rc == 0 and doc["owner_auth_set"] is True
@@ -312,7 +341,9 @@ def test_rollback_counter_needs_the_owner_auth(host: Host, capsys) -> None:
     from tpm2_pytss import ESYS_TR, TSS2_Exception
 
     auth = host.root / "owner.auth"
-    assert host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
     rollback = 0x01500010
     with Tpm.open(host.tcti) as t:
         assert t.nv_attributes(rollback) == pol.ROLLBACK_COUNTER_ATTRS | pol.NV_WRITTEN
