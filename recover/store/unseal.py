@@ -5,6 +5,7 @@ CLI: PolicyPCR or a signed policy (docs/tpm.md), the anti-rollback floors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -116,31 +117,25 @@ def _lock_pcr_extended(t: Tpm, cfg: Config) -> bool:
 
 
 def _unseal(cfg: Config, t: Tpm) -> bytes:
-
-    if cfg.tpm_policy != "signed":
-        return t.unseal_master(
-            srk_handle=cfg.tpm_srk_handle,
-            seal_handle=cfg.tpm_seal_handle,
-            selection=cfg.tpm_pcrs,
-            lock_pcr=cfg.tpm_lock_pcr,
-            policy="pcr",
-            srk_name=_pin(cfg.tpm_srk_name),
-            seal_name=_pin(cfg.tpm_seal_name),
-        )
-    signed = load_signed_policy(cfg.tpm_policy_file)
-    floor = policy_floor(t, cfg)
-    return t.unseal_master(
+    """One unseal: the same objects and pins, with the PCR or the signed policy."""
+    unseal = functools.partial(
+        t.unseal_master,
         srk_handle=cfg.tpm_srk_handle,
         seal_handle=cfg.tpm_seal_handle,
-        selection=signed.selection,
         lock_pcr=cfg.tpm_lock_pcr,
+        srk_name=_pin(cfg.tpm_srk_name),
+        seal_name=_pin(cfg.tpm_seal_name),
+    )
+    if cfg.tpm_policy != "signed":
+        return unseal(selection=cfg.tpm_pcrs, policy="pcr")
+    signed = load_signed_policy(cfg.tpm_policy_file)
+    return unseal(
+        selection=signed.selection,
         policy="signed",
         signed_policy=signed,
         policy_pubkey_pem=read_pubkey(cfg),
-        min_policy_version=floor or 0,
+        min_policy_version=policy_floor(t, cfg) or 0,
         policy_nv=cfg.tpm_policy_nv,
-        srk_name=_pin(cfg.tpm_srk_name),
-        seal_name=_pin(cfg.tpm_seal_name),
     )
 
 
