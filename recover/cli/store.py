@@ -173,6 +173,9 @@ def _print_status(doc: dict[str, Any]) -> None:
         "owner auth: "
         + ("set" if doc["owner_auth_set"] else "EMPTY (provision --export-owner-auth FILE)"),
         "pins:       " + ", ".join(f"{k} {v}" for k, v in doc["pins"].items()),
+        "evidence:   "
+        + ", ".join(f"{k} {v}" for k, v in doc["evidence_write_policy"].items())
+        + " (write policy: the boot payload before its lock)",
     ]
     if b := doc.get("binding"):  # which selected PCR binds what (docs/measured-boot.md)
         names = {"kernel": "kernel", "initrd": "initramfs", "cmdline": "command line"}

@@ -55,7 +55,13 @@ def provision(
     ``provision --json`` prints."""
     from recover.atomicfile import AtomicFile
     from recover.core import imageformat
-    from recover.core.policy import POLICY_COUNTER_ATTRS, ROLLBACK_COUNTER_ATTRS
+    from recover.core.policy import (
+        CC_NV_INCREMENT,
+        HYBRID_COUNTER_ATTRS,
+        POLICY_COUNTER_ATTRS,
+        ROLLBACK_COUNTER_ATTRS,
+        WriteLock,
+    )
     from recover.store.credentials import on_memory_fs
     from recover.tpm.nv import NvLayoutError
 
@@ -134,23 +140,35 @@ def provision(
                     log.warning("%s is on persistent storage: move it offline and shred it", path)
             # Public: compare with `image inspect`'s key_id to tell which master an image needs.
             report["image_key_id"] = imageformat.key_id(image_root_key(secret)).hex()
+        # The evidence indices are written only through their write policy (the lock PCR
+        # at its reset value): by the boot payload before its lock, never the normal OS.
+        lock = WriteLock.of(cfg.tpm_pcrs, cfg.tpm_lock_pcr)
         counters = {
-            "orderly_nv": (cfg.tpm_orderly_nv, True, None),
-            "rollback_nv": (cfg.tpm_rollback_nv, False, ROLLBACK_COUNTER_ATTRS),
-            "policy_nv": (cfg.tpm_policy_nv, False, POLICY_COUNTER_ATTRS),
+            "orderly_nv": (
+                cfg.tpm_orderly_nv,
+                True,
+                HYBRID_COUNTER_ATTRS,
+                lock.digest(CC_NV_INCREMENT),
+            ),
+            "rollback_nv": (cfg.tpm_rollback_nv, False, ROLLBACK_COUNTER_ATTRS, b""),
+            "policy_nv": (cfg.tpm_policy_nv, False, POLICY_COUNTER_ATTRS, b""),
         }
         report["counters_created"], report["counters_migrated"] = [], []
-        for name, (index, orderly, attrs) in counters.items():
+        for name, (index, orderly, attrs, auth_policy) in counters.items():
             try:
-                if t.ensure_counter(index, orderly=orderly, attrs=attrs):
+                if t.ensure_counter(index, orderly=orderly, attrs=attrs, auth_policy=auth_policy):
                     report["counters_created"].append(name)
-            except NvLayoutError as e:
-                if attrs is None:
-                    raise
-                # An older layout (AUTHWRITE: anyone could raise it): redefine it, owner-
-                # write only, at its old value. Needs the owner auth once it is set.
-                t.migrate_counter(index, attrs=e.want)
+            except NvLayoutError:
+                # An older layout (AUTHWRITE: anyone could raise or forge it): redefine it
+                # (a floor at its old value). Needs the owner auth once it is set.
+                t.migrate_counter(index, attrs=attrs, auth_policy=auth_policy)
                 report["counters_migrated"].append(name)
+        try:
+            if t.ensure_blob(cfg.tpm_record_nv, lock):
+                report["counters_created"].append("record_nv")
+        except NvLayoutError:
+            t.migrate_blob(cfg.tpm_record_nv, lock)
+            report["counters_migrated"].append("record_nv")
         if auth_out is not None:
             new = os.urandom(OWNER_AUTH_SIZE)
             auth_out.write_all(new, 0)
@@ -295,6 +313,29 @@ def _pin_state(t: Tpm, cfg: Config, persistent: list[int]) -> dict[str, str]:
     return out
 
 
+def _evidence_state(t: Tpm, cfg: Config, nv: list[int]) -> dict[str, str]:
+    """Whether each evidence index is protected by the write policy of this
+    configuration: "protected", "OPEN" (an older AUTHWRITE layout: run provision),
+    "other policy" (another lock PCR or bank) or "missing"."""
+    from recover.core.policy import CC_NV_INCREMENT, CC_NV_WRITE, NV_POLICYWRITE, WriteLock
+
+    lock = WriteLock.of(cfg.tpm_pcrs, cfg.tpm_lock_pcr)
+    out = {}
+    for name, index, cc in (
+        ("orderly_nv", cfg.tpm_orderly_nv, CC_NV_INCREMENT),
+        ("record_nv", cfg.tpm_record_nv, CC_NV_WRITE),
+    ):
+        if index not in nv:
+            out[name] = "missing"
+            continue
+        attrs, policy = t.nv_layout(index)
+        if not attrs & NV_POLICYWRITE:
+            out[name] = "OPEN"
+        else:
+            out[name] = "protected" if policy == lock.digest(cc) else "other policy"
+    return out
+
+
 def status(cfg: Config) -> dict[str, Any]:
     """The status document (``status --json``)."""
     doc: dict[str, Any] = {"tpm": {"tcti": cfg.tpm_tcti, "reachable": False}}
@@ -324,9 +365,12 @@ def status(cfg: Config) -> dict[str, Any]:
             doc["binding"] = binding.assess(cfg.tpm_event_log, cfg.tpm_pcrs, t).to_json()
             for name in ("rollback_nv", "orderly_nv", "policy_nv"):
                 index = getattr(cfg, f"tpm_{name}")
+                # None: not defined, or not initialised yet (the hybrid counter until
+                # the first boot's payload writes it)
                 doc[name.replace("_nv", "_counter")] = (
-                    t.counter_read(index) if index in nv else None
+                    t.counter_read(index) if index in nv and t.nv_written(index) else None
                 )
+            doc["evidence_write_policy"] = _evidence_state(t, cfg, nv)
     except TpmUnavailable as e:
         doc["tpm"]["error"] = e.message
         if e.hint:

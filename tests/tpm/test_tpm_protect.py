@@ -140,7 +140,9 @@ def test_owner_auth_protects_the_policy_counter(host: Host, capsys) -> None:
 
     priv = _signed_conf(host, capsys)
     auth = host.root / "owner.auth"
-    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json", "--export-owner-auth", str(auth))
+    rc, out, err = host.run(
+        capsys, "provision", "--allow-unbound", "--json", "--export-owner-auth", str(auth)
+    )
     assert rc == 0, err
     assert json.loads(out)["owner_auth_set"] is True
     assert auth.stat().st_mode & 0o777 == 0o600 and len(auth.read_bytes()) == 32
@@ -166,28 +168,48 @@ def test_owner_auth_protects_the_policy_counter(host: Host, capsys) -> None:
         assert t.counter_read(POLICY_NV) == 2
     assert host.run(capsys, "unseal", "--check")[0] == 0
     # A second --export-owner-auth without the current one: refused, nothing written.
-    rc, _, err = host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o2"))
+    rc, _, err = host.run(
+        capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o2")
+    )
     assert rc == 2 and "--owner-auth" in err
     assert not (host.root / "o2").exists()
 
 
 def test_force_needs_the_owner_auth(host: Host, capsys) -> None:
     auth = host.root / "owner.auth"
-    assert host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
     master = host.root / "attacker.key"
     master.write_bytes(bytes(range(32)))
-    rc, _, err = host.run(capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master))
+    rc, _, err = host.run(
+        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master)
+    )
     assert rc == 2 and "prove ownership" in err
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
     wrong = host.root / "wrong.auth"
     wrong.write_bytes(bytes(32))
     rc, _, err = host.run(
-        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master), "--owner-auth", str(wrong)
+        capsys,
+        "provision",
+        "--allow-unbound",
+        "--force",
+        "--master-from",
+        str(master),
+        "--owner-auth",
+        str(wrong),
     )
     assert rc == 2 and "refused the authorization" in err
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
     rc, _, err = host.run(
-        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master), "--owner-auth", str(auth)
+        capsys,
+        "provision",
+        "--allow-unbound",
+        "--force",
+        "--master-from",
+        str(master),
+        "--owner-auth",
+        str(auth),
     )
     assert rc == 0, err
     assert unseal.unseal_master(host.cfg()) == master.read_bytes()
@@ -223,7 +245,9 @@ def test_provision_pins_the_srk_the_sealed_object_and_the_key_id(host: Host, cap
 
     priv = _signed_conf(host, capsys)
     master = host.root / "master.key"
-    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json", "--export-master", str(master))
+    rc, out, err = host.run(
+        capsys, "provision", "--allow-unbound", "--json", "--export-master", str(master)
+    )
     assert rc == 0, err
     pins = Path(json.loads(out)["pinned"])
     assert pins == host.root / "host-recover.conf.d" / "50-provisioned.conf"
@@ -296,7 +320,12 @@ def test_pins_never_create_the_configuration_directory(
 
 
 def test_status_shows_owner_auth_and_pins(host: Host, capsys) -> None:
-    assert host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o"))[0] == 0
+    assert (
+        host.run(
+            capsys, "provision", "--allow-unbound", "--export-owner-auth", str(host.root / "o")
+        )[0]
+        == 0
+    )
     rc, out, _ = host.run(capsys, "status", "--json")
     doc = json.loads(out)
     assert rc == 0 and doc["owner_auth_set"] is True
@@ -304,6 +333,7 @@ def test_status_shows_owner_auth_and_pins(host: Host, capsys) -> None:
     _replace_srk(host.tcti, (host.root / "o").read_bytes())
     rc, out, _ = host.run(capsys, "status")
     assert rc == 0 and "owner auth: set" in out and "srk_name MISMATCH" in out
+    assert "orderly_nv protected, record_nv protected" in out
 
 
 def test_rollback_counter_needs_the_owner_auth(host: Host, capsys) -> None:
@@ -312,7 +342,9 @@ def test_rollback_counter_needs_the_owner_auth(host: Host, capsys) -> None:
     from tpm2_pytss import ESYS_TR, TSS2_Exception
 
     auth = host.root / "owner.auth"
-    assert host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
     rollback = 0x01500010
     with Tpm.open(host.tcti) as t:
         assert t.nv_attributes(rollback) == pol.ROLLBACK_COUNTER_ATTRS | pol.NV_WRITTEN
@@ -340,3 +372,79 @@ def test_provision_migrates_an_old_rollback_counter(host: Host, capsys) -> None:
     assert rc == 0, err
     assert json.loads(out)["counters_migrated"] == ["rollback_nv"]
     assert unseal.rollback_version(host.cfg()) >= 5
+
+
+# --- finding 5: the evidence indices (hybrid counter, decision record) -----------------
+
+ORDERLY_NV, RECORD_NV = 0x01500011, 0x01500012
+
+
+def _lock(host: Host) -> pol.WriteLock:
+    cfg = host.cfg()
+    return pol.WriteLock.of(cfg.tpm_pcrs, cfg.tpm_lock_pcr)
+
+
+def test_provision_migrates_the_evidence_indices_to_their_write_policy(host: Host, capsys) -> None:
+    """Indices of the older layout (AUTHWRITE: any root process wrote them) become
+    policy-written, with the owner auth once it is set."""
+    auth = host.root / "owner.auth"
+    with Tpm.open(host.tcti) as t:  # the layout before this change
+        t._nv_define(ORDERLY_NV, NV_BASE | pol.NV_TPM_NT_COUNTER | pol.NV_ORDERLY, 8)
+        t.counter_increment(ORDERLY_NV)
+        t.nv_blob_write(RECORD_NV, b'{"action":"normal"}')
+        assert t.nv_attributes(RECORD_NV) & pol.NV_AUTHWRITE
+    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json")
+    assert rc == 0, err
+    assert sorted(json.loads(out)["counters_migrated"]) == ["orderly_nv", "record_nv"]
+    rc, out, err = host.run(capsys, "status", "--json")
+    doc = json.loads(out)
+    assert doc["evidence_write_policy"] == {"orderly_nv": "protected", "record_nv": "protected"}
+    assert doc["orderly_counter"] is None  # not initialised until a payload writes it
+    lock = _lock(host)
+    with Tpm.open(host.tcti) as t:
+        assert t.nv_layout(ORDERLY_NV) == (
+            pol.HYBRID_COUNTER_ATTRS,
+            lock.digest(pol.CC_NV_INCREMENT),
+        )
+        assert t.nv_layout(RECORD_NV) == (pol.RECORD_BLOB_ATTRS, lock.digest(pol.CC_NV_WRITE))
+        assert t.nv_blob_read(RECORD_NV) is None
+    # idempotent; with the owner auth set, another run still finds them in place
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
+    rc, out, _ = host.run(capsys, "provision", "--allow-unbound", "--json")
+    assert rc == 0 and json.loads(out)["counters_migrated"] == []
+
+
+def test_evidence_indices_are_written_only_before_the_lock(host: Host, capsys) -> None:
+    """Neither the index's (empty) auth nor the (empty) owner auth writes them; their
+    write policy does only while the lock PCR is at its reset value: the normal OS (lock
+    PCR extended) can forge neither the crash signal nor the previous decision."""
+    from tpm2_pytss import ESYS_TR, TSS2_Exception
+
+    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    lock = _lock(host)
+    with Tpm.open(host.tcti) as t:
+        t.nv_blob_write(RECORD_NV, b'{"action":"normal"}', lock=lock)  # the payload
+        assert t.counter_increment(ORDERLY_NV, lock=lock) >= 1
+        before = t.counter_read(ORDERLY_NV)
+        for index in (ORDERLY_NV, RECORD_NV):
+            nv = t.ectx.tr_from_tpmpublic(index)
+            for auth_handle in (nv, ESYS_TR.OWNER):
+                with pytest.raises(TSS2_Exception):
+                    if index == ORDERLY_NV:
+                        t.ectx.nv_increment(nv, auth_handle=auth_handle)
+                    else:
+                        t.ectx.nv_write(nv, b"\x00\x02{}", 0, auth_handle=auth_handle)
+        # a policy session for the other command does not do either
+        with pytest.raises(TSS2_Exception):
+            session = t._write_policy_session(RECORD_NV, lock, pol.CC_NV_INCREMENT)
+            nv = t.ectx.tr_from_tpmpublic(RECORD_NV)
+            t.ectx.nv_write(nv, b"\x00\x02{}", 0, auth_handle=nv, session1=session)
+        t.pcr_extend(lock.pcr, b"\x01" * 32)  # the payload's lock
+        with pytest.raises(PolicyMismatch, match="only the boot payload"):
+            t.counter_increment(ORDERLY_NV, lock=lock)
+        with pytest.raises(PolicyMismatch, match="only the boot payload"):
+            t.nv_blob_write(RECORD_NV, b'{"action":"forged"}', lock=lock)
+        assert t.counter_read(ORDERLY_NV) == before
+        assert t.nv_blob_read(RECORD_NV) == b'{"action":"normal"}'
