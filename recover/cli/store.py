@@ -170,6 +170,12 @@ def _print_status(doc: dict[str, Any]) -> None:
         ),
         f"unsealable: {verdict}" + (f" ({sealed['reason']})" if sealed.get("reason") else ""),
         f"rollback:   {doc['rollback_counter']}",
+        "credentials floor: "
+        + (
+            str(doc["credentials_floor"])
+            if doc["credentials_floor"] is not None
+            else "not set (`credential add|remove` sets it)"
+        ),
         "owner auth: "
         + ("set" if doc["owner_auth_set"] else "EMPTY (provision --export-owner-auth FILE)"),
         "pins:       " + ", ".join(f"{k} {v}" for k, v in doc["pins"].items()),

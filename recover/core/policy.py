@@ -72,6 +72,7 @@ NV_WRITTEN = 0x20000000
 OWNER_COUNTER_ATTRS = NV_TPM_NT_COUNTER | NV_OWNERWRITE | NV_OWNERREAD | NV_AUTHREAD | NV_NO_DA
 POLICY_COUNTER_ATTRS = OWNER_COUNTER_ATTRS
 ROLLBACK_COUNTER_ATTRS = OWNER_COUNTER_ATTRS  # raised by `image floor --owner-auth`
+CREDENTIALS_COUNTER_ATTRS = OWNER_COUNTER_ATTRS  # raised by `credential add|remove`
 DEFAULT_POLICY_NV = 0x01500013
 # The evidence indices (hybrid counter, decision record): written only through their
 # write policy (lock PCR at its reset value + the write command), never with an auth

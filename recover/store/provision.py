@@ -14,7 +14,7 @@ from recover.config import Config
 from recover.core.keys import MASTER_SIZE, image_root_key
 from recover.core.pcrsel import parse_selection
 from recover.errors import HostRecoverError, PolicyMismatch, TpmUnavailable, UsageError
-from recover.store import binding
+from recover.store import binding, credentials
 from recover.store.keyfile import read_key_file
 from recover.store.owner import OWNER_AUTH_SIZE
 from recover.store.unseal import load_signed_policy, open_tpm, policy_floor, read_pubkey
@@ -57,6 +57,7 @@ def provision(
     from recover.core import imageformat
     from recover.core.policy import (
         CC_NV_INCREMENT,
+        CREDENTIALS_COUNTER_ATTRS,
         HYBRID_COUNTER_ATTRS,
         POLICY_COUNTER_ATTRS,
         ROLLBACK_COUNTER_ATTRS,
@@ -152,11 +153,19 @@ def provision(
             ),
             "rollback_nv": (cfg.tpm_rollback_nv, False, ROLLBACK_COUNTER_ATTRS, b""),
             "policy_nv": (cfg.tpm_policy_nv, False, POLICY_COUNTER_ATTRS, b""),
+            # not initialised here: no floor until `credential add|remove` raises it
+            "credentials_nv": (cfg.tpm_credentials_nv, False, CREDENTIALS_COUNTER_ATTRS, b""),
         }
         report["counters_created"], report["counters_migrated"] = [], []
         for name, (index, orderly, attrs, auth_policy) in counters.items():
             try:
-                if t.ensure_counter(index, orderly=orderly, attrs=attrs, auth_policy=auth_policy):
+                if t.ensure_counter(
+                    index,
+                    orderly=orderly,
+                    attrs=attrs,
+                    auth_policy=auth_policy,
+                    initialise=name != "credentials_nv",
+                ):
                     report["counters_created"].append(name)
             except NvLayoutError:
                 # An older layout (AUTHWRITE: anyone could raise or forge it): redefine it
@@ -371,6 +380,8 @@ def status(cfg: Config) -> dict[str, Any]:
                     t.counter_read(index) if index in nv and t.nv_written(index) else None
                 )
             doc["evidence_write_policy"] = _evidence_state(t, cfg, nv)
+            # the lowest credential store generation the boot accepts (None: no floor yet)
+            doc["credentials_floor"] = credentials.tpm_floor(t, cfg)
     except TpmUnavailable as e:
         doc["tpm"]["error"] = e.message
         if e.hint:

@@ -160,9 +160,11 @@ class NvOps(TpmCore):
         orderly: bool,
         attrs: int | None = None,
         auth_policy: bytes = b"",
+        initialise: bool = True,
     ) -> bool:
         """Define a NODA counter unless present; initialise it with one increment unless
-        it is written through a write policy (the boot payload initialises those).
+        it is written through a write policy (the boot payload initialises those) or
+        ``initialise`` is false (the credential floor: no floor until first raised).
 
         ``attrs``: the TPMA_NV layout (default AUTHWRITE|OWNERWRITE, open reads), with
         ``auth_policy``. When given, an existing counter with another layout or write
@@ -181,7 +183,7 @@ class NvOps(TpmCore):
                 raise NvLayoutError(index, have, want, auth_policy)
             return False
         self._nv_define(index, want, 8, auth_policy)
-        if not want & NV_POLICYWRITE:
+        if initialise and not want & NV_POLICYWRITE:
             self.counter_increment(index)
         log.info("defined %scounter 0x%08x", "orderly " if orderly else "", index)
         return True

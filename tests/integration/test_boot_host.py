@@ -354,6 +354,24 @@ def test_the_normal_os_cannot_forge_the_evidence(host: Host, tmp_path: Path) -> 
     assert signals["previous_decision"]["value"]["action"] == "normal"
 
 
+def test_a_rolled_back_credential_store_is_refused(host: Host, tmp_path: Path) -> None:
+    """Finding 10: an attacker with the disks puts back an older, authentic credential
+    store (older credentials). `credential add` raised the TPM floor to the generation it
+    wrote, so the recovery boot refuses the old copy (exit 5), still locked."""
+    store = host.disk / "credentials.hrc"
+    old = store.read_bytes()
+    cred = tmp_path / "rotated"
+    cred.write_bytes(b"restore-token: rotated\n")
+    assert host.cli("credential", "add", "restore-token", str(cred)) == 0
+    store.write_bytes(old)  # the attacker's copy
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    assert code == 5 and "rolled back" in rec["error"], rec
+    assert rec["lock_pcr_extended"] is True and rec["credentials"] == []
+    assert host.cli("unseal", "--check") == 4
+    _assert_nothing_left(host)
+
+
 def test_tpm_unavailable_is_an_outcome(host: Host) -> None:
     host.tpm.kill()
     code = main(

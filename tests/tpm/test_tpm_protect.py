@@ -7,6 +7,7 @@ Each test gets a fresh swtpm (the owner auth it sets persists in the TPM).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -448,3 +449,59 @@ def test_evidence_indices_are_written_only_before_the_lock(host: Host, capsys) -
             t.nv_blob_write(RECORD_NV, b'{"action":"forged"}', lock=lock)
         assert t.counter_read(ORDERLY_NV) == before
         assert t.nv_blob_read(RECORD_NV) == b'{"action":"normal"}'
+
+
+# --- finding 10: credential store anti-rollback ----------------------------------------
+
+CREDENTIALS_NV = 0x01500014
+
+
+def _cred_add(host: Host, capsys, name: str, *extra: str) -> tuple[int, str, str]:
+    value = host.root / f"{name}.value"
+    value.write_bytes(name.encode())
+    return host.run(capsys, "credential", "add", name, str(value), *extra)
+
+
+def test_credential_writes_raise_the_floor_with_the_owner_auth(host: Host, capsys) -> None:
+    """provision defines the floor without a value (no floor yet); `credential add`
+    raises it to the generation it writes; once the owner auth is set only with
+    --owner-auth (without it the store is written and the floor stays, a warning)."""
+    from recover.core.credstore import require_generation
+    from recover.errors import IntegrityError
+    from recover.store import credentials
+
+    auth = host.root / "owner.auth"
+    host.conf.write_text(host.conf.read_text() + f"[store]\ncredentials = {host.root / 'c.hrc'}\n")
+    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    rc, out, _ = host.run(capsys, "status", "--json")
+    assert json.loads(out)["credentials_floor"] is None
+    assert _cred_add(host, capsys, "a")[0] == 0
+    cfg = host.cfg()
+    with Tpm.open(host.tcti) as t:
+        first = credentials.tpm_floor(t, cfg)
+        assert t.nv_attributes(CREDENTIALS_NV) == pol.CREDENTIALS_COUNTER_ATTRS | pol.NV_WRITTEN
+    master = unseal.unseal_master(cfg)
+    assert credentials.load(cfg.store_credentials, master).generation == first
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
+    rc, _, err = _cred_add(host, capsys, "b")
+    assert rc == 0 and "--owner-auth" in err
+    rc, out, _ = host.run(capsys, "status", "--json")
+    assert json.loads(out)["credentials_floor"] == first  # not raised without the auth
+    rc, out, err = _cred_add(host, capsys, "c", "--owner-auth", str(auth))
+    assert rc == 0, err
+    store = credentials.load(cfg.store_credentials, master)
+    assert store.generation == first + 2 and f"TPM floor {first + 2}" in out
+    rc, out, _ = host.run(capsys, "status")
+    assert f"credentials floor: {first + 2}" in out
+    with pytest.raises(IntegrityError, match="rolled back"):
+        require_generation(dataclasses.replace(store, generation=first + 1), first + 2, "s")
+    # root in the normal OS cannot raise (or reset) the floor without the owner auth
+    from tpm2_pytss import ESYS_TR, TSS2_Exception
+
+    with Tpm.open(host.tcti) as t:
+        nv = t.ectx.tr_from_tpmpublic(CREDENTIALS_NV)
+        for auth_handle in (nv, ESYS_TR.OWNER):
+            with pytest.raises(TSS2_Exception):
+                t.ectx.nv_increment(nv, auth_handle=auth_handle)
