@@ -42,6 +42,7 @@ def provision(
     master_from: str | None = None,
     owner_auth: str | None = None,
     export_owner_auth: str | None = None,
+    no_owner_auth: bool = False,
     pin_dir: str | os.PathLike[str] | None = None,
     allow_unbound: bool = False,
 ) -> dict[str, Any]:
@@ -49,7 +50,9 @@ def provision(
     one is sealed (``force`` replaces it). Exports are written completely before the
     TPM changes. Once the owner hierarchy auth is set, ``force`` and every change need
     it (``owner_auth``: a file); ``export_owner_auth`` sets a new random one (written
-    to that file first). ``pin_dir``: the configuration's drop-in directory, where the
+    to that file first). A TPM whose owner auth is empty needs an explicit choice:
+    ``export_owner_auth`` or ``no_owner_auth`` (else a UsageError, before anything
+    changes). ``pin_dir``: the configuration's drop-in directory, where the
     TPM names of the SRK and (policy = signed) the sealed object and the image key id
     are written (``PINS_FILE``, to be baked into the initramfs). Returns the report
     ``provision --json`` prints."""
@@ -66,6 +69,8 @@ def provision(
     from recover.store.credentials import on_memory_fs
     from recover.tpm.nv import NvLayoutError
 
+    if export_owner_auth and no_owner_auth:
+        raise UsageError("--export-owner-auth and --no-owner-auth exclude each other")
     exports = [p for p in (export_image_key, export_master) if p]
     for p in [*exports, *([export_owner_auth] if export_owner_auth else [])]:
         _check_export_target(p)
@@ -100,6 +105,14 @@ def provision(
             bound = binding.assess(cfg.tpm_event_log, cfg.tpm_pcrs, t)
             binding.require(bound, allow_unbound=allow_unbound, what="seal to tpm.pcrs")
             report["binding"] = bound.to_json()
+        if not auth_was_set and not export_owner_auth and not no_owner_auth:
+            raise UsageError(
+                "the owner hierarchy auth of this TPM is empty: with it any root process "
+                "can raise the policy, image and credential floors (a denial of recovery) "
+                "and undefine the NV indices; nothing was changed",
+                hint="pass --export-owner-auth FILE (recommended: keep FILE offline with the "
+                "master) or, for a test lab, --no-owner-auth",
+            )
         report["srk_created"] = t.ensure_srk(cfg.tpm_srk_handle)
         t.ensure_ak(cfg.tpm_ak_handle)
         sealed = t.has_object(cfg.tpm_seal_handle)
@@ -213,8 +226,8 @@ def provision(
         report["owner_auth_set"] = auth_out is not None or auth_was_set
         if not report["owner_auth_set"]:
             log.warning(
-                "the owner hierarchy auth is empty: any root process can raise the policy "
-                "counter or undefine the NV indices; set one with "
+                "--no-owner-auth: the owner hierarchy auth stays empty: any root process can "
+                "raise the floors or undefine the NV indices; set one with "
                 "`host-recover provision --export-owner-auth FILE` and keep the file offline"
             )
     report["policy"] = str(cfg.tpm_policy)

@@ -76,7 +76,12 @@ class Host:
 
     def provision_and_build(self, sign_with: Path | None = None) -> None:
         key = self.base / "image.key"
-        assert self.cli("provision", "--allow-unbound", "--export-image-key", str(key)) == 0
+        assert (
+            self.cli(
+                "provision", "--no-owner-auth", "--allow-unbound", "--export-image-key", str(key)
+            )
+            == 0
+        )
         if sign_with is not None:  # tpm.policy = signed: sign the current PCR values
             assert self.cli("policy", "sign", "--allow-unbound", "--key", str(sign_with)) == 0
         tree = self.base / "tree"

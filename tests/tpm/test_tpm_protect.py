@@ -19,7 +19,7 @@ from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
 from recover.store import unseal
 from recover.tpm import Tpm
 from recover.tpm.nv import NV_BASE
-from tests.tpm.test_tpm_cli import Host
+from tests.tpm.test_tpm_cli import PROVISION, Host
 
 pytestmark = pytest.mark.tpm
 
@@ -45,7 +45,7 @@ def _signed_conf(host: Host, capsys) -> Path:
 def _signed_host(host: Host, capsys) -> Path:
     """A host provisioned with tpm.policy = signed; returns the private policy key."""
     priv = _signed_conf(host, capsys)
-    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    assert host.run(capsys, *PROVISION)[0] == 0
     return priv
 
 
@@ -184,7 +184,11 @@ def test_force_needs_the_owner_auth(host: Host, capsys) -> None:
     master = host.root / "attacker.key"
     master.write_bytes(bytes(range(32)))
     rc, _, err = host.run(
-        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master)
+        capsys,
+        *PROVISION,
+        "--force",
+        "--master-from",
+        str(master),
     )
     assert rc == 2 and "prove ownership" in err
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
@@ -192,8 +196,7 @@ def test_force_needs_the_owner_auth(host: Host, capsys) -> None:
     wrong.write_bytes(bytes(32))
     rc, _, err = host.run(
         capsys,
-        "provision",
-        "--allow-unbound",
+        *PROVISION,
         "--force",
         "--master-from",
         str(master),
@@ -204,8 +207,7 @@ def test_force_needs_the_owner_auth(host: Host, capsys) -> None:
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
     rc, _, err = host.run(
         capsys,
-        "provision",
-        "--allow-unbound",
+        *PROVISION,
         "--force",
         "--master-from",
         str(master),
@@ -230,7 +232,7 @@ def test_provision_migrates_an_old_policy_counter(host: Host, capsys) -> None:
         t.counter_advance_to(POLICY_NV, 3)
         with pytest.raises(UsageError, match="older host-recover layout"):
             t.ensure_counter(POLICY_NV, orderly=False, attrs=pol.POLICY_COUNTER_ATTRS)
-    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json")
+    rc, out, err = host.run(capsys, *PROVISION, "--json")
     assert rc == 0, err
     assert json.loads(out)["counters_migrated"] == ["policy_nv"]
     with Tpm.open(host.tcti) as t:
@@ -247,7 +249,11 @@ def test_provision_pins_the_srk_the_sealed_object_and_the_key_id(host: Host, cap
     priv = _signed_conf(host, capsys)
     master = host.root / "master.key"
     rc, out, err = host.run(
-        capsys, "provision", "--allow-unbound", "--json", "--export-master", str(master)
+        capsys,
+        *PROVISION,
+        "--json",
+        "--export-master",
+        str(master),
     )
     assert rc == 0, err
     pins = Path(json.loads(out)["pinned"])
@@ -280,7 +286,7 @@ def _replace_srk(tcti: str, owner_auth: bytes = b"") -> None:
 
 
 def test_a_replaced_srk_is_refused_before_salting(host: Host, capsys) -> None:
-    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    assert host.run(capsys, *PROVISION)[0] == 0
     assert host.run(capsys, "unseal", "--check")[0] == 0
     _replace_srk(host.tcti)
     rc, _, err = host.run(capsys, "unseal", "--check")
@@ -290,7 +296,7 @@ def test_a_replaced_srk_is_refused_before_salting(host: Host, capsys) -> None:
 def test_a_replaced_sealed_object_is_refused(host: Host, capsys) -> None:
     """Root replaces the sealed object (empty owner auth) with one holding its own master:
     the pinned image key id refuses what it unseals (exit 5)."""
-    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    assert host.run(capsys, *PROVISION)[0] == 0
     with Tpm.open(host.tcti) as t:
         t.seal_master(
             bytes(range(32)), srk_handle=0x81000001, seal_handle=0x81000002,
@@ -311,7 +317,7 @@ def test_pins_never_create_the_configuration_directory(
     conf = tmp_path / "missing" / "host-recover.conf"
     monkeypatch.setenv("HOST_RECOVER_CONFIG", str(conf))
     capsys.readouterr()
-    rc = main.main(["--tcti", swtpm.tcti, "provision", "--allow-unbound", "--json"])
+    rc = main.main(["--tcti", swtpm.tcti, *PROVISION, "--json"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     doc = json.loads(out)
@@ -369,7 +375,7 @@ def test_provision_migrates_an_old_rollback_counter(host: Host, capsys) -> None:
         t._nv_define(rollback, NV_BASE | pol.NV_TPM_NT_COUNTER, 8)
         t.counter_increment(rollback)
         t.counter_advance_to(rollback, 5)
-    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json")
+    rc, out, err = host.run(capsys, *PROVISION, "--json")
     assert rc == 0, err
     assert json.loads(out)["counters_migrated"] == ["rollback_nv"]
     assert unseal.rollback_version(host.cfg()) >= 5
@@ -394,7 +400,7 @@ def test_provision_migrates_the_evidence_indices_to_their_write_policy(host: Hos
         t.counter_increment(ORDERLY_NV)
         t.nv_blob_write(RECORD_NV, b'{"action":"normal"}')
         assert t.nv_attributes(RECORD_NV) & pol.NV_AUTHWRITE
-    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json")
+    rc, out, err = host.run(capsys, *PROVISION, "--json")
     assert rc == 0, err
     assert sorted(json.loads(out)["counters_migrated"]) == ["orderly_nv", "record_nv"]
     rc, out, err = host.run(capsys, "status", "--json")
@@ -413,7 +419,7 @@ def test_provision_migrates_the_evidence_indices_to_their_write_policy(host: Hos
     assert (
         host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
     )
-    rc, out, _ = host.run(capsys, "provision", "--allow-unbound", "--json")
+    rc, out, _ = host.run(capsys, *PROVISION, "--json")
     assert rc == 0 and json.loads(out)["counters_migrated"] == []
 
 
@@ -423,7 +429,7 @@ def test_evidence_indices_are_written_only_before_the_lock(host: Host, capsys) -
     PCR extended) can forge neither the crash signal nor the previous decision."""
     from tpm2_pytss import ESYS_TR, TSS2_Exception
 
-    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    assert host.run(capsys, *PROVISION)[0] == 0
     lock = _lock(host)
     with Tpm.open(host.tcti) as t:
         t.nv_blob_write(RECORD_NV, b'{"action":"normal"}', lock=lock)  # the payload
@@ -472,7 +478,7 @@ def test_credential_writes_raise_the_floor_with_the_owner_auth(host: Host, capsy
 
     auth = host.root / "owner.auth"
     host.conf.write_text(host.conf.read_text() + f"[store]\ncredentials = {host.root / 'c.hrc'}\n")
-    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    assert host.run(capsys, *PROVISION)[0] == 0
     rc, out, _ = host.run(capsys, "status", "--json")
     assert json.loads(out)["credentials_floor"] is None
     assert _cred_add(host, capsys, "a")[0] == 0
@@ -505,3 +511,28 @@ def test_credential_writes_raise_the_floor_with_the_owner_auth(host: Host, capsy
         for auth_handle in (nv, ESYS_TR.OWNER):
             with pytest.raises(TSS2_Exception):
                 t.ectx.nv_increment(nv, auth_handle=auth_handle)
+
+
+# --- finding 5: owner auth by default -------------------------------------------------
+
+
+def test_provision_on_an_empty_owner_auth_needs_an_explicit_choice(host: Host, capsys) -> None:
+    """A TPM whose owner auth is empty: provision refuses (exit 2, nothing changed)
+    unless told --export-owner-auth FILE (recommended) or --no-owner-auth."""
+    auth = host.root / "owner.auth"
+    rc, _, err = host.run(capsys, "provision", "--allow-unbound")
+    assert rc == 2 and "--export-owner-auth" in err and "--no-owner-auth" in err
+    with Tpm.open(host.tcti) as t:
+        assert t.persistent_handles() == [] and t.nv_indices() == []
+    rc, _, err = host.run(
+        capsys, "provision", "--allow-unbound", "--no-owner-auth", "--export-owner-auth", str(auth)
+    )
+    assert rc == 2 and "exclude each other" in err and not auth.exists()
+    rc, out, _ = host.run(capsys, "provision", "--allow-unbound", "--no-owner-auth", "--json")
+    assert rc == 0 and json.loads(out)["owner_auth_set"] is False
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
+    assert auth.stat().st_mode & 0o777 == 0o600
+    rc, out, _ = host.run(capsys, "provision", "--allow-unbound", "--json")  # set: no choice
+    assert rc == 0 and json.loads(out)["owner_auth_set"] is True
