@@ -148,7 +148,8 @@ def previous_record(blob: bytes | None, orderly: bool | None = None) -> Signal:
             data,
             Reading.CLEAN,
             Strength.CONTEXT,
-            "the previous boot recovered, and the host shut down in order since",
+            "the previous boot started a recovery (its outcome is in that boot's "
+            "decision.json), and the host shut down in order since",
         )
     if action == "recovering":
         return Signal(

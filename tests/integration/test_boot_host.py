@@ -295,7 +295,8 @@ def test_power_loss_during_recovery_recovers_again(host: Host) -> None:
     """A recovery writes "recovering" to TPM NV before it unseals and cannot rewrite it
     after its lock (the record's write policy). Power lost during or after it, before
     any TPM shutdown: the next boot reads that a recovery was in progress and recovers
-    again. A recovered system that shut down in order: "the previous boot recovered",
+    again. A recovered system that shut down in order: "the previous boot started a
+    recovery, and the host shut down in order since",
     and the next boot is normal."""
     host.tpm.power_cut_and_restart()
     code, rec = host.boot()
@@ -312,7 +313,7 @@ def test_power_loss_during_recovery_recovers_again(host: Host) -> None:
     code, rec = host.boot()
     assert code == 0 and rec["verdict"]["kind"] == "clean", rec
     prev = _previous(rec)
-    assert prev["reading"] == "clean" and "the previous boot recovered" in prev["reason"]
+    assert prev["reading"] == "clean" and "the previous boot started a recovery" in prev["reason"]
 
 
 def test_the_normal_os_cannot_forge_the_evidence(host: Host, tmp_path: Path) -> None:

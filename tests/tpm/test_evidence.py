@@ -142,7 +142,7 @@ def test_previous_record_from_nv(provisioned: Any, tmp_path: Path) -> None:
     ev = read(provisioned, tmp_path)
     prev = ev.signal("previous_decision")
     assert prev is not None and prev.reading is Reading.CLEAN
-    assert "the previous boot recovered" in prev.reason
+    assert "the previous boot started a recovery" in prev.reason
     provisioned.power_cut_and_restart()
     ev = read(provisioned, tmp_path)
     prev = ev.signal("previous_decision")
