@@ -310,8 +310,8 @@ SETTINGS: tuple[Setting, ...] = (
         _nv_index,
         "0x01500014",
         "NV counter index holding the lowest accepted credential store generation "
-        "(owner-write only). `host-recover credential add|remove` raises it to the "
-        "generation it writes (with --owner-auth FILE once an owner auth is set); at boot "
+        "(owner-write only). `host-recover credential add` and `remove` raise it to the "
+        "generation they write (with --owner-auth FILE once an owner auth is set); at boot "
         "an older store is refused as rolled back (exit 5).",
     ),
     Setting(
