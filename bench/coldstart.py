@@ -151,7 +151,7 @@ def measure(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -
     conf.write_text(f"[tpm]\ntcti = {sw.tcti}\n")
     py, env = trees[-1].python("src")
     subprocess.run([*py, "-m", "recover", "--config", str(conf), "provision",
-                    "--allow-unbound"], env=env,
+                    "--allow-unbound", "--no-owner-auth"], env=env,
                    cwd=work, check=True, capture_output=True, timeout=120)  # fmt: skip
     sw.reboot_orderly()  # the boots below all follow an orderly shutdown
     relay = stack.enter_context(Relay(sw.port))

@@ -31,7 +31,7 @@ if [ -n "$(ls /run/credentials/host-recover 2> /dev/null)" ]; then
     echo "HR-NORMAL-CREDENTIALS-PRESENT"
 fi
 if [ "$action" = provision ] && [ "$refuse" = yes ]; then
-    out=$(host-recover provision 2>&1)
+    out=$(host-recover provision --no-owner-auth 2>&1)
     rc=$?
     echo "HR-PROVISION-DEFAULT rc=$rc $(echo "$out" | grep 'error:' | head -n 1)"
 fi
@@ -39,9 +39,11 @@ if [ "$action" = provision ]; then
     mkdir -p /mnt/store
     # The boot payload extended the lock PCR already (boot.lock=always): the normal OS
     # cannot unseal, so the keys for the image factory are exported at provisioning
-    # time, used from tmpfs and deleted.
+    # time, used from tmpfs and deleted. The lab's TPM is throwaway: no owner auth
+    # (--no-owner-auth; an operator exports one, docs/operator-guide.md).
     mount -t ext4 /dev/disk/by-id/virtio-hrstore /mnt/store \
-        && hr provision --export-image-key /tmp/image.key --export-master /tmp/master.key \
+        && hr provision --no-owner-auth --export-image-key /tmp/image.key \
+            --export-master /tmp/master.key \
         && hr image create --key-file /tmp/image.key /mnt/store/plain.squashfs \
             /mnt/store/recovery.hri \
         && hr credential add --key-file /tmp/master.key service-hmac \

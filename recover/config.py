@@ -47,6 +47,7 @@ class Config:
     tpm_orderly_nv: int
     tpm_record_nv: int
     tpm_policy_nv: int
+    tpm_credentials_nv: int
     tpm_srk_name: str
     tpm_seal_name: str
     tpm_image_key_id: str

@@ -306,6 +306,15 @@ SETTINGS: tuple[Setting, ...] = (
         "policy requires it <= its version at the TPM (PolicyNV), so older ones stop working.",
     ),
     Setting(
+        "tpm.credentials_nv",
+        _nv_index,
+        "0x01500014",
+        "NV counter index holding the lowest accepted credential store generation "
+        "(owner-write only). `host-recover credential add` and `remove` raise it to the "
+        "generation they write (with --owner-auth FILE once an owner auth is set); at boot "
+        "an older store is refused as rolled back (exit 5).",
+    ),
+    Setting(
         "tpm.srk_name",
         _hex_pin(34),
         "",

@@ -130,12 +130,19 @@ def pstore(pstore_dir: str) -> Signal:
     return Signal(name, entries, Reading.UNKNOWN, Strength.WEAK, "no crash records")
 
 
-def rearm_orderly_counter(tpm: Tpm, index: int) -> bool:
-    """After a non-orderly startup, advance the hybrid counter off 0x..ff so that the
-    next boot reads the signal afresh. Call once per boot, after :func:`gather`."""
+def rearm_orderly_counter(tpm: Tpm, cfg: Config) -> bool:
+    """Increment the hybrid counter when it was never written (a fresh or migrated
+    index: only written does it turn to 0x..ff after a non-orderly startup) or reads
+    0x..ff (so that the next boot reads the signal afresh). Only the boot payload can,
+    before its lock (the index's write policy); call once per boot, after :func:`gather`."""
+    from recover.core.policy import WriteLock
+
+    index = cfg.tpm_orderly_nv
     try:
-        if tpm.counter_read(index) & 0xFF == 0xFF:
-            tpm.counter_increment(index)
+        if index not in tpm.nv_indices():
+            return False
+        if not tpm.nv_written(index) or tpm.counter_read(index) & 0xFF == 0xFF:
+            tpm.counter_increment(index, lock=WriteLock.of(cfg.tpm_pcrs, cfg.tpm_lock_pcr))
             return True
     except HostRecoverError as e:
         log.warning("could not re-arm the orderly counter %#x: %s", index, e.message)
@@ -158,12 +165,13 @@ def gather(
             log.debug("previous decision record unreadable: %s", e)
             previous = None
     prev = parse_previous(previous)
+    bit = orderly_bit(tpm)
     signals = (
-        orderly_bit(tpm),
+        bit,
         orderly_counter(tpm, cfg.tpm_orderly_nv),
         pstore(pstore_dir),
         lockout_change(tpm, prev),
-        previous_record(previous),
+        previous_record(previous, bit.value if bit.reading is not Reading.UNKNOWN else None),
     )
     try:
         clock: dict[str, Any] | None = clock_fields(tpm.clock())
@@ -224,7 +232,7 @@ def run(
         ev = gather(tpm, cfg, pstore_dir=pstore_dir, previous=previous)
     log.info("evidence: %s", ev.summary)
     if serve:  # the boot: the next boot must read the hybrid counter afresh
-        rearm_orderly_counter(tpm, cfg.tpm_orderly_nv)
+        rearm_orderly_counter(tpm, cfg)
     policy = Policy.from_config(cfg)
     skip = _need_peers(ev, policy)
     peers: PeerResults | None = None

@@ -1,9 +1,10 @@
 """The initramfs payload: ``host-recover boot --newroot $NEWROOT`` (docs/boot.md).
 
 It carries out recover.core.plan: gather (evidence → peers → verdict), then the route's
-steps — on a recovery unseal → lock → store → image → rootfs → credentials, otherwise
-the lock alone — then the decision record and the hook's next action. dracut switches
-root; this never calls switch_root and never writes the normal root disk.
+steps — on a recovery (mark) → unseal → lock → store → image → rootfs → credentials,
+otherwise the TPM decision record and the lock — then decision.json and the hook's next
+action. dracut switches root; this never calls switch_root and never writes the normal
+root disk.
 
 Only the baked-in configuration counts here: the environment is ignored (the caller
 loads the configuration with ``env={}``), and kernel options may only make the boot
@@ -86,6 +87,7 @@ class Payload:
     route: plan.Route | None = None
     error: ExitCode | None = None
     tpm: Tpm | None = None
+    recorded: bool = False  # the final record is in TPM NV (written before the lock)
     finished: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def _tpm(self) -> Tpm:
@@ -121,9 +123,11 @@ class Payload:
             self.fail(ExitCode.INTERNAL, f"internal error: {type(e).__name__}: {e}", None)
             log.exception("internal error")
         finally:
+            # A failure before the lock: its record, while the index can still be written.
+            if self.tpm is not None and not self.outcome.lock_pcr_extended:
+                self._record()
             self._lock_if_needed()
             if self.tpm is not None:
-                record_nv(self.tpm, cfg, self.outcome)
                 self.tpm.close()
 
     def _gather(self) -> plan.Route:
@@ -148,10 +152,24 @@ class Payload:
             r = Recovery(self.cfg, self._tpm(), self.newroot, self.outcome, cmdline=self.cmdline)
             run_steps(r, steps)
             log.info("recovery root ready on %s", self.newroot)
-        elif steps == (plan.Step.LOCK,):
+        elif steps == (plan.Step.RECORD, plan.Step.LOCK):
+            self._record()
             self._lock()
         else:  # pragma: no cover - plan.steps gives no other shape
             raise AssertionError(f"unexpected steps {steps}")
+
+    def _record(self) -> None:
+        """The TPM decision record, before the lock (its write policy needs the lock PCR
+        at its reset value): the exit code is the one the plan gives with a verified
+        lock; if the lock then fails the boot halts, and decision.json says so."""
+        if self.recorded or self.tpm is None:
+            return
+        with step("record", self.outcome.timeline_ms):
+            self.recorded = record_nv(self.tpm, self.cfg, self.record_snapshot())
+
+    def record_snapshot(self) -> Outcome:
+        end = plan.ending(plan.Result(self.route, self.error, True, self.cfg.boot_on_error))
+        return dataclasses.replace(self.outcome, exit_code=int(end.exit_code))
 
     def _lock(self) -> None:
         with step("lock", self.outcome.timeline_ms):
@@ -239,6 +257,8 @@ def _watchdog_lock(p: Payload) -> None:
 
     def attempt() -> None:
         with contextlib.suppress(Exception), Tpm.open(p.cfg.tpm_tcti, timeout=5) as t:
+            if not p.recorded:  # the error record, before the lock (write policy)
+                p.recorded = record_nv(t, p.cfg, p.record_snapshot())
             p.outcome.lock = lock_mod.extend(t, p.cfg.tpm_lock_pcr)
             p.outcome.lock_pcr_extended = True
 
@@ -271,6 +291,7 @@ def boot_without_config(
         wait_for_tpm(cfg.tpm_tcti, cfg.tpm_timeout)
         with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as t:
             p.tpm = t
+            p._record()
             p._lock()
     except HostRecoverError as e:
         log.error("could not lock the secure store: %s", e.message)

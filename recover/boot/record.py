@@ -101,8 +101,15 @@ def record_summary(outcome: Outcome) -> bytes:
     return json.dumps(summary, separators=(",", ":")).encode()
 
 
-def record_nv(tpm: Tpm, cfg: Config, outcome: Outcome) -> None:
+def record_nv(tpm: Tpm, cfg: Config, outcome: Outcome) -> bool:
+    """Store the summary through the index's write policy: only before the lock.
+    Returns whether it was stored."""
+    from recover.core.policy import WriteLock
+
+    lock = WriteLock.of(cfg.tpm_pcrs, cfg.tpm_lock_pcr)
     try:
-        tpm.nv_blob_write(cfg.tpm_record_nv, record_summary(outcome))
+        tpm.nv_blob_write(cfg.tpm_record_nv, record_summary(outcome), lock=lock)
     except HostRecoverError as e:
         log.warning("could not store the decision summary in TPM NV: %s", e)
+        return False
+    return True

@@ -143,9 +143,14 @@ def _rootfs(r: Recovery) -> None:
 
 
 def _credentials(r: Recovery) -> None:
+    from recover.core.credstore import require_generation
     from recover.store import credentials
 
+    floor = credentials.tpm_floor(r.tpm, r.cfg)  # read before the store is used
     store = credentials.load(r.creds_path, bytes(r.master))
+    require_generation(store, floor, r.creds_path)
+    if floor is None:
+        log.warning("no credential store floor in the TPM yet: rollback is not detected")
     cred_dir = Path(r.cfg.boot_credentials_dir)
     cred_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # /run: tmpfs
     r.outcome.credentials = credentials.write_to_dir(store, cred_dir)

@@ -38,7 +38,6 @@ def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
     host, port = parse_listen(args.listen or cfg.peers_listen)
     with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as tpm:
         ev = gather.gather(tpm, cfg)
-        gather.rearm_orderly_counter(tpm, cfg.tpm_orderly_nv)
         tpm.ensure_ak(cfg.tpm_ak_handle)
         attestor = TpmAttestor(tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, lock_pcr=cfg.tpm_lock_pcr)
         status = StatusSource(me, entry.failure_domain if entry else "", args.role, ev)

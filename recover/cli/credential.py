@@ -22,6 +22,7 @@ def register(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("file", help="file with the credential ('-' for stdin)")
     p.add_argument("--key-file", metavar="FILE", help="master secret file (default: the TPM)")
+    _owner_auth_arg(p)
     p = credsub.add_parser("list", help="List credential names.")
     p.set_defaults(handler=cmd_list)
     p.add_argument("--key-file", metavar="FILE")
@@ -30,6 +31,27 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_remove)
     p.add_argument("name")
     p.add_argument("--key-file", metavar="FILE")
+    _owner_auth_arg(p)
+
+
+def _owner_auth_arg(p: Any) -> None:
+    p.add_argument(
+        "--owner-auth",
+        metavar="FILE",
+        help="owner auth file (`provision --export-owner-auth`): raise the TPM floor "
+        "(tpm.credentials_nv) to the written generation, so older stores are refused at "
+        "boot; needed once an owner auth is set",
+    )
+
+
+def _save(args: argparse.Namespace, cfg: Config, store: Any, master: bytes) -> Any:
+    from recover.store.credentials import save_with_floor
+    from recover.store.keyfile import read_key_file
+
+    auth = read_key_file(args.owner_auth, "owner auth") if args.owner_auth else None
+    saved, floor = save_with_floor(cfg, cfg.store_credentials, store, master, auth)
+    print(f"generation {saved.generation} written; TPM floor {floor}")
+    return saved
 
 
 def _master(args: argparse.Namespace, cfg: Config) -> bytes:
@@ -41,7 +63,7 @@ def _master(args: argparse.Namespace, cfg: Config) -> bytes:
 
 def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
     from recover.core.credstore import MAX_VALUE, Store, add, validate_name
-    from recover.store.credentials import load, save
+    from recover.store.credentials import load
 
     validate_name(args.name)
     master = _master(args, cfg)
@@ -59,7 +81,7 @@ def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
                 value = f.read(MAX_VALUE + 1)
         except OSError as e:
             raise UsageError(f"cannot read {args.file}: {e.strerror}") from None
-    saved = save(path, add(store, args.name, value), master)
+    saved = _save(args, cfg, add(store, args.name, value), master)
     print(f"{args.name}: {len(value)} bytes stored ({len(saved.entries)} credentials)")
     return 0
 
@@ -80,10 +102,9 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_remove(args: argparse.Namespace, cfg: Config) -> int:
     from recover.core.credstore import remove
-    from recover.store.credentials import load, save
+    from recover.store.credentials import load
 
     master = _master(args, cfg)
-    path = cfg.store_credentials
-    save(path, remove(load(path, master), args.name), master)
+    _save(args, cfg, remove(load(cfg.store_credentials, master), args.name), master)
     print(f"{args.name}: removed")
     return 0

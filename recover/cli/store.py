@@ -53,7 +53,15 @@ def register(sub: Any) -> None:
         "--export-owner-auth",
         metavar="FILE",
         help="set a new random owner hierarchy auth and write it to FILE (mode 0600) before "
-        "the TPM changes; keep it offline like the master",
+        "the TPM changes; keep it offline like the master (recommended; a TPM whose owner "
+        "auth is empty needs this or --no-owner-auth)",
+    )
+    p.add_argument(
+        "--no-owner-auth",
+        action="store_true",
+        help="provision a TPM whose owner auth is empty without setting one: the counters "
+        "(policy, image and credential floors) and the NV indices stay unprotected "
+        "against root (test labs); no effect once an owner auth is set",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_allow_unbound(p)
@@ -107,6 +115,7 @@ def cmd_provision(args: argparse.Namespace, cfg: Config) -> int:
         master_from=args.master_from,
         owner_auth=args.owner_auth,
         export_owner_auth=args.export_owner_auth,
+        no_owner_auth=args.no_owner_auth,
         pin_dir=dropin_dir(args.config),
         allow_unbound=args.allow_unbound,
     )
@@ -170,9 +179,18 @@ def _print_status(doc: dict[str, Any]) -> None:
         ),
         f"unsealable: {verdict}" + (f" ({sealed['reason']})" if sealed.get("reason") else ""),
         f"rollback:   {doc['rollback_counter']}",
+        "credentials floor: "
+        + (
+            str(doc["credentials_floor"])
+            if doc["credentials_floor"] is not None
+            else "not set (`credential add|remove` sets it)"
+        ),
         "owner auth: "
         + ("set" if doc["owner_auth_set"] else "EMPTY (provision --export-owner-auth FILE)"),
         "pins:       " + ", ".join(f"{k} {v}" for k, v in doc["pins"].items()),
+        "evidence:   "
+        + ", ".join(f"{k} {v}" for k, v in doc["evidence_write_policy"].items())
+        + " (write policy: the boot payload before its lock)",
     ]
     if b := doc.get("binding"):  # which selected PCR binds what (docs/measured-boot.md)
         names = {"kernel": "kernel", "initrd": "initramfs", "cmdline": "command line"}

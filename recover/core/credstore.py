@@ -60,6 +60,25 @@ class Store:
     generation: int = 0
 
 
+def next_generation(store: Store, floor: int | None) -> int:
+    """The generation a save writes: above the store's, and never below the TPM floor
+    (which may start above it: a new TPM counter starts at the highest value any counter
+    of the TPM ever had)."""
+    return max(store.generation + 1, floor or 0)
+
+
+def require_generation(store: Store, floor: int | None, path: str) -> None:
+    """Anti-rollback: a store older than the TPM's floor (``tpm.credentials_nv``) is an
+    authentic but superseded copy put back on the disk."""
+    if floor is not None and store.generation < floor:
+        raise IntegrityError(
+            f"credential store {path} is generation {store.generation}, below the TPM's "
+            f"floor {floor}: rolled back to an older copy",
+            hint="write the current credentials again (`host-recover credential add`) "
+            "from the normal OS or restore the newest store",
+        )
+
+
 def validate_name(name: str) -> str:
     """A credential name is a safe file name: no '/', no leading '.', no NUL, <= 255."""
     if not (

@@ -131,20 +131,34 @@ def parse_previous(blob: bytes | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def previous_record(blob: bytes | None) -> Signal:
+def previous_record(blob: bytes | None, orderly: bool | None = None) -> Signal:
+    """The previous boot's TPM record. A recovery's record says ``recovering`` for good
+    (written before the unseal; the index cannot be written after the lock), so whether
+    that recovery completed is read from this boot's ``orderly`` bit: a TPM shutdown
+    since means the recovered system ran and shut down in order."""
     name = "previous_decision"
     data = parse_previous(blob)
     if data is None:
         why = "no record" if not blob else "unreadable record"
         return Signal(name, None, Reading.UNKNOWN, Strength.CONTEXT, why)
     action = data.get("action")
+    if action == "recovering" and orderly:
+        return Signal(
+            name,
+            data,
+            Reading.CLEAN,
+            Strength.CONTEXT,
+            "the previous boot started a recovery (its outcome is in that boot's "
+            "decision.json), and the host shut down in order since",
+        )
     if action == "recovering":
         return Signal(
             name,
             data,
             Reading.ABNORMAL,
             Strength.CONTEXT,
-            "recovery was in progress when the host went down",
+            "recovery was in progress when the host went down (or the recovered system "
+            "went down without a TPM shutdown)",
         )
     return Signal(
         name, data, Reading.CLEAN, Strength.CONTEXT, f"previous boot ended with action {action}"

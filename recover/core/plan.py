@@ -11,6 +11,13 @@ the secure store rests on lives here:
 
 On a recovery the order is unseal → lock → only then touch the store (mount, read), so
 that nothing an attacker controls on the store runs while the secret can be unsealed.
+
+The TPM decision record (the next boot's "previous decision") is written only before
+the lock: its NV index's write policy needs the lock PCR at its reset value, so that the
+normal OS cannot forge it. Every route but recovery writes its final record (RECORD)
+just before LOCK; a recovery writes "recovering" (MARK) before it unseals and cannot
+rewrite it after the lock: the next boot reads "the previous boot started a recovery"
+together with its own crash signals (docs/verdict.md, "Decision record in TPM NV").
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class Route(enum.StrEnum):
 
 class Step(enum.StrEnum):
     GATHER = "gather"  # evidence → peers → verdict
+    RECORD = "record"  # TPM NV decision record, final: only possible before the lock
     MARK = "mark"  # TPM NV record "recovering" (a power cut now is seen next boot)
     BINDING = "binding"  # a measured command line must be /proc/cmdline (event log)
     UNSEAL = "unseal"
@@ -84,7 +92,7 @@ def steps(r: Route | None) -> tuple[Step, ...]:
             Step.ROOTFS,
             Step.CREDENTIALS,
         )
-    return (Step.LOCK,)
+    return (Step.RECORD, Step.LOCK)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,6 +42,9 @@ from recover.errors import ConfigError, PolicyMismatch
 CC_POLICY_PCR = 0x0000017F
 CC_POLICY_AUTHORIZE = 0x0000016A
 CC_POLICY_NV = 0x00000149
+CC_POLICY_COMMAND_CODE = 0x0000016C
+CC_NV_INCREMENT = 0x00000134
+CC_NV_WRITE = 0x00000137
 EO_UNSIGNED_LE = 0x0009  # TPM_EO: NV contents <= operandB (unsigned)
 ALG_IDS = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
 ALG_SHA256 = 0x000B
@@ -69,7 +72,15 @@ NV_WRITTEN = 0x20000000
 OWNER_COUNTER_ATTRS = NV_TPM_NT_COUNTER | NV_OWNERWRITE | NV_OWNERREAD | NV_AUTHREAD | NV_NO_DA
 POLICY_COUNTER_ATTRS = OWNER_COUNTER_ATTRS
 ROLLBACK_COUNTER_ATTRS = OWNER_COUNTER_ATTRS  # raised by `image floor --owner-auth`
+CREDENTIALS_COUNTER_ATTRS = OWNER_COUNTER_ATTRS  # raised by `credential add|remove`
 DEFAULT_POLICY_NV = 0x01500013
+# The evidence indices (hybrid counter, decision record): written only through their
+# write policy (lock PCR at its reset value + the write command), never with an auth
+# value or the owner auth; reads stay open; undefined with the owner auth (no
+# POLICY_DELETE). docs/tpm.md "NV indices".
+EVIDENCE_ATTRS = NV_POLICYWRITE | NV_OWNERREAD | NV_AUTHREAD | NV_NO_DA
+HYBRID_COUNTER_ATTRS = EVIDENCE_ATTRS | NV_TPM_NT_COUNTER | NV_ORDERLY
+RECORD_BLOB_ATTRS = EVIDENCE_ATTRS
 
 PcrValues = Mapping[str, Mapping[int, bytes]]
 
@@ -139,6 +150,42 @@ def nv_name(index: int, attrs: int, size: int, auth_policy: bytes = b"") -> byte
         + struct.pack(">H", size)
     )
     return struct.pack(">H", ALG_SHA256) + hashlib.sha256(public).digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteLock:
+    """The write policy of the evidence indices: PolicyPCR over the lock PCR at its
+    reset value (zeros) in ``bank`` — the first bank of ``tpm.pcrs``, the one the sealed
+    object's policy checks too — then PolicyCommandCode(the write command). Only the
+    payload before the lock satisfies it; the lock extends every allocated bank at once
+    and no PCR 0-15 can be reset without a reboot."""
+
+    bank: str
+    pcr: int
+
+    @classmethod
+    def of(cls, selection: str | Selection, lock_pcr: int) -> WriteLock:
+        sel = parse_selection(selection) if isinstance(selection, str) else selection
+        return cls(sel[0][0], lock_pcr)
+
+    @property
+    def selection(self) -> str:
+        return f"{self.bank}:{self.pcr}"
+
+    @property
+    def reset_digest(self) -> bytes:
+        """H(the lock PCR at its reset value): PolicyPCR's pcrDigest."""
+        return pcr_composite(parse_selection(self.selection), self.reset_values())
+
+    def reset_values(self) -> dict[str, dict[int, bytes]]:
+        return {self.bank: {self.pcr: bytes(HASH_SIZES[self.bank])}}
+
+    def digest(self, command_code: int) -> bytes:
+        """authPolicy: PolicyPCR(lock PCR = reset value) ; PolicyCommandCode(cc)."""
+        pcr = policy_pcr_digest(self.selection, self.reset_values(), None)
+        return hashlib.sha256(
+            pcr + struct.pack(">II", CC_POLICY_COMMAND_CODE, command_code)
+        ).digest()
 
 
 def policy_counter_name(index: int) -> bytes:

@@ -8,13 +8,21 @@ the way systemd passes credentials (``$CREDENTIALS_DIRECTORY``, LoadCredential=)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+from typing import TYPE_CHECKING
 
 from recover.atomicfile import atomic_output
-from recover.core.credstore import MAX_STORE, Store, list_names, seal, unseal
+from recover.core.credstore import MAX_STORE, Store, list_names, next_generation, seal, unseal
 from recover.errors import IntegrityError, UsageError
 from recover.store.safefile import read_capped
+
+if TYPE_CHECKING:
+    from recover.config import Config
+    from recover.tpm import Tpm
+
+log = logging.getLogger(__name__)
 
 TMPFS_MAGIC = 0x01021994
 
@@ -39,14 +47,85 @@ def load(path: str | os.PathLike[str], master: bytes) -> Store:
     return unseal(data, master)
 
 
-def save(path: str | os.PathLike[str], store: Store, master: bytes) -> Store:
-    """Write ``store`` with the next generation atomically (0600); return what was saved."""
-    saved = Store(store.entries, store.generation + 1)
+def save(
+    path: str | os.PathLike[str], store: Store, master: bytes, generation: int | None = None
+) -> Store:
+    """Write ``store`` with ``generation`` (default: the next one) atomically (0600);
+    return what was saved."""
+    saved = Store(store.entries, store.generation + 1 if generation is None else generation)
     data = seal(saved, master)
     with atomic_output(path) as out:
         out.write_all(data, 0)
         out.commit()
     return saved
+
+
+def tpm_floor(t: Tpm, cfg: Config) -> int | None:
+    """The lowest accepted store generation (``tpm.credentials_nv``), or None when no
+    floor is set yet (the index is missing, or defined by provision and not written
+    until the first ``credential add|remove`` raises it)."""
+    index = cfg.tpm_credentials_nv
+    if index not in t.nv_indices() or not t.nv_written(index):
+        return None
+    return t.counter_read(index)
+
+
+def save_with_floor(
+    cfg: Config,
+    path: str | os.PathLike[str],
+    store: Store,
+    master: bytes,
+    owner_auth: bytes | None,
+) -> tuple[Store, int | None]:
+    """Write ``store`` as the next generation (never below the TPM floor) and raise the
+    floor to it, so that no older copy is accepted at boot any more. The floor is
+    owner-write only: raised when ``owner_auth`` is given or the owner auth is empty;
+    otherwise the store is written and the floor stays (a warning). Returns what was
+    saved and the floor after it.
+
+    Order (a crash anywhere leaves a store the boot accepts, except in the one-time
+    initialisation of a fresh counter, whose first value may exceed the old store's
+    generation until the store is written a moment later: run the command again):
+    initialise the counter if it was never written → write the store at
+    max(generation + 1, floor) → advance the floor to it. Without a reachable TPM (an
+    offline edit with --key-file; no waiting for a device then unless ``owner_auth``
+    says the floor must be raised) the store is written and no floor is raised."""
+    from recover.errors import TpmUnavailable
+    from recover.tpm import Tpm
+
+    index = cfg.tpm_credentials_nv
+    wait = cfg.tpm_timeout if owner_auth is not None else 0.0
+    with contextlib.ExitStack() as stack:
+        try:
+            t = stack.enter_context(Tpm.open(cfg.tpm_tcti, timeout=wait))
+        except TpmUnavailable as e:
+            if owner_auth is not None:
+                raise
+            log.warning("no TPM (%s): the credential floor is not raised", e.message)
+            return save(path, store, master), None
+        is_set = t.owner_auth_set()
+        if owner_auth is not None:
+            t.use_owner_auth(owner_auth)
+        may_raise = owner_auth is not None or not is_set
+        if index not in t.nv_indices():
+            log.warning(
+                "no credential floor counter 0x%08x in the TPM: run `host-recover provision`",
+                index,
+            )
+            may_raise = False
+        elif may_raise and not t.nv_written(index):
+            t.counter_increment(index)  # the first value: the TPM's highest counter ever
+        floor = tpm_floor(t, cfg)
+        saved = save(path, store, master, next_generation(store, floor))
+        if may_raise:
+            floor = t.counter_advance_to(index, saved.generation)
+        else:
+            log.warning(
+                "the credential floor stays at %s (the owner auth is set: pass --owner-auth "
+                "FILE to raise it): older stores down to it are still accepted at boot",
+                floor,
+            )
+    return saved, floor
 
 
 def fs_type(fd: int) -> int:

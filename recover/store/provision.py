@@ -14,7 +14,7 @@ from recover.config import Config
 from recover.core.keys import MASTER_SIZE, image_root_key
 from recover.core.pcrsel import parse_selection
 from recover.errors import HostRecoverError, PolicyMismatch, TpmUnavailable, UsageError
-from recover.store import binding
+from recover.store import binding, credentials
 from recover.store.keyfile import read_key_file
 from recover.store.owner import OWNER_AUTH_SIZE
 from recover.store.unseal import load_signed_policy, open_tpm, policy_floor, read_pubkey
@@ -42,6 +42,7 @@ def provision(
     master_from: str | None = None,
     owner_auth: str | None = None,
     export_owner_auth: str | None = None,
+    no_owner_auth: bool = False,
     pin_dir: str | os.PathLike[str] | None = None,
     allow_unbound: bool = False,
 ) -> dict[str, Any]:
@@ -49,16 +50,27 @@ def provision(
     one is sealed (``force`` replaces it). Exports are written completely before the
     TPM changes. Once the owner hierarchy auth is set, ``force`` and every change need
     it (``owner_auth``: a file); ``export_owner_auth`` sets a new random one (written
-    to that file first). ``pin_dir``: the configuration's drop-in directory, where the
+    to that file first). A TPM whose owner auth is empty needs an explicit choice:
+    ``export_owner_auth`` or ``no_owner_auth`` (else a UsageError, before anything
+    changes). ``pin_dir``: the configuration's drop-in directory, where the
     TPM names of the SRK and (policy = signed) the sealed object and the image key id
     are written (``PINS_FILE``, to be baked into the initramfs). Returns the report
     ``provision --json`` prints."""
     from recover.atomicfile import AtomicFile
     from recover.core import imageformat
-    from recover.core.policy import POLICY_COUNTER_ATTRS, ROLLBACK_COUNTER_ATTRS
+    from recover.core.policy import (
+        CC_NV_INCREMENT,
+        CREDENTIALS_COUNTER_ATTRS,
+        HYBRID_COUNTER_ATTRS,
+        POLICY_COUNTER_ATTRS,
+        ROLLBACK_COUNTER_ATTRS,
+        WriteLock,
+    )
     from recover.store.credentials import on_memory_fs
     from recover.tpm.nv import NvLayoutError
 
+    if export_owner_auth and no_owner_auth:
+        raise UsageError("--export-owner-auth and --no-owner-auth exclude each other")
     exports = [p for p in (export_image_key, export_master) if p]
     for p in [*exports, *([export_owner_auth] if export_owner_auth else [])]:
         _check_export_target(p)
@@ -93,6 +105,14 @@ def provision(
             bound = binding.assess(cfg.tpm_event_log, cfg.tpm_pcrs, t)
             binding.require(bound, allow_unbound=allow_unbound, what="seal to tpm.pcrs")
             report["binding"] = bound.to_json()
+        if not auth_was_set and not export_owner_auth and not no_owner_auth:
+            raise UsageError(
+                "the owner hierarchy auth of this TPM is empty: with it any root process "
+                "can raise the policy, image and credential floors (a denial of recovery) "
+                "and undefine the NV indices; nothing was changed",
+                hint="pass --export-owner-auth FILE (recommended: keep FILE offline with the "
+                "master) or, for a test lab, --no-owner-auth",
+            )
         report["srk_created"] = t.ensure_srk(cfg.tpm_srk_handle)
         t.ensure_ak(cfg.tpm_ak_handle)
         sealed = t.has_object(cfg.tpm_seal_handle)
@@ -134,23 +154,43 @@ def provision(
                     log.warning("%s is on persistent storage: move it offline and shred it", path)
             # Public: compare with `image inspect`'s key_id to tell which master an image needs.
             report["image_key_id"] = imageformat.key_id(image_root_key(secret)).hex()
+        # The evidence indices are written only through their write policy (the lock PCR
+        # at its reset value): by the boot payload before its lock, never the normal OS.
+        lock = WriteLock.of(cfg.tpm_pcrs, cfg.tpm_lock_pcr)
         counters = {
-            "orderly_nv": (cfg.tpm_orderly_nv, True, None),
-            "rollback_nv": (cfg.tpm_rollback_nv, False, ROLLBACK_COUNTER_ATTRS),
-            "policy_nv": (cfg.tpm_policy_nv, False, POLICY_COUNTER_ATTRS),
+            "orderly_nv": (
+                cfg.tpm_orderly_nv,
+                True,
+                HYBRID_COUNTER_ATTRS,
+                lock.digest(CC_NV_INCREMENT),
+            ),
+            "rollback_nv": (cfg.tpm_rollback_nv, False, ROLLBACK_COUNTER_ATTRS, b""),
+            "policy_nv": (cfg.tpm_policy_nv, False, POLICY_COUNTER_ATTRS, b""),
+            # not initialised here: no floor until `credential add|remove` raises it
+            "credentials_nv": (cfg.tpm_credentials_nv, False, CREDENTIALS_COUNTER_ATTRS, b""),
         }
         report["counters_created"], report["counters_migrated"] = [], []
-        for name, (index, orderly, attrs) in counters.items():
+        for name, (index, orderly, attrs, auth_policy) in counters.items():
             try:
-                if t.ensure_counter(index, orderly=orderly, attrs=attrs):
+                if t.ensure_counter(
+                    index,
+                    orderly=orderly,
+                    attrs=attrs,
+                    auth_policy=auth_policy,
+                    initialise=name != "credentials_nv",
+                ):
                     report["counters_created"].append(name)
-            except NvLayoutError as e:
-                if attrs is None:
-                    raise
-                # An older layout (AUTHWRITE: anyone could raise it): redefine it, owner-
-                # write only, at its old value. Needs the owner auth once it is set.
-                t.migrate_counter(index, attrs=e.want)
+            except NvLayoutError:
+                # An older layout (AUTHWRITE: anyone could raise or forge it): redefine it
+                # (a floor at its old value). Needs the owner auth once it is set.
+                t.migrate_counter(index, attrs=attrs, auth_policy=auth_policy)
                 report["counters_migrated"].append(name)
+        try:
+            if t.ensure_blob(cfg.tpm_record_nv, lock):
+                report["counters_created"].append("record_nv")
+        except NvLayoutError:
+            t.migrate_blob(cfg.tpm_record_nv, lock)
+            report["counters_migrated"].append("record_nv")
         if auth_out is not None:
             new = os.urandom(OWNER_AUTH_SIZE)
             auth_out.write_all(new, 0)
@@ -186,8 +226,8 @@ def provision(
         report["owner_auth_set"] = auth_out is not None or auth_was_set
         if not report["owner_auth_set"]:
             log.warning(
-                "the owner hierarchy auth is empty: any root process can raise the policy "
-                "counter or undefine the NV indices; set one with "
+                "--no-owner-auth: the owner hierarchy auth stays empty: any root process can "
+                "raise the floors or undefine the NV indices; set one with "
                 "`host-recover provision --export-owner-auth FILE` and keep the file offline"
             )
     report["policy"] = str(cfg.tpm_policy)
@@ -295,6 +335,29 @@ def _pin_state(t: Tpm, cfg: Config, persistent: list[int]) -> dict[str, str]:
     return out
 
 
+def _evidence_state(t: Tpm, cfg: Config, nv: list[int]) -> dict[str, str]:
+    """Whether each evidence index is protected by the write policy of this
+    configuration: "protected", "OPEN" (an older AUTHWRITE layout: run provision),
+    "other policy" (another lock PCR or bank) or "missing"."""
+    from recover.core.policy import CC_NV_INCREMENT, CC_NV_WRITE, NV_POLICYWRITE, WriteLock
+
+    lock = WriteLock.of(cfg.tpm_pcrs, cfg.tpm_lock_pcr)
+    out = {}
+    for name, index, cc in (
+        ("orderly_nv", cfg.tpm_orderly_nv, CC_NV_INCREMENT),
+        ("record_nv", cfg.tpm_record_nv, CC_NV_WRITE),
+    ):
+        if index not in nv:
+            out[name] = "missing"
+            continue
+        attrs, policy = t.nv_layout(index)
+        if not attrs & NV_POLICYWRITE:
+            out[name] = "OPEN"
+        else:
+            out[name] = "protected" if policy == lock.digest(cc) else "other policy"
+    return out
+
+
 def status(cfg: Config) -> dict[str, Any]:
     """The status document (``status --json``)."""
     doc: dict[str, Any] = {"tpm": {"tcti": cfg.tpm_tcti, "reachable": False}}
@@ -324,9 +387,14 @@ def status(cfg: Config) -> dict[str, Any]:
             doc["binding"] = binding.assess(cfg.tpm_event_log, cfg.tpm_pcrs, t).to_json()
             for name in ("rollback_nv", "orderly_nv", "policy_nv"):
                 index = getattr(cfg, f"tpm_{name}")
+                # None: not defined, or not initialised yet (the hybrid counter until
+                # the first boot's payload writes it)
                 doc[name.replace("_nv", "_counter")] = (
-                    t.counter_read(index) if index in nv else None
+                    t.counter_read(index) if index in nv and t.nv_written(index) else None
                 )
+            doc["evidence_write_policy"] = _evidence_state(t, cfg, nv)
+            # the lowest credential store generation the boot accepts (None: no floor yet)
+            doc["credentials_floor"] = credentials.tpm_floor(t, cfg)
     except TpmUnavailable as e:
         doc["tpm"]["error"] = e.message
         if e.hint:

@@ -290,6 +290,20 @@ class TpmCore:
         )
         return s
 
+    def policy_session(self) -> Any:
+        """An unsalted SHA-256 policy session (nothing secret crosses the bus: the
+        evidence indices' write policy, recover.tpm.nv)."""
+        from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPMT_SYM_DEF
+
+        with translate("starting a policy session"):
+            return self.ectx.start_auth_session(
+                tpm_key=ESYS_TR.NONE,
+                bind=ESYS_TR.NONE,
+                session_type=TPM2_SE.POLICY,
+                symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                auth_hash=TPM2_ALG.SHA256,
+            )
+
     def _properties(self, first: int, count: int) -> dict[int, int]:
         from tpm2_pytss import TPM2_CAP
 

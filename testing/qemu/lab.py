@@ -9,6 +9,7 @@ explicit guestfwd 10.0.2.10N:7469 → 127.0.0.1:PORT). Nothing listens beyond lo
 
 Setup order (``Lab.setup``):
  1. peers: provision their TPMs, ``attest`` → inventory entries (guest-side addresses)
+    (``--no-owner-auth`` here and in the guest: the lab's TPMs are throwaway)
  2. host configuration + peers inventory → baked into the initramfs (measured, PCR 9)
  3. store disk (HRSTORE) with the plain recovery squashfs and the service credential
  4. first boot, normal root, control=provision: the guest provisions its own TPM (PCRs
@@ -80,7 +81,8 @@ class PeerAgent:
 
     def provision(self) -> dict[str, object]:
         self.tpm.start()
-        cli("provision", "--allow-unbound", env=self.env())  # host swtpm: no event log
+        # host swtpm: no event log; a throwaway lab TPM: no owner auth
+        cli("provision", "--no-owner-auth", "--allow-unbound", env=self.env())
         entry = cli(
             "attest",
             "--address",

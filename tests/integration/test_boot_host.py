@@ -76,7 +76,12 @@ class Host:
 
     def provision_and_build(self, sign_with: Path | None = None) -> None:
         key = self.base / "image.key"
-        assert self.cli("provision", "--allow-unbound", "--export-image-key", str(key)) == 0
+        assert (
+            self.cli(
+                "provision", "--no-owner-auth", "--allow-unbound", "--export-image-key", str(key)
+            )
+            == 0
+        )
         if sign_with is not None:  # tpm.policy = signed: sign the current PCR values
             assert self.cli("policy", "sign", "--allow-unbound", "--key", str(sign_with)) == 0
         tree = self.base / "tree"
@@ -281,22 +286,96 @@ def test_a_command_line_other_than_the_measured_one_does_not_unseal(host: Host) 
         _umount_all(host.newroot)
 
 
+def _previous(rec: dict) -> dict:
+    (prev,) = [s for s in rec["evidence"]["signals"] if s["name"] == "previous_decision"]
+    return prev
+
+
 def test_power_loss_during_recovery_recovers_again(host: Host) -> None:
-    """Power is lost while recovering (after the 'recovering' summary reached TPM NV,
-    before the pivot): the next boot sees it and recovers again."""
-    from recover.boot.record import Outcome, record_summary
+    """A recovery writes "recovering" to TPM NV before it unseals and cannot rewrite it
+    after its lock (the record's write policy). Power lost during or after it, before
+    any TPM shutdown: the next boot reads that a recovery was in progress and recovers
+    again. A recovered system that shut down in order: "the previous boot started a
+    recovery, and the host shut down in order since",
+    and the next boot is normal."""
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    _umount_all(host.newroot)
+    assert code == 10, rec
+    host.tpm.power_cut_and_restart()  # power lost before (or after) the pivot
+    code, rec = host.boot()
+    _umount_all(host.newroot)
+    assert code == 10, rec
+    prev = _previous(rec)
+    assert prev["value"]["action"] == "recovering", prev
+    assert "recovery was in progress" in prev["reason"], prev
+    host.tpm.reboot_orderly()  # the recovered system ran and shut down in order
+    code, rec = host.boot()
+    assert code == 0 and rec["verdict"]["kind"] == "clean", rec
+    prev = _previous(rec)
+    assert prev["reading"] == "clean" and "the previous boot started a recovery" in prev["reason"]
+
+
+def test_the_normal_os_cannot_forge_the_evidence(host: Host, tmp_path: Path) -> None:
+    """Finding 5: after the payload (the normal OS: lock PCR extended) root with
+    tpm2-tools cannot move the hybrid counter off 0xff nor rewrite the decision record;
+    a power cut in the normal OS is still seen by the next boot, which reads the
+    payload's own record."""
     from recover.config import load
     from recover.tpm import Tpm
 
-    host.tpm.power_cut_and_restart()
+    host.tpm.reboot_orderly()
+    code, rec = host.boot()
+    assert code == 0 and rec["action"] == "normal", rec
+    host.tpm.power_cut_and_restart()  # a crash ...
     cfg = load(host.conf)
-    with Tpm.open(host.tpm.tcti) as t:  # what run() stores before unsealing
-        t.nv_blob_write(cfg.tpm_record_nv, record_summary(Outcome(action="recovering")))
+    orderly, record = f"{cfg.tpm_orderly_nv:#x}", f"{cfg.tpm_record_nv:#x}"
+    forged = tmp_path / "forged"
+    forged.write_bytes(b'\x00\x13{"action":"normal"}')
+    subprocess.run(  # ... whose next boot's payload locks, then the normal OS runs
+        ["tpm2_pcrextend", f"{cfg.tpm_lock_pcr}:sha256=" + "11" * 32],
+        env=host.tpm.env,
+        check=True,
+        capture_output=True,
+    )
+    with Tpm.open(host.tpm.tcti) as t:
+        counter, blob = t.counter_read(cfg.tpm_orderly_nv), t.nv_blob_read(cfg.tpm_record_nv)
+    assert counter & 0xFF == 0xFF
+    for argv in (
+        ["tpm2_nvincrement", orderly],
+        ["tpm2_nvincrement", "-C", "o", orderly],
+        ["tpm2_nvwrite", record, "-i", str(forged)],
+        ["tpm2_nvwrite", "-C", "o", record, "-i", str(forged)],
+    ):
+        r = subprocess.run(argv, env=host.tpm.env, capture_output=True)
+        assert r.returncode != 0, argv
+    with Tpm.open(host.tpm.tcti) as t:
+        assert t.counter_read(cfg.tpm_orderly_nv) == counter
+        assert t.nv_blob_read(cfg.tpm_record_nv) == blob
     host.tpm.power_cut_and_restart()
     code, rec = host.boot()
-    assert code == 10, rec
-    prev = [s for s in rec["evidence"]["signals"] if s["name"] == "previous_decision"]
-    assert prev and "recovery was in progress" in prev[0]["reason"], rec["evidence"]
+    _umount_all(host.newroot)
+    signals = {s["name"]: s for s in rec["evidence"]["signals"]}
+    assert signals["orderly_counter"]["reading"] == "abnormal"
+    assert signals["previous_decision"]["value"]["action"] == "normal"
+
+
+def test_a_rolled_back_credential_store_is_refused(host: Host, tmp_path: Path) -> None:
+    """Finding 10: an attacker with the disks puts back an older, authentic credential
+    store (older credentials). `credential add` raised the TPM floor to the generation it
+    wrote, so the recovery boot refuses the old copy (exit 5), still locked."""
+    store = host.disk / "credentials.hrc"
+    old = store.read_bytes()
+    cred = tmp_path / "rotated"
+    cred.write_bytes(b"restore-token: rotated\n")
+    assert host.cli("credential", "add", "restore-token", str(cred)) == 0
+    store.write_bytes(old)  # the attacker's copy
+    host.tpm.power_cut_and_restart()
+    code, rec = host.boot()
+    assert code == 5 and "rolled back" in rec["error"], rec
+    assert rec["lock_pcr_extended"] is True and rec["credentials"] == []
+    assert host.cli("unseal", "--check") == 4
+    _assert_nothing_left(host)
 
 
 def test_tpm_unavailable_is_an_outcome(host: Host) -> None:

@@ -31,6 +31,9 @@ from testing.waiting import until
 from recover.core import imageformat, keys
 from recover.store import credentials, image
 
+# provision on a test TPM: no event log, and the owner auth left empty on purpose
+PROVISION = ("provision", "--no-owner-auth", "--allow-unbound")
+
 # --- helpers ---------------------------------------------------------------------------
 
 
@@ -190,7 +193,11 @@ def test_tcti_pointing_nowhere_is_exit_3_and_bounded(tmp_path: Path, tcti: str, 
     """No TPM there: exit 3 naming the cause, after tpm.timeout at most (hr() gives up
     after 30 s: the device wait would take the default 30 s if the setting were lost)."""
     conf = write_conf(tmp_path / "c.conf", extra="")
-    for verb in (["unseal", "--check"], ["provision", "--allow-unbound"], ["credential", "list"]):
+    for verb in (
+        ["unseal", "--check"],
+        [*PROVISION],
+        ["credential", "list"],
+    ):
         r = hr("--tcti", tcti, "--set", "tpm.timeout=0.3", *verb, conf=conf)
         clean_error(r, 3, "tpm", "tcti", why)
     r = hr("--tcti", tcti, "--set", "tpm.timeout=0.3", "status", conf=conf)
@@ -452,7 +459,7 @@ def tpm_ws(swtpm_module, ws: dict[str, Path]) -> dict[str, Path]:
     write_conf(ws["conf"], swtpm_module.tcti)
     ws["master"].unlink()
     ws["key"].unlink()
-    r = hr("provision", "--allow-unbound", "--force", "--export-master", ws["master"],
+    r = hr(*PROVISION, "--force", "--export-master", ws["master"],
            "--export-image-key", ws["key"], conf=ws["conf"])  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert f"image key id {imageformat.key_id(ws['key'].read_bytes()).hex()}" in r.stderr
@@ -475,35 +482,70 @@ def _still_the_same_secret(ws: dict[str, Path]) -> None:
 @pytest.mark.tpm
 def test_provision_twice_and_bad_export_targets(tpm_ws: dict[str, Path]) -> None:
     ws, d, conf = tpm_ws, tpm_ws["dir"], tpm_ws["conf"]
-    r = hr("provision", "--allow-unbound", conf=conf)
+    r = hr(*PROVISION, conf=conf)
     assert r.returncode == 0 and "secret kept" in r.stderr
     before = snapshot(d)
     clean_error(
-        hr("provision", "--allow-unbound", "--export-master", d / "m2", conf=conf),
+        hr(
+            *PROVISION,
+            "--export-master",
+            d / "m2",
+            conf=conf,
+        ),
         2,
         "already sealed",
     )
-    r = hr("provision", "--allow-unbound", "--force", "--export-master", ws["master"], conf=conf)
+    r = hr(
+        *PROVISION,
+        "--force",
+        "--export-master",
+        ws["master"],
+        conf=conf,
+    )
     clean_error(r, 2, "already exists", "never replaced")
     r = hr(
-        "provision", "--allow-unbound", "--force", "--export-master", d / "nodir" / "m", conf=conf
+        *PROVISION,
+        "--force",
+        "--export-master",
+        d / "nodir" / "m",
+        conf=conf,
     )
     clean_error(r, 2, "does not exist")
-    r = hr("provision", "--allow-unbound", "--force", "--export-master", d / "m", "--export-image-key", d / "m",
+    r = hr(*PROVISION, "--force", "--export-master", d / "m", "--export-image-key", d / "m",
            conf=conf)  # fmt: skip
     clean_error(r, 2, "same file")
-    r = hr("provision", "--allow-unbound", "--force", "--export-master", d, conf=conf)
+    r = hr(
+        *PROVISION,
+        "--force",
+        "--export-master",
+        d,
+        conf=conf,
+    )
     clean_error(r, 2, "already exists")
     for src, frag in ((d / "none", "No such file"), (d, "Is a directory"), (ws["plain"], "32")):
         clean_error(
-            hr("provision", "--allow-unbound", "--force", "--master-from", src, conf=conf), 2, frag
+            hr(
+                *PROVISION,
+                "--force",
+                "--master-from",
+                src,
+                conf=conf,
+            ),
+            2,
+            frag,
         )
     # Sealing fails (the "SRK" is the attestation key): the exports written before it go.
-    r = hr("--set", "tpm.srk_handle=0x81010002", "provision", "--allow-unbound", "--force",
+    r = hr("--set", "tpm.srk_handle=0x81010002", *PROVISION, "--force",
            "--export-master", d / "m5", "--export-image-key", d / "k5", conf=conf)  # fmt: skip
     clean_error(r, 3, "0x182")
     with mounted_tmpfs(d / "ro", "ro,size=1m") as ro:
-        r = hr("provision", "--allow-unbound", "--force", "--export-master", ro / "m", conf=conf)
+        r = hr(
+            *PROVISION,
+            "--force",
+            "--export-master",
+            ro / "m",
+            conf=conf,
+        )
         clean_error(r, 2, "Read-only file system")
     assert snapshot(d) == before
     _still_the_same_secret(ws)
@@ -546,7 +588,7 @@ def test_missing_objects_and_wrong_handles(tpm_ws: dict[str, Path]) -> None:
     "verb",
     [
         ["unseal", "--check"],
-        ["provision", "--allow-unbound"],
+        [*PROVISION],
         ["status"],
         ["attest"],
         ["credential", "list"],
@@ -555,8 +597,8 @@ def test_missing_objects_and_wrong_handles(tpm_ws: dict[str, Path]) -> None:
 def test_swtpm_killed_mid_command(swtpm, tmp_path: Path, verb: list[str]) -> None:
     """The TPM stops answering (SIGSTOP), then dies (SIGKILL): exit 3, one line, quickly."""
     conf = write_conf(tmp_path / "c.conf", swtpm.tcti)
-    if verb != ["provision", "--allow-unbound"]:
-        assert hr("provision", "--allow-unbound", conf=conf).returncode == 0
+    if verb != [*PROVISION]:
+        assert hr(*PROVISION, conf=conf).returncode == 0
     assert swtpm.proc is not None
     os.kill(swtpm.proc.pid, signal.SIGSTOP)
     p = subprocess.Popen(

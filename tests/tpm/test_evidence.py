@@ -13,6 +13,7 @@ import pytest
 
 from recover import config
 from recover.boot.gather import gather, rearm_orderly_counter
+from recover.core import policy as pol
 from recover.core.evidence import Evidence, Reading
 
 COUNTER = 0x01500011
@@ -30,20 +31,59 @@ def read(swtpm: Any, pstore_dir: Path, **kw: Any) -> Evidence:
         return gather(tpm, cfg(), pstore_dir=str(pstore_dir), **kw)
 
 
-def rearm(swtpm: Any) -> None:
+def rearm(swtpm: Any) -> bool:
     from recover.tpm import Tpm
 
     with Tpm.open(swtpm.tcti) as tpm:
-        rearm_orderly_counter(tpm, COUNTER)
+        return rearm_orderly_counter(tpm, cfg())
+
+
+def lock() -> pol.WriteLock:
+    c = cfg()
+    return pol.WriteLock.of(c.tpm_pcrs, c.tpm_lock_pcr)
+
+
+def define_counter(tpm: Any) -> None:
+    """As provision defines it: write policy, not initialised."""
+    tpm.ensure_counter(
+        COUNTER,
+        orderly=True,
+        attrs=pol.HYBRID_COUNTER_ATTRS,
+        auth_policy=lock().digest(pol.CC_NV_INCREMENT),
+    )
 
 
 @pytest.fixture
 def provisioned(swtpm: Any) -> Any:
+    """The counter as provision defines it (write policy, not initialised), then the
+    first boot's payload initialising it before its lock."""
     from recover.tpm import Tpm
 
     with Tpm.open(swtpm.tcti) as tpm:
-        tpm.ensure_counter(COUNTER, orderly=True)
+        define_counter(tpm)
+        assert not tpm.nv_written(COUNTER)
+    assert rearm(swtpm) is True
     return swtpm
+
+
+@pytest.mark.tpm
+def test_a_never_written_hybrid_counter_is_no_crash_signal_until_the_payload_writes_it(
+    swtpm: Any, tmp_path: Path
+) -> None:
+    """A policy-written hybrid counter is defined unwritten by provision: only once the
+    payload wrote it does a non-orderly startup turn its low byte to 0xff."""
+    from recover.tpm import Tpm
+
+    with Tpm.open(swtpm.tcti) as tpm:
+        define_counter(tpm)
+    swtpm.power_cut_and_restart()
+    ctr = read(swtpm, tmp_path).signal("orderly_counter")
+    assert ctr is not None and ctr.reading is Reading.UNKNOWN
+    assert rearm(swtpm) is True  # the payload: first write
+    assert rearm(swtpm) is False  # once per boot: nothing to re-arm now
+    swtpm.power_cut_and_restart()
+    ctr = read(swtpm, tmp_path).signal("orderly_counter")
+    assert ctr is not None and ctr.reading is Reading.ABNORMAL and ctr.value & 0xFF == 0xFF
 
 
 @pytest.mark.tpm
@@ -89,16 +129,29 @@ def test_missing_counter_is_unknown_never_clean(swtpm: Any, tmp_path: Path) -> N
 
 @pytest.mark.tpm
 def test_previous_record_from_nv(provisioned: Any, tmp_path: Path) -> None:
+    """A recovery's record says "recovering" for good (written before the unseal, the
+    index is not writable after the lock): this boot's orderly bit tells whether the
+    recovered system shut down in order since, or the host went down."""
     from recover.tpm import Tpm
 
     with Tpm.open(provisioned.tcti) as tpm:
-        tpm.nv_blob_write(RECORD, b'{"v":1,"action":"recovering","kind":"correlated-failure"}')
+        tpm.nv_blob_write(
+            RECORD, b'{"v":1,"action":"recovering","kind":"correlated-failure"}', lock=lock()
+        )
     provisioned.reboot_orderly()
+    ev = read(provisioned, tmp_path)
+    prev = ev.signal("previous_decision")
+    assert prev is not None and prev.reading is Reading.CLEAN
+    assert "the previous boot started a recovery" in prev.reason
+    provisioned.power_cut_and_restart()
     ev = read(provisioned, tmp_path)
     prev = ev.signal("previous_decision")
     assert prev is not None and prev.reading is Reading.ABNORMAL
     assert "recovery was in progress" in prev.reason
-    assert ev.summary is Reading.CLEAN  # context never changes the summary
+    assert ev.summary is Reading.ABNORMAL  # from the crash signals; context changes nothing
+    rearm(provisioned)
+    provisioned.reboot_orderly()
+    assert read(provisioned, tmp_path).summary is Reading.CLEAN  # context never changes it
     given = read(provisioned, tmp_path, previous=None).signal("previous_decision")
     assert given is not None and given.reading is Reading.UNKNOWN
 

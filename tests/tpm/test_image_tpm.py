@@ -33,7 +33,15 @@ def test_tpm_key_path(swtpm, tmp_path: Path) -> None:  # type: ignore[no-untyped
         )
 
     ik, master = tmp_path / "image.key", tmp_path / "master"
-    r = run("provision", "--allow-unbound", "--export-image-key", ik, "--export-master", master)
+    r = run(
+        "provision",
+        "--no-owner-auth",
+        "--allow-unbound",
+        "--export-image-key",
+        ik,
+        "--export-master",
+        master,
+    )
     assert r.returncode == 0, r.stderr
     plain = tmp_path / "root.squashfs"
     plain.write_bytes(b"hsqs" + os.urandom(30_000))

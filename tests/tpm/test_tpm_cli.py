@@ -20,6 +20,9 @@ from recover.core import keys
 from recover.store import unseal
 from recover.tpm import Tpm
 
+# provision on a test TPM: no event log, and the owner auth left empty on purpose
+PROVISION = ("provision", "--no-owner-auth", "--allow-unbound")
+
 pytestmark = pytest.mark.tpm
 
 
@@ -83,7 +86,7 @@ def host(swtpm_module, tmp_path: Path) -> Iterator[Host]:
 def test_provision_status_unseal(host: Host, capsys) -> None:
     image_key, master = host.root / "image.key", host.root / "master.key"
     rc, out, _ = host.run(
-        capsys, "provision", "--allow-unbound", "--force", "--json",
+        capsys, *PROVISION, "--force", "--json",
         "--export-image-key", str(image_key), "--export-master", str(master),
     )  # fmt: skip
     assert rc == 0
@@ -95,7 +98,7 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     assert unseal.unseal_master(host.cfg()) == master.read_bytes()
 
     # Idempotent: a second run keeps the secret and creates nothing.
-    rc, out, _ = host.run(capsys, "provision", "--allow-unbound", "--json")
+    rc, out, _ = host.run(capsys, *PROVISION, "--json")
     assert rc == 0
     doc = json.loads(out)
     assert doc.pop("pinned") == str(host.root / "host-recover.conf.d" / "50-provisioned.conf")
@@ -107,7 +110,10 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     }  # fmt: skip
     # Exports only when a secret is created now: refuse, write nothing.
     rc, _, err = host.run(
-        capsys, "provision", "--allow-unbound", "--export-image-key", str(host.root / "k2")
+        capsys,
+        *PROVISION,
+        "--export-image-key",
+        str(host.root / "k2"),
     )
     assert rc == 2 and "already sealed" in err
     assert not (host.root / "k2").exists()
@@ -144,16 +150,26 @@ def test_force_and_master_from(host: Host, capsys) -> None:
     given = host.root / "given.key"
     given.write_bytes(bytes(range(100, 132)))
     rc, _, _ = host.run(
-        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(given)
+        capsys,
+        *PROVISION,
+        "--force",
+        "--master-from",
+        str(given),
     )
     assert rc == 0
     assert unseal.unseal_master(host.cfg()) == given.read_bytes()
-    rc, _, err = host.run(capsys, "provision", "--allow-unbound", "--master-from", str(given))
+    rc, _, err = host.run(capsys, *PROVISION, "--master-from", str(given))
     assert rc == 2 and "--force" in err
     short = host.root / "short.key"
     short.write_bytes(b"x" * 31)
     assert (
-        host.run(capsys, "provision", "--allow-unbound", "--force", "--master-from", str(short))[0]
+        host.run(
+            capsys,
+            *PROVISION,
+            "--force",
+            "--master-from",
+            str(short),
+        )[0]
         == 2
     )
     assert unseal.unseal_master(host.cfg()) == given.read_bytes()
@@ -165,7 +181,7 @@ def test_signed_policy_cli(host: Host, capsys) -> None:
                     "--public", str(host.root / "policy-pub.pem"))[0] == 0  # fmt: skip
     assert priv.stat().st_mode & 0o777 == 0o600
     host.write_conf("signed")
-    assert host.run(capsys, "provision", "--allow-unbound", "--force")[0] == 0
+    assert host.run(capsys, *PROVISION, "--force")[0] == 0
     assert host.run(capsys, "unseal", "--check")[0] == 4  # no policy signed yet
 
     assert host.run(capsys, "policy", "sign", "--allow-unbound", "--key", str(priv))[0] == 0
@@ -213,7 +229,7 @@ def test_signed_policy_cli(host: Host, capsys) -> None:
 def test_attest_prints_an_inventory_entry(host: Host, capsys) -> None:
     from recover.core.inventory import parse_pcrs
 
-    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    assert host.run(capsys, *PROVISION)[0] == 0
     rc, out, _ = host.run(
         capsys, "attest", "--address", "127.0.0.1:7469", "--failure-domain", "rack-1"
     )
@@ -244,12 +260,14 @@ def test_provision_and_sign_refuse_an_unbound_selection(host: Host, capsys) -> N
     outside tpm.pcrs: exit 2, one error line, a hint; nothing sealed or signed."""
     nolog = ("--set", f"tpm.event_log={host.root / 'none'}")
     grub = ("--set", f"tpm.event_log={DATA / 'grub.bin'}", "--set", "tpm.pcrs=sha256:0,2,4,7,9")
-    rc, _, err = host.run(capsys, *nolog, "provision", "--force")
+    rc, _, err = host.run(capsys, *nolog, "provision", "--no-owner-auth", "--force")
     assert rc == 2 and "error: refusing to seal to tpm.pcrs: no event log at" in err
     assert "--allow-unbound" in err and "Traceback" not in err
     assert len([x for x in err.splitlines() if "error:" in x]) == 1
     master = str(host.root / "m")
-    rc, _, err = host.run(capsys, *grub, "provision", "--force", "--export-master", master)
+    rc, _, err = host.run(
+        capsys, *grub, "provision", "--no-owner-auth", "--force", "--export-master", master
+    )
     assert rc == 2 and "command line is measured into PCR 8 (grub)" in err and "add 8" in err
     assert not (host.root / "m").exists()  # refused before anything is written or sealed
     rc, out, _ = host.run(capsys, *grub, "status", "--json")
@@ -261,7 +279,9 @@ def test_provision_and_sign_refuse_an_unbound_selection(host: Host, capsys) -> N
     assert "binding:    grub: kernel 9, initramfs 9, command line - (NOT BOUND: " in out
     assert out.rstrip().endswith("add 8)")
 
-    rc, out, err = host.run(capsys, *nolog, "provision", "--force", "--allow-unbound", "--json")
+    rc, out, err = host.run(
+        capsys, *nolog, "provision", "--no-owner-auth", "--force", "--allow-unbound", "--json"
+    )
     assert rc == 0 and json.loads(out)["binding"]["bound"] is False
     assert "anyway (--allow-unbound)" in err
 

@@ -7,6 +7,7 @@ Each test gets a fresh swtpm (the owner auth it sets persists in the TPM).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
 from recover.store import unseal
 from recover.tpm import Tpm
 from recover.tpm.nv import NV_BASE
-from tests.tpm.test_tpm_cli import Host
+from tests.tpm.test_tpm_cli import PROVISION, Host
 
 pytestmark = pytest.mark.tpm
 
@@ -44,7 +45,7 @@ def _signed_conf(host: Host, capsys) -> Path:
 def _signed_host(host: Host, capsys) -> Path:
     """A host provisioned with tpm.policy = signed; returns the private policy key."""
     priv = _signed_conf(host, capsys)
-    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    assert host.run(capsys, *PROVISION)[0] == 0
     return priv
 
 
@@ -183,7 +184,11 @@ def test_force_needs_the_owner_auth(host: Host, capsys) -> None:
     master = host.root / "attacker.key"
     master.write_bytes(bytes(range(32)))
     rc, _, err = host.run(
-        capsys, "provision", "--allow-unbound", "--force", "--master-from", str(master)
+        capsys,
+        *PROVISION,
+        "--force",
+        "--master-from",
+        str(master),
     )
     assert rc == 2 and "prove ownership" in err
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
@@ -191,8 +196,7 @@ def test_force_needs_the_owner_auth(host: Host, capsys) -> None:
     wrong.write_bytes(bytes(32))
     rc, _, err = host.run(
         capsys,
-        "provision",
-        "--allow-unbound",
+        *PROVISION,
         "--force",
         "--master-from",
         str(master),
@@ -203,8 +207,7 @@ def test_force_needs_the_owner_auth(host: Host, capsys) -> None:
     assert unseal.unseal_master(host.cfg()) != master.read_bytes()
     rc, _, err = host.run(
         capsys,
-        "provision",
-        "--allow-unbound",
+        *PROVISION,
         "--force",
         "--master-from",
         str(master),
@@ -229,7 +232,7 @@ def test_provision_migrates_an_old_policy_counter(host: Host, capsys) -> None:
         t.counter_advance_to(POLICY_NV, 3)
         with pytest.raises(UsageError, match="older host-recover layout"):
             t.ensure_counter(POLICY_NV, orderly=False, attrs=pol.POLICY_COUNTER_ATTRS)
-    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json")
+    rc, out, err = host.run(capsys, *PROVISION, "--json")
     assert rc == 0, err
     assert json.loads(out)["counters_migrated"] == ["policy_nv"]
     with Tpm.open(host.tcti) as t:
@@ -246,7 +249,11 @@ def test_provision_pins_the_srk_the_sealed_object_and_the_key_id(host: Host, cap
     priv = _signed_conf(host, capsys)
     master = host.root / "master.key"
     rc, out, err = host.run(
-        capsys, "provision", "--allow-unbound", "--json", "--export-master", str(master)
+        capsys,
+        *PROVISION,
+        "--json",
+        "--export-master",
+        str(master),
     )
     assert rc == 0, err
     pins = Path(json.loads(out)["pinned"])
@@ -279,7 +286,7 @@ def _replace_srk(tcti: str, owner_auth: bytes = b"") -> None:
 
 
 def test_a_replaced_srk_is_refused_before_salting(host: Host, capsys) -> None:
-    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    assert host.run(capsys, *PROVISION)[0] == 0
     assert host.run(capsys, "unseal", "--check")[0] == 0
     _replace_srk(host.tcti)
     rc, _, err = host.run(capsys, "unseal", "--check")
@@ -289,7 +296,7 @@ def test_a_replaced_srk_is_refused_before_salting(host: Host, capsys) -> None:
 def test_a_replaced_sealed_object_is_refused(host: Host, capsys) -> None:
     """Root replaces the sealed object (empty owner auth) with one holding its own master:
     the pinned image key id refuses what it unseals (exit 5)."""
-    assert host.run(capsys, "provision", "--allow-unbound")[0] == 0
+    assert host.run(capsys, *PROVISION)[0] == 0
     with Tpm.open(host.tcti) as t:
         t.seal_master(
             bytes(range(32)), srk_handle=0x81000001, seal_handle=0x81000002,
@@ -310,7 +317,7 @@ def test_pins_never_create_the_configuration_directory(
     conf = tmp_path / "missing" / "host-recover.conf"
     monkeypatch.setenv("HOST_RECOVER_CONFIG", str(conf))
     capsys.readouterr()
-    rc = main.main(["--tcti", swtpm.tcti, "provision", "--allow-unbound", "--json"])
+    rc = main.main(["--tcti", swtpm.tcti, *PROVISION, "--json"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     doc = json.loads(out)
@@ -333,6 +340,7 @@ def test_status_shows_owner_auth_and_pins(host: Host, capsys) -> None:
     _replace_srk(host.tcti, (host.root / "o").read_bytes())
     rc, out, _ = host.run(capsys, "status")
     assert rc == 0 and "owner auth: set" in out and "srk_name MISMATCH" in out
+    assert "orderly_nv protected, record_nv protected" in out
 
 
 def test_rollback_counter_needs_the_owner_auth(host: Host, capsys) -> None:
@@ -367,7 +375,164 @@ def test_provision_migrates_an_old_rollback_counter(host: Host, capsys) -> None:
         t._nv_define(rollback, NV_BASE | pol.NV_TPM_NT_COUNTER, 8)
         t.counter_increment(rollback)
         t.counter_advance_to(rollback, 5)
-    rc, out, err = host.run(capsys, "provision", "--allow-unbound", "--json")
+    rc, out, err = host.run(capsys, *PROVISION, "--json")
     assert rc == 0, err
     assert json.loads(out)["counters_migrated"] == ["rollback_nv"]
     assert unseal.rollback_version(host.cfg()) >= 5
+
+
+# --- finding 5: the evidence indices (hybrid counter, decision record) -----------------
+
+ORDERLY_NV, RECORD_NV = 0x01500011, 0x01500012
+
+
+def _lock(host: Host) -> pol.WriteLock:
+    cfg = host.cfg()
+    return pol.WriteLock.of(cfg.tpm_pcrs, cfg.tpm_lock_pcr)
+
+
+def test_provision_migrates_the_evidence_indices_to_their_write_policy(host: Host, capsys) -> None:
+    """Indices of the older layout (AUTHWRITE: any root process wrote them) become
+    policy-written, with the owner auth once it is set."""
+    auth = host.root / "owner.auth"
+    with Tpm.open(host.tcti) as t:  # the layout before this change
+        t._nv_define(ORDERLY_NV, NV_BASE | pol.NV_TPM_NT_COUNTER | pol.NV_ORDERLY, 8)
+        t.counter_increment(ORDERLY_NV)
+        t.nv_blob_write(RECORD_NV, b'{"action":"normal"}')
+        assert t.nv_attributes(RECORD_NV) & pol.NV_AUTHWRITE
+    rc, out, err = host.run(capsys, *PROVISION, "--json")
+    assert rc == 0, err
+    assert sorted(json.loads(out)["counters_migrated"]) == ["orderly_nv", "record_nv"]
+    rc, out, err = host.run(capsys, "status", "--json")
+    doc = json.loads(out)
+    assert doc["evidence_write_policy"] == {"orderly_nv": "protected", "record_nv": "protected"}
+    assert doc["orderly_counter"] is None  # not initialised until a payload writes it
+    lock = _lock(host)
+    with Tpm.open(host.tcti) as t:
+        assert t.nv_layout(ORDERLY_NV) == (
+            pol.HYBRID_COUNTER_ATTRS,
+            lock.digest(pol.CC_NV_INCREMENT),
+        )
+        assert t.nv_layout(RECORD_NV) == (pol.RECORD_BLOB_ATTRS, lock.digest(pol.CC_NV_WRITE))
+        assert t.nv_blob_read(RECORD_NV) is None
+    # idempotent; with the owner auth set, another run still finds them in place
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
+    rc, out, _ = host.run(capsys, *PROVISION, "--json")
+    assert rc == 0 and json.loads(out)["counters_migrated"] == []
+
+
+def test_evidence_indices_are_written_only_before_the_lock(host: Host, capsys) -> None:
+    """Neither the index's (empty) auth nor the (empty) owner auth writes them; their
+    write policy does only while the lock PCR is at its reset value: the normal OS (lock
+    PCR extended) can forge neither the crash signal nor the previous decision."""
+    from tpm2_pytss import ESYS_TR, TSS2_Exception
+
+    assert host.run(capsys, *PROVISION)[0] == 0
+    lock = _lock(host)
+    with Tpm.open(host.tcti) as t:
+        t.nv_blob_write(RECORD_NV, b'{"action":"normal"}', lock=lock)  # the payload
+        assert t.counter_increment(ORDERLY_NV, lock=lock) >= 1
+        before = t.counter_read(ORDERLY_NV)
+        for index in (ORDERLY_NV, RECORD_NV):
+            nv = t.ectx.tr_from_tpmpublic(index)
+            for auth_handle in (nv, ESYS_TR.OWNER):
+                with pytest.raises(TSS2_Exception):
+                    if index == ORDERLY_NV:
+                        t.ectx.nv_increment(nv, auth_handle=auth_handle)
+                    else:
+                        t.ectx.nv_write(nv, b"\x00\x02{}", 0, auth_handle=auth_handle)
+        # a policy session for the other command does not do either
+        with pytest.raises(TSS2_Exception):
+            session = t._write_policy_session(RECORD_NV, lock, pol.CC_NV_INCREMENT)
+            nv = t.ectx.tr_from_tpmpublic(RECORD_NV)
+            t.ectx.nv_write(nv, b"\x00\x02{}", 0, auth_handle=nv, session1=session)
+        t.pcr_extend(lock.pcr, b"\x01" * 32)  # the payload's lock
+        with pytest.raises(PolicyMismatch, match="only the boot payload"):
+            t.counter_increment(ORDERLY_NV, lock=lock)
+        with pytest.raises(PolicyMismatch, match="only the boot payload"):
+            t.nv_blob_write(RECORD_NV, b'{"action":"forged"}', lock=lock)
+        assert t.counter_read(ORDERLY_NV) == before
+        assert t.nv_blob_read(RECORD_NV) == b'{"action":"normal"}'
+
+
+# --- finding 10: credential store anti-rollback ----------------------------------------
+
+CREDENTIALS_NV = 0x01500014
+
+
+def _cred_add(host: Host, capsys, name: str, *extra: str) -> tuple[int, str, str]:
+    value = host.root / f"{name}.value"
+    value.write_bytes(name.encode())
+    return host.run(capsys, "credential", "add", name, str(value), *extra)
+
+
+def test_credential_writes_raise_the_floor_with_the_owner_auth(host: Host, capsys) -> None:
+    """provision defines the floor without a value (no floor yet); `credential add`
+    raises it to the generation it writes; once the owner auth is set only with
+    --owner-auth (without it the store is written and the floor stays, a warning)."""
+    from recover.core.credstore import require_generation
+    from recover.errors import IntegrityError
+    from recover.store import credentials
+
+    auth = host.root / "owner.auth"
+    host.conf.write_text(host.conf.read_text() + f"[store]\ncredentials = {host.root / 'c.hrc'}\n")
+    assert host.run(capsys, *PROVISION)[0] == 0
+    rc, out, _ = host.run(capsys, "status", "--json")
+    assert json.loads(out)["credentials_floor"] is None
+    assert _cred_add(host, capsys, "a")[0] == 0
+    cfg = host.cfg()
+    with Tpm.open(host.tcti) as t:
+        first = credentials.tpm_floor(t, cfg)
+        assert t.nv_attributes(CREDENTIALS_NV) == pol.CREDENTIALS_COUNTER_ATTRS | pol.NV_WRITTEN
+    master = unseal.unseal_master(cfg)
+    assert credentials.load(cfg.store_credentials, master).generation == first
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
+    rc, _, err = _cred_add(host, capsys, "b")
+    assert rc == 0 and "--owner-auth" in err
+    rc, out, _ = host.run(capsys, "status", "--json")
+    assert json.loads(out)["credentials_floor"] == first  # not raised without the auth
+    rc, out, err = _cred_add(host, capsys, "c", "--owner-auth", str(auth))
+    assert rc == 0, err
+    store = credentials.load(cfg.store_credentials, master)
+    assert store.generation == first + 2 and f"TPM floor {first + 2}" in out
+    rc, out, _ = host.run(capsys, "status")
+    assert f"credentials floor: {first + 2}" in out
+    with pytest.raises(IntegrityError, match="rolled back"):
+        require_generation(dataclasses.replace(store, generation=first + 1), first + 2, "s")
+    # root in the normal OS cannot raise (or reset) the floor without the owner auth
+    from tpm2_pytss import ESYS_TR, TSS2_Exception
+
+    with Tpm.open(host.tcti) as t:
+        nv = t.ectx.tr_from_tpmpublic(CREDENTIALS_NV)
+        for auth_handle in (nv, ESYS_TR.OWNER):
+            with pytest.raises(TSS2_Exception):
+                t.ectx.nv_increment(nv, auth_handle=auth_handle)
+
+
+# --- finding 5: owner auth by default -------------------------------------------------
+
+
+def test_provision_on_an_empty_owner_auth_needs_an_explicit_choice(host: Host, capsys) -> None:
+    """A TPM whose owner auth is empty: provision refuses (exit 2, nothing changed)
+    unless told --export-owner-auth FILE (recommended) or --no-owner-auth."""
+    auth = host.root / "owner.auth"
+    rc, _, err = host.run(capsys, "provision", "--allow-unbound")
+    assert rc == 2 and "--export-owner-auth" in err and "--no-owner-auth" in err
+    with Tpm.open(host.tcti) as t:
+        assert t.persistent_handles() == [] and t.nv_indices() == []
+    rc, _, err = host.run(
+        capsys, "provision", "--allow-unbound", "--no-owner-auth", "--export-owner-auth", str(auth)
+    )
+    assert rc == 2 and "exclude each other" in err and not auth.exists()
+    rc, out, _ = host.run(capsys, "provision", "--allow-unbound", "--no-owner-auth", "--json")
+    assert rc == 0 and json.loads(out)["owner_auth_set"] is False
+    assert (
+        host.run(capsys, "provision", "--allow-unbound", "--export-owner-auth", str(auth))[0] == 0
+    )
+    assert auth.stat().st_mode & 0o777 == 0o600
+    rc, out, _ = host.run(capsys, "provision", "--allow-unbound", "--json")  # set: no choice
+    assert rc == 0 and json.loads(out)["owner_auth_set"] is True

@@ -50,13 +50,18 @@ def test_lockout_change(now: int, prev: Any, reading: Reading) -> None:
     assert s.reading is reading and s.strength is Strength.WEAK
 
 
+REC = b'{"action":"recovering"}'  # a recovery's record: not rewritable after its lock
+
+
 @pytest.mark.parametrize(
-    "blob,reading",
-    [(None, Reading.UNKNOWN), (b"\x00\x01garbage", Reading.UNKNOWN),
-     (b'{"action":"normal"}', Reading.CLEAN), (b'{"action":"recovering"}', Reading.ABNORMAL)],
+    "blob,orderly,reading",
+    [(None, None, Reading.UNKNOWN), (b"\x00\x01garbage", None, Reading.UNKNOWN),
+     (b'{"action":"normal"}', None, Reading.CLEAN), (b'{"action":"normal"}', False, Reading.CLEAN),
+     (REC, None, Reading.ABNORMAL), (REC, False, Reading.ABNORMAL),
+     (REC, True, Reading.CLEAN)],  # TPM shutdown since: the recovered system ran, shut down
 )  # fmt: skip
-def test_previous_record(blob: bytes | None, reading: Reading) -> None:
-    s = previous_record(blob)
+def test_previous_record(blob: bytes | None, orderly: bool | None, reading: Reading) -> None:
+    s = previous_record(blob, orderly)
     assert s.reading is reading and s.strength is Strength.CONTEXT
 
 

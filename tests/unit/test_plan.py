@@ -33,6 +33,30 @@ def test_route_before_gathering(enabled: bool, mode: Mode, route: Route | None) 
     assert plan.route(enabled, mode) is route
 
 
+@pytest.mark.parametrize(
+    ("route", "steps"),
+    [
+        (Route.NORMAL, (Step.RECORD, Step.LOCK)),
+        (Route.HOLD, (Step.RECORD, Step.LOCK)),
+        (Route.NEVER, (Step.RECORD, Step.LOCK)),
+        (Route.DISABLED, (Step.RECORD, Step.LOCK)),
+        # RECOVER: MARK ... LOCK, below
+    ],
+)
+def test_steps_per_route(route: Route, steps: tuple[Step, ...]) -> None:
+    assert plan.steps(route) == steps
+
+
+def test_the_tpm_record_is_written_only_before_the_lock() -> None:
+    """The decision record's NV index takes writes only while the lock PCR is at its
+    reset value: every route writes its record (final, or "recovering") before LOCK."""
+    for r in Route:
+        s = plan.steps(r)
+        written = [x for x in s if x in (Step.RECORD, Step.MARK)]
+        assert len(written) == 1 and s.index(written[0]) < s.index(Step.LOCK), r
+    assert plan.steps(Route.RECOVER).index(Step.MARK) < plan.steps(Route.RECOVER).index(Step.UNSEAL)
+
+
 def test_every_route_locks_and_recovery_touches_the_store_only_after_the_lock() -> None:
     assert plan.steps(None) == (Step.GATHER,)
     for r in Route:
