@@ -74,6 +74,6 @@ def cmd_bundle(args: argparse.Namespace, cfg: Config) -> int:
         print(
             f"size: zip {report.zip_bytes / mib:.1f} MiB, packages {report.site_bytes / mib:.1f} "
             f"MiB, ELF {report.elf_bytes / mib:.1f} MiB, total {report.total_bytes / mib:.1f} MiB "
-            "(uncompressed; the initramfs delta is measured by bench/boot.py)"
+            "(uncompressed; the initramfs delta is measured by python -m bench.initramfs_size)"
         )
     return 0

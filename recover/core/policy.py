@@ -4,7 +4,7 @@ Digests follow TPM 2.0 Part 3 (PolicyUpdate): for PolicyPCR
 ``H(old ‖ TPM_CC_PolicyPCR ‖ TPML_PCR_SELECTION ‖ H(PCR values))`` and for
 PolicyAuthorize ``H(H(old ‖ TPM_CC_PolicyAuthorize ‖ keyName) ‖ policyRef)``, all
 SHA-256 starting from 32 zero bytes. They agree with the TPM (trial and real sessions)
-and with ``tpm2_createpolicy`` (tests/test_tpm_crosscheck.py).
+and with ``tpm2_createpolicy`` (tests/tpm/test_tpm_crosscheck.py).
 
 The approved policy of a signed policy of version v is PolicyPCR(values, lock PCR at 0)
 followed by ``PolicyNV(policy counter, v, TPM_EO_UNSIGNED_LE)``: the TPM itself refuses
