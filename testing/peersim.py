@@ -24,6 +24,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ class SoftwareAttestor:
         self.report_lock = report_lock  # a lie about the lock PCR's value, if given
         self.t0 = time.monotonic()
         self.signer = b"\x00\x0b" + hashlib.sha256(pub_pem(self.key).encode()).digest()
+        self.quotes = 0  # quotes signed (requests' and replies'), counted by the "TPM"
+        self._counting = threading.Lock()
 
     @property
     def pem(self) -> str:
@@ -115,6 +118,8 @@ class SoftwareAttestor:
             pcrs = {**self.pcrs, bank: {**self.pcrs[bank], LOCK_PCR: self.lock_value}}
             lie = self.report_lock if self.report_lock is not None else self.lock_value
             reported = {**self.pcrs, bank: {**self.pcrs[bank], LOCK_PCR: lie}}
+        with self._counting:
+            self.quotes += 1
         c = self.clock()
         attest = make_attest(
             qualified_signer=self.signer,
@@ -153,9 +158,9 @@ class ReplayResponder(Responder):
 
     first: tuple[int, dict[str, Any]] | None = None
 
-    def handle(self, body: bytes) -> tuple[int, dict[str, Any]]:
+    async def answer(self, body: bytes, version: int) -> tuple[int, dict[str, Any]]:
         if self.first is None:
-            self.first = super().handle(body)
+            self.first = await super().answer(body, version)
         return self.first
 
 

@@ -1,4 +1,4 @@
-"""Peer protocol v1 (docs/peer-protocol.md): records and message checks. Pure.
+"""Peer protocol v1 and v2 (docs/peer-protocol.md): records and message checks. Pure.
 
 One query round: a fresh 32-byte nonce, one quote of ours over
 sha256("host-recover/v1/request" ‖ nonce ‖ our id), then POST /v1/status to every peer
@@ -12,6 +12,12 @@ votes): a reply's quote covers the peer's policy PCRs plus its lock PCR, and ``b
 believed only when the quoted lock PCR is at its reset value (zero) — the payload extends
 it before it ends, so the normal OS can never show it at zero (ROLE_MISMATCH otherwise).
 Transport lives in recover.peers (http, client, server).
+
+Version 2 changes only the reply's binding: a server answers every request pending when
+its TPM becomes free with ONE quote over the root of a hash tree (recover.core.merkle)
+whose leaves bind (requester id, nonce, hash of the status reported); each reply carries
+its leaf's audit path. The request is v1's (same quote, same qualifying data), so a
+client can fall back to v1 for a v1 peer without a second quote.
 """
 
 from __future__ import annotations
@@ -27,10 +33,19 @@ from recover.core.evidence import Reading
 from recover.core.inventory import Peer, parse_pcrs, pcrs_to_json
 from recover.errors import HostRecoverError, IntegrityError
 
-VERSION = 1
+VERSION = 2  # what this release asks with; it answers versions 1 and 2
+
+
+VERSIONS = (1, 2)
 
 
 PATH = "/v1/status"
+
+
+PATH_V2 = "/v2/status"
+
+
+PATHS = {1: PATH, 2: PATH_V2}
 
 
 MAX_BODY = 64 * 1024
@@ -64,17 +79,26 @@ class Outcome(enum.StrEnum):
     UNREACHABLE = "unreachable"
     TIMEOUT = "timeout"
     SKIPPED = "skipped"  # not needed: the verdict was already settled
+    # The peer said it is busy (HTTP 503 "busy": its TPM queue is full) until the round's
+    # deadline: it is alive and still pending, not unreachable. Never believed either.
+    BUSY = "busy"
 
 
 class Rejected(Exception):
     def __init__(
-        self, outcome: Outcome, reason: str, http_status: int = 400, free_retry: bool = False
+        self,
+        outcome: Outcome,
+        reason: str,
+        http_status: int = 400,
+        free_retry: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(reason)
         self.outcome = outcome
         self.reason = reason
         self.http_status = http_status  # what a server answers for this problem
         self.free_retry = free_retry  # retry until the deadline without counting it
+        self.retry_after = retry_after  # seconds the peer asked us to wait (busy)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -318,10 +342,18 @@ def check_reply_quote(
     return info, lock_value
 
 
-def verify_reply(peer: Peer, nonce: bytes, reply: Any, known_ids: set[str]) -> PeerStatus:
-    """Check one peer's reply to our ``nonce``; return its status or raise Rejected."""
-    if not isinstance(reply, dict) or reply.get("version") != VERSION:
-        raise Rejected(Outcome.MALFORMED, f"not a v{VERSION} reply")
+def verify_reply(
+    peer: Peer, nonce: bytes, reply: Any, known_ids: set[str], requester: str | None = None
+) -> PeerStatus:
+    """Check one peer's reply to our ``nonce``; return its status or raise Rejected.
+
+    A version-2 reply (a batched answer) needs ``requester``, our own id: its leaf binds it.
+    """
+    version = reply.get("version") if isinstance(reply, dict) else None
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise Rejected(Outcome.MALFORMED, "not a v1 or v2 reply")
+    if version == 2 and requester is None:
+        raise Rejected(Outcome.MALFORMED, "a v2 reply needs the requester's id to check")
     if reply.get("nonce") != nonce.hex():
         raise Rejected(Outcome.REPLAYED, "reply answers another nonce")
     raw_status = reply.get("status")
@@ -334,9 +366,12 @@ def verify_reply(peer: Peer, nonce: bytes, reply: Any, known_ids: set[str]) -> P
         raise Rejected(Outcome.UNKNOWN_HOST, f"answered as {status.host_id!r}, asked {peer.id!r}")
     quote = Quote.from_json(reply.get("quote"), reply.get("pcrs"))
     assert isinstance(raw_status, dict)
-    info, lock_value = check_reply_quote(
-        peer.ak_pub, quote, reply_qualifying_data(raw_status, nonce), peer.pcrs, peer.lock_pcr
-    )
+    if version == 1:
+        qualifying = reply_qualifying_data(raw_status, nonce)
+    else:
+        assert requester is not None
+        qualifying = batch_reply_qualifying_data(reply.get("batch"), raw_status, nonce, requester)
+    info, lock_value = check_reply_quote(peer.ak_pub, quote, qualifying, peer.pcrs, peer.lock_pcr)
     if status.role == "boot":
         check_boot_role(lock_value, peer.lock_pcr)
     c = status.clock
@@ -347,6 +382,65 @@ def verify_reply(peer: Peer, nonce: bytes, reply: Any, known_ids: set[str]) -> P
     if status.since_reset_source == "tpm" and status.since_reset_s * 1000 > info.clock + 1000:
         raise Rejected(Outcome.INCONSISTENT, "time since reset exceeds the signed TPM clock")
     return status
+
+
+def status_hash(status: Mapping[str, Any]) -> bytes:
+    return hashlib.sha256(canonical_json(status)).digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Where one reply's leaf sits in its batch's tree."""
+
+    size: int
+    index: int
+    path: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "index": self.index, "path": [p.hex() for p in self.path]}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Batch:
+        from recover.core.merkle import MAX_LEAVES, MAX_PATH
+
+        if not isinstance(obj, dict):
+            raise Rejected(Outcome.MALFORMED, "batch must be an object")
+        size, index, path = obj.get("size"), obj.get("index"), obj.get("path")
+        for name, v in (("size", size), ("index", index)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise Rejected(Outcome.MALFORMED, f"batch.{name} must be an integer")
+        assert isinstance(size, int) and isinstance(index, int)
+        if not 0 <= index < size <= MAX_LEAVES:
+            raise Rejected(Outcome.MALFORMED, f"batch: leaf {index} of a tree of {size}")
+        if not isinstance(path, list) or len(path) > MAX_PATH:
+            raise Rejected(Outcome.MALFORMED, f"batch.path must be a list of <= {MAX_PATH}")
+        try:
+            hashes = tuple(bytes.fromhex(p) for p in path)
+        except (TypeError, ValueError):
+            raise Rejected(Outcome.MALFORMED, "batch.path entries must be hex") from None
+        return cls(size, index, hashes)
+
+
+def batch_reply_qualifying_data(
+    batch: Any, status: Mapping[str, Any], nonce: bytes, requester: str
+) -> bytes:
+    """The qualifying data a v2 reply's quote must carry: the root its audit path proves
+    for the leaf (requester, nonce, status hash), bound with the tree's size."""
+    from recover.core.merkle import (
+        PathError,
+        batch_qualifying_data,
+        leaf_data,
+        leaf_hash,
+        root_from_path,
+    )
+
+    b = Batch.from_json(batch)
+    leaf = leaf_hash(leaf_data(requester, nonce, status_hash(status)))
+    try:
+        root = root_from_path(leaf, b.index, b.size, b.path)
+    except PathError as e:
+        raise Rejected(Outcome.MALFORMED, f"batch: {e}") from None
+    return batch_qualifying_data(root, b.size)
 
 
 def check_boot_role(lock_value: bytes | None, lock_pcr: int) -> None:
@@ -365,10 +459,11 @@ def check_boot_role(lock_value: bytes | None, lock_pcr: int) -> None:
         )
 
 
-def make_request(self_id: str, nonce: bytes, quote: Quote) -> bytes:
+def make_request(self_id: str, nonce: bytes, quote: Quote, version: int = VERSION) -> bytes:
+    """A request body (v1 and v2 requests differ only in ``version``)."""
     return canonical_json(
         {
-            "version": VERSION,
+            "version": version,
             "nonce": nonce.hex(),
             "requester": self_id,
             "quote": quote.to_json(),

@@ -1,10 +1,16 @@
 """The peer client: one query round to every peer of the failure domain concurrently,
 under one deadline, with per-peer timeouts, bounded retries, a cap on requests in
 flight and an early stop once the verdict cannot change (docs/peer-protocol.md).
+
+It asks with protocol v2 and falls back to v1 for a peer that does not know v2 (the
+request's quote serves both: no second quote). A peer that says it is busy is waited
+for (its Retry-After, within the deadline) and never counted unreachable: if the round
+ends while it is still busy its outcome is ``busy`` (still pending).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,6 +21,8 @@ from typing import TYPE_CHECKING
 from recover.core.inventory import Peer
 from recover.core.protocol import (
     NONCE_SIZE,
+    PATHS,
+    VERSION,
     Outcome,
     PeerResult,
     PeerResults,
@@ -84,12 +92,29 @@ def loads_bounded(data: bytes) -> object:
         raise ValueError("nested too deeply") from None
 
 
-async def _ask(
-    peer: Peer, body: bytes, nonce: bytes, known: set[str], timeout: float
-) -> PeerStatus:
+class _OldPeer(Rejected):
+    """The peer does not speak the version we asked with (it answered 404 or "version")."""
 
+
+@dataclasses.dataclass(frozen=True)
+class _Round:
+    """What every request of one round shares."""
+
+    bodies: dict[int, bytes]  # by protocol version
+    nonce: bytes
+    known: set[str]
+    self_id: str
+    timeout: float
+    retries: int
+    end: float
+    source: str | None
+
+
+async def _ask(peer: Peer, rnd: _Round, version: int, timeout: float) -> PeerStatus:
     try:
-        code, data = await http_post(peer.host, peer.port, body, timeout)
+        code, data = await http_post(
+            peer.host, peer.port, rnd.bodies[version], timeout, PATHS[version], rnd.source
+        )
     except TimeoutError:
         raise Rejected(Outcome.TIMEOUT, f"no answer within {timeout:g} s") from None
     except ConnectionRefusedError:
@@ -104,35 +129,35 @@ async def _ask(
         ) from None
     if code != 200:
         err = reply.get("error") if isinstance(reply, dict) else None
-        msg = err.get("message") if isinstance(err, dict) else None
+        err = err if isinstance(err, dict) else {}
+        msg, kind = err.get("message"), err.get("code")
+        why = f"HTTP {code}: {msg or 'no reason given'}"
+        if version > 1 and (code == 404 or (code == 400 and kind == "version")):
+            raise _OldPeer(Outcome.REFUSED, why)
+        if code == 503 and kind == "busy":
+            wait = err.get("retry_after")
+            wait = float(wait) if isinstance(wait, int | float) and 0 < wait < 60 else 0.5
+            raise Rejected(Outcome.BUSY, why, free_retry=True, retry_after=wait)
         outcome = Outcome.UNREACHABLE if code == 503 else Outcome.REFUSED
-        raise Rejected(outcome, f"HTTP {code}: {msg or 'no reason given'}")
-    return verify_reply(peer, nonce, reply, known)
+        raise Rejected(outcome, why)
+    return verify_reply(peer, rnd.nonce, reply, rnd.known, requester=rnd.self_id)
 
 
-_RETRYABLE = (Outcome.TIMEOUT, Outcome.UNREACHABLE)
+_RETRYABLE = (Outcome.TIMEOUT, Outcome.UNREACHABLE, Outcome.BUSY)
 
 
-async def _query_peer(
-    peer: Peer,
-    body: bytes,
-    nonce: bytes,
-    known: set[str],
-    timeout: float,
-    retries: int,
-    end: float,
-    sem: asyncio.Semaphore,
-) -> PeerResult:
+async def _query_peer(peer: Peer, rnd: _Round, sem: asyncio.Semaphore) -> PeerResult:
     import asyncio
 
     loop = asyncio.get_running_loop()
     last = Rejected(Outcome.TIMEOUT, "deadline reached before asking")
     attempt = failures = 0
+    version = max(rnd.bodies)
     while attempt < MAX_ATTEMPTS:
         attempt += 1
         await sem.acquire()
         t0 = loop.time()
-        if end - t0 <= 0.001:
+        if rnd.end - t0 <= 0.001:
             sem.release()
             break
         # A slow or silent peer gives its slot back after SLOT_HOLD and keeps waiting:
@@ -146,9 +171,11 @@ async def _query_peer(
 
         timer = loop.call_later(SLOT_HOLD, give_back)
         try:
-            status = await _ask(peer, body, nonce, known, min(timeout, end - t0))
+            status = await _ask(peer, rnd, version, min(rnd.timeout, rnd.end - t0))
             rtt = (loop.time() - t0) * 1000
             return PeerResult(peer.id, Outcome.VERIFIED, "", status, round(rtt, 2), attempt)
+        except _OldPeer as e:
+            last = e
         except Rejected as e:
             last = e
         except Exception as e:  # noqa: BLE001 - one bad peer never aborts the round
@@ -157,16 +184,22 @@ async def _query_peer(
         finally:
             timer.cancel()
             give_back()
+        if isinstance(last, _OldPeer) and version - 1 in rnd.bodies:
+            log.info("peer %s does not speak v%d: asking with v%d", peer.id, version, version - 1)
+            version -= 1
+            continue
         if last.outcome not in _RETRYABLE:
             break
         if not last.free_retry:  # refused connections are free: the peer may be booting
             failures += 1
-            if failures > retries:
+            if failures > rnd.retries:
                 break
-        left = end - loop.time()
+        left = rnd.end - loop.time()
         if left <= 0.001:
             break
-        await asyncio.sleep(min(0.05 * 2 ** min(attempt - 1, 4), 0.5, left))
+        # busy: it said how long to wait; otherwise back off 50 ms -> 500 ms
+        wait = last.retry_after or min(0.05 * 2 ** min(attempt - 1, 4), 0.5)
+        await asyncio.sleep(min(wait, left))
     return PeerResult(peer.id, last.outcome, last.reason, None, None, attempt)
 
 
@@ -180,7 +213,13 @@ async def query_all_async(
     retries: int,
     stop_early: StopEarly | None = None,
     max_inflight: int = MAX_INFLIGHT,
+    *,
+    version: int = VERSION,
+    source: str | None = None,
 ) -> PeerResults:
+    """One round (see the module doc). ``version``: the protocol to ask with (2; 1 is the
+    pre-batching protocol, for benchmarks and old fleets); ``source``: the local address
+    to connect from."""
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -193,12 +232,10 @@ async def query_all_async(
         quote = attestor.quote(request_qualifying_data(nonce, self_id))
     else:
         quote = await asyncio.to_thread(attestor.quote, request_qualifying_data(nonce, self_id))
-    body = make_request(self_id, nonce, quote)
+    bodies = {v: make_request(self_id, nonce, quote, v) for v in range(1, version + 1)}
+    rnd = _Round(bodies, nonce, known_ids, self_id, timeout, retries, end, source)
     sem = asyncio.Semaphore(max_inflight)
-    tasks = {
-        asyncio.ensure_future(_query_peer(p, body, nonce, known_ids, timeout, retries, end, sem)): p
-        for p in peers
-    }
+    tasks = {asyncio.ensure_future(_query_peer(p, rnd, sem)): p for p in peers}
     done: list[PeerResult] = []
     pending = set(tasks)
     stopped = False
@@ -239,6 +276,9 @@ def query_all(
     retries: int,
     stop_early: StopEarly | None = None,
     max_inflight: int = MAX_INFLIGHT,
+    *,
+    version: int = VERSION,
+    source: str | None = None,
 ) -> PeerResults:
     """Ask every peer of this host's failure domain; returns by ``deadline`` seconds."""
     import asyncio
@@ -256,6 +296,8 @@ def query_all(
             retries,
             stop_early,
             max_inflight,
+            version=version,
+            source=source,
         )
     )
     log.debug("peers: %d asked in %.1f ms", len(peers), (time.monotonic() - t0) * 1000)

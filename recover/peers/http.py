@@ -13,13 +13,21 @@ if TYPE_CHECKING:
 
 
 async def http_post(
-    host: str, port: int, body: bytes, timeout: float, path: str = PATH
+    host: str,
+    port: int,
+    body: bytes,
+    timeout: float,
+    path: str = PATH,
+    source: str | None = None,
 ) -> tuple[int, bytes]:
-    """POST ``body`` (HTTP/1.1, Connection: close); return (status, response body)."""
+    """POST ``body`` (HTTP/1.1, Connection: close); return (status, response body).
+    ``source``: the local address to connect from (a host with several)."""
     import asyncio
 
     async def run() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(host, port, limit=MAX_BODY)
+        reader, writer = await asyncio.open_connection(
+            host, port, limit=MAX_BODY, local_addr=(source, 0) if source else None
+        )
         try:
             hosthdr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             writer.write(
@@ -41,16 +49,18 @@ async def read_http_message(
     *,
     response: bool,
     writer: asyncio.StreamWriter | None = None,
+    header_timeout: float | None = None,
 ) -> tuple[int, str, bytes]:
     """Read one HTTP/1.1 message; return (status code or 0 for a request, start line, body).
 
-    A server passes its ``writer`` to answer ``Expect: 100-continue`` (curl sends it).
-    Raises Rejected(MALFORMED) on bad framing and a body over MAX_BODY.
+    A server passes its ``writer`` to answer ``Expect: 100-continue`` (curl sends it),
+    and a ``header_timeout`` (TimeoutError): a connection that sends no headers is let go
+    soon. Raises Rejected(MALFORMED) on bad framing and a body over MAX_BODY.
     """
     import asyncio
 
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), header_timeout)
     except asyncio.LimitOverrunError:
         raise Rejected(Outcome.MALFORMED, "headers too large", 431) from None
     except asyncio.IncompleteReadError:

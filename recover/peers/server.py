@@ -1,4 +1,4 @@
-"""The status server (peer protocol v1, docs/peer-protocol.md).
+"""The status server (peer protocol v1 and v2, docs/peer-protocol.md).
 
 Used two ways: ``host-recover agent`` in the normal OS (systemd unit
 host-recover-agent.service), and inside the boot payload, in a background thread, while
@@ -8,33 +8,42 @@ find each other): ``with serve_in_background(cfg, attestor, status) as srv: ...`
 A request is answered only after the requester's quote verifies against the inventory
 (else HTTP 403 with a JSON error). Bad JSON, wrong types, oversized bodies, slow clients
 and too many connections get a clear JSON error; the server keeps serving. TPM use is
-serialised by the attestor's lock and runs off the event loop.
+serialised by the attestor's lock and runs off the event loop. Every request pending when
+the TPM becomes free is answered by ONE quote (v2 batches); a retry joins its pending
+answer, a replay is answered from the nonce cache, a full queue says ``busy``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
+import math
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recover.core.evidence import Evidence, since_reset
 from recover.core.inventory import Inventory
+from recover.core.merkle import MAX_LEAVES
 from recover.core.protocol import (
     MAX_BODY,
     NONCE_SIZE,
-    PATH,
+    PATHS,
     VERSION,
+    VERSIONS,
+    Batch,
     Quote,
     Rejected,
     canonical_json,
     check_quote,
     reply_qualifying_data,
     request_qualifying_data,
+    status_hash,
 )
 from recover.errors import ConfigError, HostRecoverError
 from recover.peers.attestor import Attestor
@@ -93,79 +102,278 @@ def boot_id() -> str:
         return ""
 
 
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"version": VERSION, "error": {"code": code, "message": message}}
+def _error(code: str, message: str, version: int = VERSION, **extra: Any) -> dict[str, Any]:
+    return {"version": version, "error": {"code": code, "message": message, **extra}}
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
+    """What the server accepts; everything over a limit is refused before any TPM work."""
+
     max_body: int = MAX_BODY
     read_timeout: float = 5.0  # whole request (headers + body)
-    max_connections: int = 256
+    header_timeout: float = 2.0  # the request line and headers: idle connections go fast
+    max_connections: int = 1024  # open at once, every source together
+    max_per_source: int = 16  # open at once from one source address
+    max_pending: int = 1024  # requests waiting for the TPM (the bounded work queue)
+    max_pending_per_requester: int = 4  # distinct nonces of one requester waiting
+    max_batch: int = MAX_LEAVES  # requests answered by one quote
+    cache_size: int = 4096  # answered (requester, nonce) kept: replays and retries
+    answer_timeout: float = 60.0  # a request waits this long for its batch's quote
+    retry_after: float = 0.5  # what a busy server asks the client to wait (seconds)
+    # False: the pre-v2 behaviour (one quote per request, no joining, no nonce cache, no
+    # busy queue): bench/storm.py's "before".
+    batching: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """A request that passed every check that costs no TPM work."""
+
+    version: int
+    requester: str
+    nonce: bytes
+    quote: Quote
+
+
+Answer = tuple[int, dict[str, Any]]
 
 
 class Responder:
-    """Answers one request body: verify the requester, then quote our status."""
+    """Answers requests: verify the requester, then quote our status.
 
-    def __init__(self, inventory: Inventory, attestor: Attestor, status: StatusSource) -> None:
+    :meth:`handle` answers one body with its own quote (synchronous; the v1 way, also
+    ``Limits(batching=False)``). :meth:`answer` is the batched path the server uses: a
+    request joins the answer already pending for its (requester, nonce), is answered
+    from the nonce cache when it was answered before, or waits for the next batch; one
+    quote answers the whole batch (protocol v2; v1 requests in a batch get one quote
+    each, their reply format has no room for a tree).
+    """
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        attestor: Attestor,
+        status: StatusSource,
+        limits: Limits = Limits(),
+    ) -> None:
         self.inventory = inventory
         self.attestor = attestor
         self.status = status
+        self.limits = limits
+        self.quotes = 0  # TPM quotes made for replies
+        self.batches = 0
+        self.cache_hits = 0
+        self.joined = 0
+        self.busy = 0
+        self._verified: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, bytes, int], Answer] = OrderedDict()
+        self._pending: dict[tuple[str, bytes, int], asyncio.Future[Answer]] = {}
+        self._queue: list[tuple[Request, asyncio.Future[Answer]]] = []
+        self._per_requester: dict[str, int] = {}
+        self._worker: asyncio.Task[None] | None = None
+        self._count = threading.Lock()
 
-    def handle(self, body: bytes) -> tuple[int, dict[str, Any]]:
+    # --- the cheap checks ---------------------------------------------------------------
+
+    def parse(self, body: bytes, version: int | None = None) -> Request | Answer:
+        """Everything that can be refused without the TPM (the requester's quote is an
+        ECDSA verification, cached per requester and nonce); a Request or an answer."""
+        from recover.peers.client import loads_bounded
+
         try:
-            req = json.loads(body)
+            req = loads_bounded(body)
         except (ValueError, UnicodeDecodeError):
             return 400, _error("malformed", "request body is not JSON")
         if not isinstance(req, dict):
             return 400, _error("malformed", "request must be a JSON object")
-        if req.get("version") != VERSION:
-            return 400, _error("version", f"unsupported version {req.get('version')!r}")
+        got = req.get("version")
+        if isinstance(got, bool) or got not in VERSIONS or version not in (None, got):
+            want = f"{version} on {PATHS[version]}" if version else "1 or 2"
+            return 400, _error("version", f"unsupported version {got!r} (want {want})")
+        v = int(got)
         requester, nonce_hex = req.get("requester"), req.get("nonce")
         if not isinstance(requester, str) or not isinstance(nonce_hex, str):
-            return 400, _error("malformed", "requester and nonce must be strings")
+            return 400, _error("malformed", "requester and nonce must be strings", v)
         try:
             nonce = bytes.fromhex(nonce_hex)
         except ValueError:
             nonce = b""
         if len(nonce) != NONCE_SIZE:
-            return 400, _error("malformed", f"nonce must be {NONCE_SIZE} bytes of hex")
+            return 400, _error("malformed", f"nonce must be {NONCE_SIZE} bytes of hex", v)
         peer = self.inventory.get(requester)
         if peer is None:
-            return 403, _error("unknown-requester", f"requester {requester!r} not in inventory")
+            return 403, _error("unknown-requester", f"requester {requester!r} not in inventory", v)
         try:
             quote = Quote.from_json(req.get("quote"), req.get("pcrs"))
         except Rejected as e:
-            return 400, _error("malformed", e.reason)
-        try:
-            check_quote(peer.ak_pub, quote, request_qualifying_data(nonce, requester), peer.pcrs)
-        except Rejected as e:
-            log.warning("refused %s: %s: %s", requester, e.outcome, e.reason)
-            return 403, _error(str(e.outcome), f"requester {requester!r}: {e.reason}")
+            return 400, _error("malformed", e.reason, v)
+        seen = (requester, nonce, hashlib.sha256(quote.attest + quote.signature).digest())
+        if seen not in self._verified:
+            try:
+                check_quote(
+                    peer.ak_pub, quote, request_qualifying_data(nonce, requester), peer.pcrs
+                )
+            except Rejected as e:
+                log.warning("refused %s: %s: %s", requester, e.outcome, e.reason)
+                return 403, _error(str(e.outcome), f"requester {requester!r}: {e.reason}", v)
+            self._remember(self._verified, seen, None)
+        return Request(v, requester, nonce, quote)
+
+    def _remember(self, cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        with self._count:
+            cache[key] = value
+            cache.move_to_end(key)
+            while len(cache) > self.limits.cache_size:
+                cache.popitem(last=False)
+
+    # --- the TPM work -------------------------------------------------------------------
+
+    def quote_batch(self, batch: list[Request]) -> list[Answer]:
+        """One status and, for the v2 requests, ONE quote over their tree (each v1
+        request gets its own quote); a reply per request, in order."""
+        from recover.core.inventory import pcrs_to_json
+        from recover.core.merkle import batch_qualifying_data, leaf_data, leaf_hash, tree
+
         try:
             status = self.status.build(self.attestor.clock())
-            mine = self.attestor.quote(reply_qualifying_data(status, nonce), with_lock=True)
+            out: list[Answer | None] = [None] * len(batch)
+            v2 = [i for i, r in enumerate(batch) if r.version == 2]
+            if v2:
+                digest = status_hash(status)
+                leaves = [
+                    leaf_hash(leaf_data(batch[i].requester, batch[i].nonce, digest)) for i in v2
+                ]
+                root, paths = tree(leaves)
+                mine = self._quote(batch_qualifying_data(root, len(v2)))
+                for k, i in enumerate(v2):
+                    out[i] = (
+                        200,
+                        {
+                            "version": 2,
+                            "nonce": batch[i].nonce.hex(),
+                            "status": status,
+                            "batch": Batch(len(v2), k, tuple(paths[k])).to_json(),
+                            "quote": mine.to_json(),
+                            "pcrs": pcrs_to_json(mine.pcrs),
+                        },
+                    )
+            for i, r in enumerate(batch):
+                if r.version == 1:
+                    mine = self._quote(reply_qualifying_data(status, r.nonce))
+                    out[i] = (
+                        200,
+                        {
+                            "version": 1,
+                            "nonce": r.nonce.hex(),
+                            "status": status,
+                            "quote": mine.to_json(),
+                            "pcrs": pcrs_to_json(mine.pcrs),
+                        },
+                    )
         except HostRecoverError as e:
             log.error("cannot quote: %s", e.message)
-            return 503, _error("tpm", f"cannot quote: {e.message}")
-        from recover.core.inventory import pcrs_to_json
+            return [(503, _error("tpm", f"cannot quote: {e.message}", r.version)) for r in batch]
+        with self._count:
+            self.batches += 1
+        return [a for a in out if a is not None]
 
-        return 200, {
-            "version": VERSION,
-            "nonce": nonce_hex.lower(),
-            "status": status,
-            "quote": mine.to_json(),
-            "pcrs": pcrs_to_json(mine.pcrs),
-        }
+    def _quote(self, qualifying_data: bytes) -> Quote:
+        quote = self.attestor.quote(qualifying_data, with_lock=True)
+        with self._count:
+            self.quotes += 1
+        return quote
+
+    def handle(self, body: bytes, version: int | None = None) -> Answer:
+        """Answer one request body with its own quote (no batching, no cache)."""
+        req = self.parse(body, version)
+        if not isinstance(req, Request):
+            return req
+        return self.quote_batch([req])[0]
+
+    # --- the batched path ---------------------------------------------------------------
+
+    async def answer(self, body: bytes, version: int) -> Answer:
+        """Answer one request body on the server's event loop (see the class doc)."""
+        import asyncio
+
+        if not self.limits.batching:
+            return await self._run(self.handle, body, version)
+        req = self.parse(body, version)
+        if not isinstance(req, Request):
+            return req
+        key = (req.requester, req.nonce, req.version)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.cache_hits += 1
+            return cached
+        fut = self._pending.get(key)
+        if fut is not None:
+            self.joined += 1
+        else:
+            waiting = self._per_requester.get(req.requester, 0)
+            if (
+                len(self._queue) >= self.limits.max_pending
+                or waiting >= self.limits.max_pending_per_requester
+            ):
+                self.busy += 1
+                return 503, _error(
+                    "busy",
+                    f"{len(self._queue)} requests wait for this host's TPM, retry later",
+                    req.version,
+                    retry_after=self.limits.retry_after,
+                )
+            fut = asyncio.get_running_loop().create_future()
+            self._pending[key] = fut
+            self._per_requester[req.requester] = waiting + 1
+            self._queue.append((req, fut))
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.ensure_future(self._work())
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.limits.answer_timeout)
+        except TimeoutError:
+            return 503, _error("tpm", "the TPM did not answer in time", req.version)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        import asyncio
+
+        if self.attestor.inline:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    async def _work(self) -> None:
+        """Drain the queue: every request pending when the TPM becomes free is one batch."""
+        while self._queue:
+            n = self.limits.max_batch
+            batch, self._queue = self._queue[:n], self._queue[n:]
+            try:
+                answers = await self._run(self.quote_batch, [r for r, _ in batch])
+            except Exception as e:  # noqa: BLE001 - a bug must not leave requests hanging
+                log.exception("internal error answering a batch")
+                answers = [(500, _error("internal", f"{type(e).__name__}: {e}"))] * len(batch)
+            for (req, fut), ans in zip(batch, answers, strict=True):
+                key = (req.requester, req.nonce, req.version)
+                self._pending.pop(key, None)
+                left = self._per_requester.get(req.requester, 1) - 1
+                if left:
+                    self._per_requester[req.requester] = left
+                else:
+                    self._per_requester.pop(req.requester, None)
+                if ans[0] == 200:
+                    self._remember(self._cache, key, ans)
+                if not fut.done():
+                    fut.set_result(ans)
 
 
 class Server:
     """An asyncio HTTP/1.1 server for one Responder (one request per connection)."""
 
-    def __init__(self, responder: Responder, limits: Limits = Limits()) -> None:
+    def __init__(self, responder: Responder, limits: Limits | None = None) -> None:
         self.responder = responder
-        self.limits = limits
+        self.limits = limits or responder.limits
+        responder.limits = self.limits
         self.active = 0
+        self.by_source: dict[str, int] = {}
         self.served = 0
         self.answered: set[str] = set()  # requesters that got a status
         self.server: asyncio.Server | None = None
@@ -183,38 +391,61 @@ class Server:
         )
         return self
 
-    async def _handle(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[int, dict[str, Any]]:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Answer:
         import asyncio
 
         try:
             _, start, body = await asyncio.wait_for(
-                read_http_message(reader, response=False, writer=writer), self.limits.read_timeout
+                read_http_message(
+                    reader,
+                    response=False,
+                    writer=writer,
+                    header_timeout=self.limits.header_timeout,
+                ),
+                self.limits.read_timeout,
             )
         except TimeoutError:
             return 408, _error(
-                "timeout", f"request not received within {self.limits.read_timeout:g} s"
+                "timeout",
+                f"request not received in time (headers within {self.limits.header_timeout:g}"
+                f" s, whole request within {self.limits.read_timeout:g} s)",
             )
         except Rejected as e:
             return e.http_status, _error("malformed", e.reason)
         method, path = start.split(" ")[:2]
-        if method != "POST" or path != PATH:
-            return 404, _error("not-found", f"only POST {PATH}")
-        if self.responder.attestor.inline:
-            code, reply = self.responder.handle(body)
-        else:
-            code, reply = await asyncio.to_thread(self.responder.handle, body)
+        version = next((v for v, p in PATHS.items() if p == path), None)
+        if method != "POST" or version is None:
+            return 404, _error("not-found", f"only POST {' or '.join(PATHS.values())}")
+        code, reply = await self.responder.answer(body, version)
         if code == 200:
             self.answered.add(json.loads(body)["requester"])
         return code, reply
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         try:
             if self.active >= self.limits.max_connections:
-                code, obj = 503, _error("busy", "too many connections, retry later")
+                code, obj = (
+                    503,
+                    _error(
+                        "busy",
+                        "too many connections, retry later",
+                        retry_after=self.limits.retry_after,
+                    ),
+                )
+            elif self.by_source.get(source, 0) >= self.limits.max_per_source:
+                code, obj = (
+                    503,
+                    _error(
+                        "busy",
+                        f"too many connections from {source}, retry later",
+                        retry_after=self.limits.retry_after,
+                    ),
+                )
             else:
                 self.active += 1
+                self.by_source[source] = self.by_source.get(source, 0) + 1
                 try:
                     code, obj = await self._handle(reader, writer)
                 except (ConnectionError, OSError):
@@ -224,11 +455,19 @@ class Server:
                     code, obj = 500, _error("internal", f"{type(e).__name__}: {e}")
                 finally:
                     self.active -= 1
+                    left = self.by_source[source] - 1
+                    if left:
+                        self.by_source[source] = left
+                    else:
+                        del self.by_source[source]
             self.served += 1
             body = canonical_json(obj)
+            extra = ""
+            if code == 503 and "retry_after" in obj.get("error", {}):
+                extra = f"Retry-After: {max(1, math.ceil(obj['error']['retry_after']))}\r\n"
             writer.write(
                 f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}"
                 "Connection: close\r\n\r\n".encode()
                 + body
             )

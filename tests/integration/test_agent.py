@@ -71,7 +71,7 @@ def assert_still_serving(inv: Any, asker: SoftwareAttestor) -> None:
     [
         (b"{not json", 400, "malformed"),
         (b"[1,2]", 400, "malformed"),
-        (b'{"version": 2}', 400, "version"),
+        (b'{"version": 3}', 400, "version"),
         (b'{"version": 1, "requester": 5, "nonce": "00"}', 400, "malformed"),
         (b'{"version": 1, "requester": "asker", "nonce": "zz"}', 400, "malformed"),
         (
@@ -135,7 +135,7 @@ def test_slow_clients_time_out_and_connections_are_capped(agent: Any) -> None:
     # The server ends a half-sent request at its read timeout (raw() gives up after 5 s).
     code, reply = raw(srv.port, b"POST /v1/status HTTP/1.1\r\nContent-Le", shut=False)
     assert code == 408 and reply["error"]["code"] == "timeout"
-    assert "not received within 0.5 s" in reply["error"]["message"], reply
+    assert "whole request within 0.5 s" in reply["error"]["message"], reply
     # Fill every connection slot with slow clients; the next one is told to come back.
     slow = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(8)]
     try:

@@ -189,7 +189,7 @@ def _flip(hexsig: str) -> str:
         (lambda r: r["status"].pop("boot_id"), Outcome.MALFORMED, "status.boot_id"),
         (lambda r: r["status"].update(summary="fine"), Outcome.MALFORMED, "summary"),
         (lambda r: r["status"].update(host_id="p2"), Outcome.UNKNOWN_HOST, "asked 'p1'"),
-        (lambda r: r.update(version=2), Outcome.MALFORMED, "v1"),
+        (lambda r: r.update(version=3), Outcome.MALFORMED, "not a v1 or v2"),
         (lambda r: r.update(quote="x"), Outcome.MALFORMED, "quote"),
         (lambda r: r["status"].update(role="root"), Outcome.MALFORMED, "status.role"),
         # The lock PCR's reported value must be the quoted one; it must be reported.
