@@ -9,7 +9,8 @@ inventory), badpcrs (quotes other PCR values), silent (accepts, never answers), 
 (nothing listens), garbage (invalid JSON), agent (its normal OS answers honestly: lock
 PCR extended, role agent), liar (root in its normal OS runs a responder that claims
 role boot: lock PCR extended), liar-lockvalue (the same, reporting a zero lock PCR the
-quote does not show), old (an older peer whose quote does not cover the lock PCR).
+quote does not show), old (an older peer whose quote does not cover the lock PCR), v1
+(a peer of the previous release: protocol v1 only).
 
 ``Fleet`` runs many peers in ONE child process (``python -m testing.peersim``) that reads a
 JSON spec on stdin, prints its inventory entries as one JSON line, and serves until its
@@ -133,6 +134,66 @@ class SoftwareAttestor:
         return Quote(attest, self.key.sign(attest, ec.ECDSA(hashes.SHA256())), reported)
 
 
+class ModelAttestor(SoftwareAttestor):
+    """A SoftwareAttestor with a real TPM's timing: one command at a time (a per-host
+    lock, as the TPM itself), each taking a time drawn from testing.tpmrelay's model
+    (Quote: log-normal, 200 ms median and 600 ms p95 at scale 1; ReadClock and PCR_Read:
+    a few ms). What bench/storm.py runs a thousand hosts with (a thousand swtpm + relays
+    do not fit this machine; tests/integration/test_tpmrelay_model.py compares it with
+    the real path)."""
+
+    inline = False
+
+    def __init__(
+        self,
+        quote_latency: Any = None,
+        *,
+        scale: float = 1.0,
+        seed: int | str = 0,
+        **kw: Any,
+    ) -> None:
+        import random
+
+        from testing.tpmrelay import DEFAULT_LATENCY, OTHER_LATENCY
+
+        super().__init__(**kw)
+        self.quote_latency = quote_latency or DEFAULT_LATENCY["Quote"]
+        self.other_latency = OTHER_LATENCY
+        self.scale = scale
+        self.rng = random.Random(f"{seed}:model")
+        self.tpm = threading.Lock()
+        self.busy_s = 0.0  # modelled TPM time spent
+
+    def _command(self, model: Any) -> None:
+        delay = model.sample(self.rng) * self.scale if self.scale > 0 else 0.0
+        self.busy_s += delay
+        time.sleep(delay)
+
+    def clock(self) -> dict[str, int]:
+        with self.tpm:
+            self._command(self.other_latency)  # ReadClock
+            return super().clock()
+
+    def quote(self, qualifying_data: bytes, with_lock: bool = False) -> Quote:
+        with self.tpm:
+            self._command(self.quote_latency)  # Quote
+            self._command(self.other_latency)  # PCR_Read
+            return super().quote(qualifying_data, with_lock)
+
+
+class V1Server(Server):
+    """A peer of the previous release: protocol v1 only (404 on /v2/status, as it was)."""
+
+    async def _handle(self, reader: Any, writer: Any) -> tuple[int, dict[str, Any]]:
+        from recover.peers.http import read_http_message
+        from recover.peers.server import _error
+
+        _, start, body = await read_http_message(reader, response=False, writer=writer)
+        if start.split(" ")[1] != "/v1/status":
+            return 404, _error("not-found", "only POST /v1/status", 1)
+        return self.responder.handle(body, 1)
+
+
 def evidence_of(summary: str) -> Evidence:
     reading = {
         "abnormal": Reading.ABNORMAL,
@@ -169,7 +230,7 @@ class SimPeer:
     id: str
     summary: str = "abnormal"
     behaviour: str = "ok"  # ok forged replay intruder badpcrs silent down garbage
-    # agent liar liar-lockvalue old
+    # agent liar liar-lockvalue old v1
     since_reset_s: float = 20.0
     domain: str = "rack-1"
 
@@ -227,7 +288,8 @@ async def serve_fleet(spec: dict[str, Any]) -> tuple[list[dict], list[Any]]:
             port = srv.sockets[0].getsockname()[1]
         else:
             cls = ReplayResponder if p.behaviour == "replay" else Responder
-            srv = await Server(cls(inventory, att, status), Limits(read_timeout=2.0)).start(
+            kind = V1Server if p.behaviour == "v1" else Server
+            srv = await kind(cls(inventory, att, status), Limits(read_timeout=2.0)).start(
                 "127.0.0.1", 0
             )
             port = srv.port
