@@ -121,7 +121,7 @@ class SoftwareAttestor:
             reported = {**self.pcrs, bank: {**self.pcrs[bank], LOCK_PCR: lie}}
         with self._counting:
             self.quotes += 1
-        c = self.clock()
+        c = SoftwareAttestor.clock(self)  # the quote's own clockInfo: no ReadClock
         attest = make_attest(
             qualified_signer=self.signer,
             extra_data=qualifying_data,

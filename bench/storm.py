@@ -1,0 +1,433 @@
+"""Storm (issue 10, item 7): N hosts of one failure domain reboot together and all ask at
+one instant; time to verdict, verdict kinds and TPM quotes per host, before and after
+protocol v2 (batching, joining, the nonce cache, busy replies), in one run.
+
+Each host is the product's own status server (``recover.peers.server.Server`` and
+``Responder``) and client (``recover.peers.client.query_all_async`` with
+``recover.core.verdict.EarlyStop``, product defaults: deadline 5 s, timeout 1.5 s,
+retries 2, quorum 50%), on its own loopback address (127.1.x.y: per-source connection
+caps apply per host, as in a fleet). Its TPM is ``testing.peersim.ModelAttestor``: one
+command at a time on a per-host lock, each Quote taking a time drawn from
+testing.tpmrelay's model (a fixed Q, or log-normal 200 ms median / 600 ms p95), counted
+by the attestor. Hosts run as asyncio tasks in a few processes (a thousand processes
+do not fit a 2-core machine): at most ``--per-proc`` hosts per process.
+
+``--real N``: the same round with N hosts each on a real swtpm behind testing.tpmrelay
+(the latency model on the wire, transient return codes injected), to compare with the
+model at the same N.
+
+    .venv/bin/python -m bench.storm --sizes 10,100,1000 --quotes 0,0.05,0.2,0.2/0.6 \
+        --real 10 --write-docs
+
+"before" is the previous behaviour: protocol v1 requests and a server with
+``Limits(batching=False)`` (one quote per request, no joining, no nonce cache, no busy
+queue). "after" is this release's v2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import queue
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from testing.peersim import ModelAttestor, entry, evidence_of, new_key, pub_pem
+from testing.tpmrelay import Latency
+
+from recover.core.evidence import Reading  # noqa
+from recover.core.inventory import parse  # noqa
+from recover.core.verdict import EarlyStop, Policy, decide_counts  # noqa
+from recover.peers.client import query_all_async  # noqa
+from recover.peers.server import Limits, Responder, Server, StatusSource  # noqa
+
+DEADLINE, TIMEOUT, RETRIES = 5.0, 1.5, 2  # the product's defaults (recover/settings.py)
+SINCE_RESET = 20.0
+MODES = ("before", "after")
+REAL_FAULTS = ("Quote:RETRY@p0.05", "ReadClock:YIELDED@p0.05", "PCR_Read:TESTING@p0.05")
+
+
+def host_ip(i: int) -> str:
+    return f"127.1.{i // 250}.{i % 250 + 1}"
+
+
+def host_id(i: int) -> str:
+    return f"h{i:04d}"
+
+
+def quote_model(text: str) -> Latency:
+    """``0.2`` (fixed), ``0.2/0.6`` (log-normal median/p95), seconds."""
+    return Latency.parse(text)
+
+
+# --- one child process: some of the hosts ------------------------------------------------
+
+
+@dataclasses.dataclass
+class Host:
+    i: int
+    att: Any
+    server: Server
+    ip: str
+    relay: Any = None
+
+    @property
+    def quotes(self) -> int:
+        if self.relay is not None:
+            return int(self.relay.counts().forwarded.get("Quote", 0))
+        return int(self.att.quotes)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _limits(mode: str) -> Limits:
+    return Limits() if mode == "after" else Limits(batching=False)
+
+
+async def _start_hosts(spec: dict, stack: contextlib.ExitStack) -> list[Host]:
+    model = quote_model(spec["quote"])
+    hosts = []
+    for i in spec["hosts"]:
+        ip = host_ip(i)
+        relay = None
+        if spec.get("real"):
+            att, relay, pem = _real_attestor(spec, i, model, stack)
+        else:
+            att = ModelAttestor(model, scale=1.0 if model.median > 0 else 0.0, seed=f"{i}")
+            pem = att.pem
+        status = StatusSource(host_id(i), "rack-1", "boot", evidence_of("abnormal"), "storm")
+        placeholder = parse([entry(host_id(i), 1, pem)])
+        srv = Server(Responder(placeholder, att, status, _limits(spec["mode"])))
+        await srv.start(ip, 0)
+        hosts.append(Host(i, att, srv, ip, relay))
+    return hosts
+
+
+def _real_attestor(spec: dict, i: int, model: Latency, stack: contextlib.ExitStack) -> Any:
+    """swtpm → tpmrelay (latency off while the AK is made, then the model) → Tpm."""
+    from testing.swtpm import SwTpm
+    from testing.tpmrelay import TpmRelay
+
+    from recover.peers.attestor import TpmAttestor
+    from recover.tpm import Tpm
+
+    sw = stack.enter_context(SwTpm().start())
+    relay = stack.enter_context(
+        TpmRelay(sw.port, latency={"Quote": model}, faults=spec.get("faults", ()), seed=i)
+    )
+    tpm = stack.enter_context(Tpm.open(relay.tcti))
+    pem = tpm.ensure_ak(0x81010002).decode()
+    att = TpmAttestor(tpm, 0x81010002, "sha256:0,2,4,7,9", lock_pcr=15)
+    att.pem = pem  # type: ignore[attr-defined]
+    att.pcrs = tpm.pcr_read("sha256:0,2,4,7,9")  # type: ignore[attr-defined]
+    relay.latency_scale = 1.0 if model.median > 0 else 0.0
+    relay.reset_counts()
+    return att, relay, pem
+
+
+async def _round(h: Host, spec: dict, peers: list, known: set[str], start: float) -> dict:
+    loop = asyncio.get_running_loop()
+    late = loop.time() - start
+    await asyncio.sleep(max(0.0, start - loop.time()))
+    policy = Policy("50%")
+    res = await query_all_async(
+        peers,
+        known,
+        host_id(h.i),
+        h.att,
+        DEADLINE,
+        TIMEOUT,
+        RETRIES,
+        EarlyStop(Reading.ABNORMAL, SINCE_RESET, len(peers), policy),
+        version=2 if spec["mode"] == "after" else 1,
+        source=h.ip,
+    )
+    v = decide_counts(Reading.ABNORMAL, SINCE_RESET, res.results, res.domain_size, policy)
+    return {
+        "host": h.i,
+        "verdict_s": loop.time() - start,
+        "late_s": max(0.0, late),
+        "kind": str(v.kind),
+        "verified": res.verified,
+        "outcomes": dict(Counter(str(r.outcome) for r in res.results)),
+    }
+
+
+async def _child_main() -> None:
+    _raise_fd_limit()
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+        loop.call_soon_threadsafe(lines.put_nowait, "")
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    spec = json.loads(await lines.get())
+    from concurrent.futures import ThreadPoolExecutor
+
+    # one TPM thread per host (its lock serialises it); the default pool has 6
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=2 * len(spec["hosts"]) + 8))
+    with contextlib.ExitStack() as stack:
+        hosts = await _start_hosts(spec, stack)
+        out = [
+            entry(host_id(h.i), h.server.port, h.att.pem, pcrs=getattr(h.att, "pcrs", None))
+            for h in hosts
+        ]
+        for e, h in zip(out, hosts, strict=True):
+            e["address"] = f"{h.ip}:{h.server.port}"
+        print(json.dumps(out), flush=True)
+        go = json.loads(await lines.get())
+        inv = parse(go["inventory"])
+        known = {p.id for p in inv}
+        for h in hosts:
+            h.server.responder.inventory = inv
+        start = go["start"] - time.monotonic() + loop.time()
+        results = await asyncio.gather(
+            *(_round(h, spec, inv.domain_peers(host_id(h.i)), known, start) for h in hosts)
+        )
+        print(json.dumps(results), flush=True)
+        await lines.get()  # "report": every host of every process has decided
+        report = [
+            {
+                "host": h.i,
+                "quotes": h.quotes,
+                "batches": h.server.responder.batches,
+                "busy": h.server.responder.busy,
+                "joined": h.server.responder.joined,
+                "cache_hits": h.server.responder.cache_hits,
+                "injected": dict(h.relay.counts().injected_rc) if h.relay else {},
+            }
+            for h in hosts
+        ]
+        print(json.dumps(report), flush=True)
+        for h in hosts:
+            await h.server.close()
+
+
+# --- the parent: one storm, many processes -------------------------------------------------
+
+
+class Child:
+    def __init__(self, spec: dict) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.storm", "--child"],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.send(spec)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def send(self, obj: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self, timeout: float) -> Any:
+        line = self.lines.get(timeout=timeout)
+        if not line:
+            raise RuntimeError(f"storm child {self.proc.pid} ended early")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # by its PID: a child we started
+                self.proc.wait(timeout=10)
+
+
+@dataclasses.dataclass
+class Storm:
+    n: int
+    quote: str
+    mode: str
+    real: bool
+    verdict_s: list[float]
+    kinds: Counter[str]
+    quotes: list[int]
+    outcomes: Counter[str]
+    batches: list[int]
+    late_s: float
+    injected: Counter[str]
+    wall_s: float
+
+
+def storm(n: int, quote: str, mode: str, per_proc: int, real: bool = False) -> Storm:
+    procs = max(1, math.ceil(n / per_proc))
+    groups = [list(range(n))[k::procs] for k in range(procs)]
+    t0 = time.monotonic()
+    children: list[Child] = []
+    try:
+        for g in groups:
+            spec = {"hosts": g, "quote": quote, "mode": mode, "real": real}
+            if real:
+                spec["faults"] = list(REAL_FAULTS)
+            children.append(Child(spec))
+        entries = [e for c in children for e in c.receive(timeout=300)]
+        # everyone gets the inventory, then all ask at one instant
+        start = time.monotonic() + 2.0 + n / 250
+        for c in children:
+            c.send({"inventory": entries, "start": start})
+        results = [r for c in children for r in c.receive(timeout=120 + n / 10)]
+        for c in children:
+            c.send("report")
+        report = [r for c in children for r in c.receive(timeout=60)]
+    finally:
+        for c in children:
+            c.close()
+    outcomes: Counter[str] = Counter()
+    injected: Counter[str] = Counter()
+    for r in results:
+        outcomes.update(r["outcomes"])
+    for r in report:
+        injected.update(r["injected"])
+    return Storm(
+        n,
+        quote,
+        mode,
+        real,
+        [r["verdict_s"] for r in results],
+        Counter(r["kind"] for r in results),
+        [r["quotes"] for r in report],
+        outcomes,
+        [r["batches"] for r in report],
+        max(r["late_s"] for r in results),
+        injected,
+        time.monotonic() - t0,
+    )
+
+
+def _quote_label(q: str) -> str:
+    m = quote_model(q)
+    if m.median == m.p95:
+        return f"{m.median * 1000:g} ms"
+    return f"{m.median * 1000:g}/{m.p95 * 1000:g} ms (median/p95)"
+
+
+def row(s: Storm) -> str:
+    kinds = ", ".join(f"{v} {k}" for k, v in sorted(s.kinds.items()))
+    other = {k: v for k, v in s.outcomes.items() if k not in ("verified", "skipped")}
+    unverified = ", ".join(f"{v} {k}" for k, v in sorted(other.items())) or "none"
+    tpm = "swtpm + tpmrelay" if s.real else "model"
+    return (
+        f"| {s.n} | {_quote_label(s.quote)} | {tpm} | {s.mode} | "
+        f"{statistics.median(s.verdict_s):.2f} / {max(s.verdict_s):.2f} | {kinds} | "
+        f"{statistics.median(s.quotes):g} / {max(s.quotes)} | {unverified} |"
+    )
+
+
+HEADER = (
+    "| hosts | quote | TPM | protocol | time to verdict median / max (s) | verdicts | "
+    "quotes per host median / max | answers not verified (all hosts) |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--quotes", default="0,0.05,0.2,0.2/0.6", help="seconds; MEDIAN/P95")
+    ap.add_argument("--modes", default="before,after")
+    ap.add_argument("--per-proc", type=int, default=125, help="hosts per process")
+    ap.add_argument("--real", type=int, default=0, help="also N hosts on swtpm + tpmrelay")
+    ap.add_argument("--real-quotes", default="0.2/0.6")
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    if args.child:
+        asyncio.run(_child_main())
+        return 0
+    os.environ.setdefault("TSS2_LOG", "all+none")
+    load = os.getloadavg()[0]
+    t0 = time.monotonic()
+    runs: list[Storm] = []
+    plan = [
+        (n, q, m, False)
+        for n in map(int, args.sizes.split(","))
+        for q in args.quotes.split(",")
+        for m in args.modes.split(",")
+    ]
+    if args.real:
+        for q in args.real_quotes.split(","):
+            for m in args.modes.split(","):
+                plan += [(args.real, q, m, False), (args.real, q, m, True)]
+    print(HEADER, flush=True)
+    for n, q, m, real in plan:
+        s = storm(n, q, m, args.per_proc, real)
+        runs.append(s)
+        print(row(s) + f"  (wall {s.wall_s:.0f} s, late {s.late_s:.2f} s)", flush=True)
+    if args.write_docs:
+        write_docs(args, runs, load, time.monotonic() - t0)
+    return 0
+
+
+def write_docs(args: argparse.Namespace, runs: list[Storm], load: float, took: float) -> None:
+    from bench.perfdoc import reproduce, write_section
+
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = (
+        f"--sizes {args.sizes} --quotes {args.quotes} --modes {args.modes} "
+        f"--per-proc {args.per_proc}" + (f" --real {args.real}" if args.real else "")
+    )
+    table = "\n".join([HEADER, *(row(s) for s in runs)])
+    injected = Counter[str]()
+    for s in runs:
+        injected.update(s.injected)
+    section = (
+        "## Storm: the whole failure domain reboots at once\n\n"
+        f"Measured {now} on this machine ({os.cpu_count()} cores shared with other work, "
+        f"load average {load:.1f} at the start; the whole run took {took:.0f} s). "
+        "Reproduce:\n\n"
+        f"    {reproduce('storm', cmd)}\n\n"
+        "Every host runs the product's own status server and client (deadline 5 s, timeout "
+        "1.5 s, retries 2, quorum 50%, stop when settled) on its own loopback address; all "
+        "ask at one instant; every host's evidence says abnormal, so the right verdict is "
+        "`correlated-failure` everywhere. The TPM is a per-host lock with the quote time "
+        "of the *quote* column (testing.peersim.ModelAttestor, sampled from "
+        "testing.tpmrelay's model; ReadClock and PCR_Read a few ms); quotes are counted by "
+        "the attestor (rows *swtpm + tpmrelay*: real swtpms behind the relay, counted by "
+        "the relay, with transient return codes injected: "
+        + (", ".join(f"{v} {k}" for k, v in sorted(injected.items())) or "none")
+        + "). *before*: protocol v1, one quote per request, no joining, no nonce cache; "
+        "*after*: v2, one quote per batch. *Quotes per host* include the host's own "
+        f"request quote. Hosts run as asyncio tasks, at most {args.per_proc} per process.\n\n"
+        f"{table}\n"
+    )
+    write_section("## Storm: the whole failure domain reboots at once", section)
+    print("wrote docs/performance.md section 'Storm'")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
