@@ -45,7 +45,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from testing.peersim import ModelAttestor, entry, evidence_of, new_key, pub_pem
+from testing.peersim import ModelAttestor, entry, evidence_of
 from testing.tpmrelay import Latency
 
 from recover.core.evidence import Reading  # noqa
@@ -97,8 +97,23 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _limits(mode: str) -> Limits:
-    return Limits() if mode == "after" else Limits(batching=False)
+def _limits(mode: str, k: float) -> Limits:
+    d = Limits()
+    return Limits(
+        header_timeout=d.header_timeout * k,
+        read_timeout=d.read_timeout * k,
+        answer_timeout=d.answer_timeout * k,
+        retry_after=d.retry_after * k,
+        batching=mode == "after",
+    )
+
+
+def _dilate(k: float) -> None:
+    """Stretch the client's own time constants by ``k`` (this process only)."""
+    from recover.peers import client
+
+    client.SLOT_HOLD *= k
+    client.DEADLINE_GRACE *= k
 
 
 async def _start_hosts(spec: dict, stack: contextlib.ExitStack) -> list[Host]:
@@ -110,11 +125,12 @@ async def _start_hosts(spec: dict, stack: contextlib.ExitStack) -> list[Host]:
         if spec.get("real"):
             att, relay, pem = _real_attestor(spec, i, model, stack)
         else:
-            att = ModelAttestor(model, scale=1.0 if model.median > 0 else 0.0, seed=f"{i}")
+            k = spec["dilation"] if model.median > 0 else 0.0
+            att = ModelAttestor(model, scale=k, seed=f"{i}")
             pem = att.pem
         status = StatusSource(host_id(i), "rack-1", "boot", evidence_of("abnormal"), "storm")
         placeholder = parse([entry(host_id(i), 1, pem)])
-        srv = Server(Responder(placeholder, att, status, _limits(spec["mode"])))
+        srv = Server(Responder(placeholder, att, status, _limits(spec["mode"], spec["dilation"])))
         await srv.start(ip, 0)
         hosts.append(Host(i, att, srv, ip, relay))
     return hosts
@@ -137,7 +153,7 @@ def _real_attestor(spec: dict, i: int, model: Latency, stack: contextlib.ExitSta
     att = TpmAttestor(tpm, 0x81010002, "sha256:0,2,4,7,9", lock_pcr=15)
     att.pem = pem  # type: ignore[attr-defined]
     att.pcrs = tpm.pcr_read("sha256:0,2,4,7,9")  # type: ignore[attr-defined]
-    relay.latency_scale = 1.0 if model.median > 0 else 0.0
+    relay.latency_scale = spec["dilation"] if model.median > 0 else 0.0
     relay.reset_counts()
     return att, relay, pem
 
@@ -147,13 +163,14 @@ async def _round(h: Host, spec: dict, peers: list, known: set[str], start: float
     late = loop.time() - start
     await asyncio.sleep(max(0.0, start - loop.time()))
     policy = Policy("50%")
+    k = spec["dilation"]
     res = await query_all_async(
         peers,
         known,
         host_id(h.i),
         h.att,
-        DEADLINE,
-        TIMEOUT,
+        DEADLINE * k,
+        TIMEOUT * k,
         RETRIES,
         EarlyStop(Reading.ABNORMAL, SINCE_RESET, len(peers), policy),
         version=2 if spec["mode"] == "after" else 1,
@@ -162,8 +179,8 @@ async def _round(h: Host, spec: dict, peers: list, known: set[str], start: float
     v = decide_counts(Reading.ABNORMAL, SINCE_RESET, res.results, res.domain_size, policy)
     return {
         "host": h.i,
-        "verdict_s": loop.time() - start,
-        "late_s": max(0.0, late),
+        "verdict_s": (loop.time() - start) / k,
+        "late_s": max(0.0, late) / k,
         "kind": str(v.kind),
         "verified": res.verified,
         "outcomes": dict(Counter(str(r.outcome) for r in res.results)),
@@ -182,6 +199,7 @@ async def _child_main() -> None:
 
     threading.Thread(target=read_stdin, daemon=True).start()
     spec = json.loads(await lines.get())
+    _dilate(spec["dilation"])
     from concurrent.futures import ThreadPoolExecutor
 
     # one TPM thread per host (its lock serialises it); the default pool has 6
@@ -279,28 +297,31 @@ class Storm:
     quotes: list[int]
     outcomes: Counter[str]
     batches: list[int]
+    dilation: float
     late_s: float
     injected: Counter[str]
     wall_s: float
 
 
-def storm(n: int, quote: str, mode: str, per_proc: int, real: bool = False) -> Storm:
+def storm(
+    n: int, quote: str, mode: str, per_proc: int, real: bool = False, dilation: float = 1.0
+) -> Storm:
     procs = max(1, math.ceil(n / per_proc))
     groups = [list(range(n))[k::procs] for k in range(procs)]
     t0 = time.monotonic()
     children: list[Child] = []
     try:
         for g in groups:
-            spec = {"hosts": g, "quote": quote, "mode": mode, "real": real}
+            spec = {"hosts": g, "quote": quote, "mode": mode, "real": real, "dilation": dilation}
             if real:
                 spec["faults"] = list(REAL_FAULTS)
             children.append(Child(spec))
         entries = [e for c in children for e in c.receive(timeout=300)]
         # everyone gets the inventory, then all ask at one instant
-        start = time.monotonic() + 2.0 + n / 250
+        start = time.monotonic() + 2.0 + n / 100
         for c in children:
             c.send({"inventory": entries, "start": start})
-        results = [r for c in children for r in c.receive(timeout=120 + n / 10)]
+        results = [r for c in children for r in c.receive(timeout=120 + 4 * DEADLINE * dilation)]
         for c in children:
             c.send("report")
         report = [r for c in children for r in c.receive(timeout=60)]
@@ -323,6 +344,7 @@ def storm(n: int, quote: str, mode: str, per_proc: int, real: bool = False) -> S
         [r["quotes"] for r in report],
         outcomes,
         [r["batches"] for r in report],
+        dilation,
         max(r["late_s"] for r in results),
         injected,
         time.monotonic() - t0,
@@ -342,16 +364,16 @@ def row(s: Storm) -> str:
     unverified = ", ".join(f"{v} {k}" for k, v in sorted(other.items())) or "none"
     tpm = "swtpm + tpmrelay" if s.real else "model"
     return (
-        f"| {s.n} | {_quote_label(s.quote)} | {tpm} | {s.mode} | "
+        f"| {s.n} | {_quote_label(s.quote)} | {tpm} | {s.dilation:g} | {s.mode} | "
         f"{statistics.median(s.verdict_s):.2f} / {max(s.verdict_s):.2f} | {kinds} | "
         f"{statistics.median(s.quotes):g} / {max(s.quotes)} | {unverified} |"
     )
 
 
 HEADER = (
-    "| hosts | quote | TPM | protocol | time to verdict median / max (s) | verdicts | "
-    "quotes per host median / max | answers not verified (all hosts) |\n"
-    "|---|---|---|---|---|---|---|---|"
+    "| hosts | quote | TPM | dilation | protocol | time to verdict median / max (s) | "
+    "verdicts | quotes per host median / max | answers not verified (all hosts) |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -364,6 +386,12 @@ def main() -> int:
     ap.add_argument("--per-proc", type=int, default=125, help="hosts per process")
     ap.add_argument("--real", type=int, default=0, help="also N hosts on swtpm + tpmrelay")
     ap.add_argument("--real-quotes", default="0.2/0.6")
+    ap.add_argument(
+        "--dilation",
+        default="10:1,100:10,1000:100",
+        help="SIZE:K,...: multiply every latency and timeout by K and divide the measured "
+        "times by K (emulates hosts with K times the CPU this machine gives each)",
+    )
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     if args.child:
@@ -383,9 +411,13 @@ def main() -> int:
         for q in args.real_quotes.split(","):
             for m in args.modes.split(","):
                 plan += [(args.real, q, m, False), (args.real, q, m, True)]
+    dilation = {
+        int(a): float(b) for a, _, b in (x.partition(":") for x in args.dilation.split(","))
+    }
     print(HEADER, flush=True)
     for n, q, m, real in plan:
-        s = storm(n, q, m, args.per_proc, real)
+        k = dilation.get(n, max(1.0, n / 10))
+        s = storm(n, q, m, args.per_proc, real, k)
         runs.append(s)
         print(row(s) + f"  (wall {s.wall_s:.0f} s, late {s.late_s:.2f} s)", flush=True)
     if args.write_docs:
@@ -399,7 +431,8 @@ def write_docs(args: argparse.Namespace, runs: list[Storm], load: float, took: f
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = (
         f"--sizes {args.sizes} --quotes {args.quotes} --modes {args.modes} "
-        f"--per-proc {args.per_proc}" + (f" --real {args.real}" if args.real else "")
+        f"--per-proc {args.per_proc} --dilation {args.dilation}"
+        + (f" --real {args.real}" if args.real else "")
     )
     table = "\n".join([HEADER, *(row(s) for s in runs)])
     injected = Counter[str]()

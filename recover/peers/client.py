@@ -239,14 +239,25 @@ async def query_all_async(
     done: list[PeerResult] = []
     pending = set(tasks)
     stopped = False
+    # Completions arrive on a queue: O(1) per answer (asyncio.wait re-arms every pending
+    # task on each call, O(peers) per answer: quadratic in a large domain).
+    finished: asyncio.Queue[asyncio.Future[PeerResult]] = asyncio.Queue()
+    for t in tasks:
+        t.add_done_callback(finished.put_nowait)
     while pending:
         left = end - loop.time()
         if left <= 0:
             break
-        finished, pending = await asyncio.wait(
-            pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
-        )
-        done.extend(t.result() for t in finished)
+        try:
+            async with asyncio.timeout(left):
+                first = await finished.get()
+        except TimeoutError:
+            break
+        batch = [first]
+        while not finished.empty():
+            batch.append(finished.get_nowait())
+        pending.difference_update(batch)
+        done.extend(t.result() for t in batch)
         if pending and stop_early is not None and stop_early(done, len(pending)):
             stopped = True
             break

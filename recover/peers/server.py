@@ -330,7 +330,8 @@ class Responder:
             if self._worker is None or self._worker.done():
                 self._worker = asyncio.ensure_future(self._work())
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.limits.answer_timeout)
+            async with asyncio.timeout(self.limits.answer_timeout):
+                return await asyncio.shield(fut)
         except TimeoutError:
             return 503, _error("tpm", "the TPM did not answer in time", req.version)
 
@@ -395,15 +396,13 @@ class Server:
         import asyncio
 
         try:
-            _, start, body = await asyncio.wait_for(
-                read_http_message(
+            async with asyncio.timeout(self.limits.read_timeout):
+                _, start, body = await read_http_message(
                     reader,
                     response=False,
                     writer=writer,
                     header_timeout=self.limits.header_timeout,
-                ),
-                self.limits.read_timeout,
-            )
+                )
         except TimeoutError:
             return 408, _error(
                 "timeout",
