@@ -158,7 +158,7 @@ def _real_attestor(spec: dict, i: int, model: Latency, stack: contextlib.ExitSta
     return att, relay, pem
 
 
-async def _round(h: Host, spec: dict, peers: list, known: set[str], start: float) -> dict:
+async def _round(h: Host, spec: dict, peers: Any, known: set[str], start: float) -> dict:
     loop = asyncio.get_running_loop()
     late = loop.time() - start
     await asyncio.sleep(max(0.0, start - loop.time()))

@@ -265,8 +265,8 @@ async def query_all_async(
         # Peers retrying a refused connection end their own loop at the deadline with
         # their real outcome (unreachable): a moment's grace keeps it from being
         # reported as a bare "deadline".
-        finished, pending = await asyncio.wait(pending, timeout=DEADLINE_GRACE)
-        done.extend(t.result() for t in finished)
+        late, pending = await asyncio.wait(pending, timeout=DEADLINE_GRACE)
+        done.extend(t.result() for t in late)
     for t in pending:
         t.cancel()
     if pending:
