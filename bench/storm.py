@@ -144,7 +144,7 @@ def _real_attestor(spec: dict, i: int, model: Latency, stack: contextlib.ExitSta
     from recover.peers.attestor import TpmAttestor
     from recover.tpm import Tpm
 
-    sw = stack.enter_context(SwTpm().start())
+    sw = stack.enter_context(SwTpm())
     relay = stack.enter_context(
         TpmRelay(sw.port, latency={"Quote": model}, faults=spec.get("faults", ()), seed=i)
     )
@@ -419,7 +419,8 @@ def main() -> int:
         k = dilation.get(n, max(1.0, n / 10))
         s = storm(n, q, m, args.per_proc, real, k)
         runs.append(s)
-        print(row(s) + f"  (wall {s.wall_s:.0f} s, late {s.late_s:.2f} s)", flush=True)
+        inj = ", ".join(f"{v} {k}" for k, v in sorted(s.injected.items()))
+        print(row(s) + f"  (wall {s.wall_s:.0f} s, late {s.late_s:.2f} s, injected: {inj})")
     if args.write_docs:
         write_docs(args, runs, load, time.monotonic() - t0)
     return 0
