@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import selectors
 import signal
@@ -41,6 +42,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 # TPM_CC (Part 2, 6.5.2): the commands a TPM client of ours or tpm2-tools sends.
 COMMANDS: dict[int, str] = {
@@ -338,6 +340,11 @@ class TpmRelay:
             conn.close()
 
     def _data_conn(self, conn: socket.socket) -> None:
+        self._relay_commands(conn, self._forward)
+
+    def _relay_commands(self, conn: socket.socket, forward: Callable[[bytes], bytes]) -> None:
+        """Read commands from ``conn``; answer each with a fault or, after the modelled
+        latency, with what ``forward`` got from the TPM."""
         while not self._stop.is_set():
             head = _recv_exact(conn, 10)
             if head is None:
@@ -353,7 +360,7 @@ class TpmRelay:
             with self._tpm:
                 if self._stop.wait(delay):
                     return
-                conn.sendall(self._forward(head + body))
+                conn.sendall(forward(head + body))
 
     def _forward(self, command: bytes) -> bytes:
         """One command to swtpm on its own connection (as tcti-swtpm does), one response."""
@@ -378,6 +385,146 @@ class TpmRelay:
             finally:
                 with self._lock:
                     self._open.discard(up)
+
+
+CMD_SET_DATAFD = 16  # swtpm control command (tpm_ioctl.h): the data channel as an fd
+
+
+class QemuTpmRelay(TpmRelay):
+    """The relay between QEMU's tpm-emulator backend and swtpm (UNIX control socket).
+
+    QEMU talks to swtpm over one control socket and passes the data channel as a file
+    descriptor (CMD_SET_DATAFD, SCM_RIGHTS). This relay listens on ``listen`` (give that
+    path to QEMU's ``-chardev socket,id=chrtpm,path=...``), copies every control message
+    to swtpm's ``swtpm_ctrl`` socket, and swaps the data fd for one end of its own socket
+    pair: every TPM command the guest sends then goes through the model (latency,
+    transient return codes) exactly as in :class:`TpmRelay`.
+
+        with QemuTpmRelay(vm.tpm.sock, work / "relay.sock", latency_scale=1) as relay:
+            ... start QEMU with -chardev socket,id=chrtpm,path={relay.listen} ...
+            relay.counts()
+    """
+
+    def __init__(self, swtpm_ctrl: str | os.PathLike[str], listen: str | os.PathLike[str],
+                 **kw: Any) -> None:  # fmt: skip
+        super().__init__(0, **kw)
+        self.swtpm_ctrl = os.fspath(swtpm_ctrl)
+        self.listen = os.fspath(listen)
+
+    @property
+    def tcti(self) -> str:
+        raise AttributeError("a QEMU relay has no TCP TCTI: QEMU connects to .listen")
+
+    def start(self) -> QemuTpmRelay:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.listen)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(self.listen)
+        s.listen(4)
+        self._listeners = [s]
+        self._server = threading.Thread(target=self._serve_unix, name="qemu-tpmrelay", daemon=True)
+        self._server.start()
+        return self
+
+    def _serve_unix(self) -> None:
+        (listener,) = self._listeners
+        with selectors.DefaultSelector() as sel:
+            sel.register(listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                for key, _ in sel.select():
+                    if key.fileobj is self._wake_r:
+                        return
+                    conn, _ = listener.accept()
+                    t = threading.Thread(
+                        target=self._run, args=(self._qemu_ctrl, conn), daemon=True
+                    )
+                    with self._lock:
+                        self._open.add(conn)
+                        self._handlers = [h for h in self._handlers if h.is_alive()] + [t]
+                    t.start()
+
+    def _qemu_ctrl(self, conn: socket.socket) -> None:
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        up.connect(self.swtpm_ctrl)
+        with self._lock:
+            self._open.add(up)
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(conn, selectors.EVENT_READ, up)
+                sel.register(up, selectors.EVENT_READ, conn)
+                while not self._stop.is_set():
+                    for key, _ in sel.select():
+                        src: socket.socket = key.fileobj  # type: ignore[assignment]
+                        data, fds = _recv_fds(src)
+                        if not data:
+                            return
+                        if fds and src is conn:
+                            fds = [self._splice_data(fd) for fd in fds]
+                        _send_fds(key.data, data, fds)
+                        for fd in fds:
+                            os.close(fd)
+        finally:
+            with self._lock:
+                self._open.discard(up)
+            up.close()
+
+    def _splice_data(self, qemu_fd: int) -> int:
+        """Keep QEMU's data socket; give swtpm one end of a new pair; relay between."""
+        qemu = socket.socket(fileno=qemu_fd)
+        mine, theirs = socket.socketpair()
+
+        def forward(command: bytes) -> bytes:
+            mine.sendall(command)
+            head = _recv_exact(mine, 10)
+            if head is None:
+                raise OSError("swtpm closed the data channel")
+            size = struct.unpack(">I", head[2:6])[0]
+            rest = _recv_exact(mine, size - 10) if size > 10 else b""
+            if rest is None:
+                raise OSError("swtpm closed the data channel mid-response")
+            return head + rest
+
+        def run(conn: socket.socket) -> None:
+            try:
+                self._relay_commands(conn, forward)
+            finally:
+                mine.close()
+
+        t = threading.Thread(target=self._run, args=(run, qemu), daemon=True)
+        with self._lock:
+            self._open.update((qemu, mine))
+            self._handlers = [h for h in self._handlers if h.is_alive()] + [t]
+        t.start()
+        return theirs.detach()  # sent to swtpm, then closed by the caller
+
+    def stop(self) -> None:
+        super().stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.listen)
+
+
+def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    import array
+
+    fds = array.array("i")
+    data, anc, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
+def _send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    import array
+
+    if not fds:
+        sock.sendall(data)
+        return
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+    sent = sock.sendmsg([data], anc)
+    if sent < len(data):
+        sock.sendall(data[sent:])
 
 
 def _bind_pair(port: int) -> list[socket.socket]:
