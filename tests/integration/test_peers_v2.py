@@ -356,7 +356,7 @@ def test_idle_connections_do_not_starve_a_peer(serve: Any, keys: Any) -> None:
     asking from its own address is answered, and the idle ones are let go at the header
     deadline."""
     att = SoftwareAttestor()
-    srv, inv = serve(att, header_timeout=1.0)
+    srv, inv = serve(att, header_timeout=10.0, read_timeout=10.0)
     idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(256)]
     try:
         for i in range(256):
