@@ -318,6 +318,27 @@ def check_reply_quote(
     return info, lock_value
 
 
+def check_peer_quote(
+    peer: Peer, quote: Quote, qualifying_data: bytes, lock_pcr: int | None = None
+) -> tuple[Any, bytes | None]:
+    """:func:`check_reply_quote` against every PCR state the inventory accepts for
+    ``peer`` (``Peer.accepted``: the baked entry's pinned values, or the endorsed states
+    of its class in a signed inventory, docs/inventory.md): the quote verifies when it
+    matches ANY of them. Only UNEXPECTED_PCRS moves on to the next state."""
+    last: Rejected | None = None
+    for pcrs in peer.accepted:
+        try:
+            return check_reply_quote(peer.ak_pub, quote, qualifying_data, pcrs, lock_pcr)
+        except Rejected as e:
+            if e.outcome is not Outcome.UNEXPECTED_PCRS:
+                raise
+            last = e
+    if last is None or len(peer.accepted) > 1:
+        why = f": {last.reason}" if last is not None else ""
+        raise Rejected(Outcome.UNEXPECTED_PCRS, f"matches none of {peer.describe_states()}{why}")
+    raise last
+
+
 def verify_reply(peer: Peer, nonce: bytes, reply: Any, known_ids: set[str]) -> PeerStatus:
     """Check one peer's reply to our ``nonce``; return its status or raise Rejected."""
     if not isinstance(reply, dict) or reply.get("version") != VERSION:
@@ -334,8 +355,8 @@ def verify_reply(peer: Peer, nonce: bytes, reply: Any, known_ids: set[str]) -> P
         raise Rejected(Outcome.UNKNOWN_HOST, f"answered as {status.host_id!r}, asked {peer.id!r}")
     quote = Quote.from_json(reply.get("quote"), reply.get("pcrs"))
     assert isinstance(raw_status, dict)
-    info, lock_value = check_reply_quote(
-        peer.ak_pub, quote, reply_qualifying_data(raw_status, nonce), peer.pcrs, peer.lock_pcr
+    info, lock_value = check_peer_quote(
+        peer, quote, reply_qualifying_data(raw_status, nonce), peer.lock_pcr
     )
     if status.role == "boot":
         check_boot_role(lock_value, peer.lock_pcr)
