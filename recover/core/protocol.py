@@ -333,7 +333,7 @@ def check_peer_quote(
             if e.outcome is not Outcome.UNEXPECTED_PCRS:
                 raise
             last = e
-    if last is None or len(peer.accepted) > 1:
+    if last is None or peer.states is not None:  # signed: name the class and versions
         why = f": {last.reason}" if last is not None else ""
         raise Rejected(Outcome.UNEXPECTED_PCRS, f"matches none of {peer.describe_states()}{why}")
     raise last
