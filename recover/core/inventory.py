@@ -111,16 +111,10 @@ class Peer:
         return selection_of(self.pcrs)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "address": self.address,
-            "failure_domain": self.failure_domain,
-            "ak_pub": self.ak_pub.decode(),
-            "pcrs": pcrs_to_json(self.pcrs),
-            "lock_pcr": self.lock_pcr,
-            **({"ek_pub": self.ek_pub} if self.ek_pub else {}),
-            **({"ek_cert": self.ek_cert} if self.ek_cert else {}),
-        }
+        """The entry as the baked inventory lists it (pinned ``pcrs``, no class)."""
+        entry = self.member_json()
+        del entry["class"]
+        return {**entry, "pcrs": pcrs_to_json(self.pcrs)}
 
     def member_json(self) -> dict[str, Any]:
         """The entry as a signed inventory lists it: membership, no PCR values."""

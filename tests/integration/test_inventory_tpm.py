@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from recover.core.inventory import pcrs_to_json
 from recover.core.protocol import Outcome
 from recover.errors import RollbackError
 from tests.integration.test_peers_tpm import NAMES, SELECTION, Host, boot, outcomes
+from tests.unit.test_image_cli import run as hr  # offline: no host configuration
 
 pytestmark = [pytest.mark.tpm, pytest.mark.integration]
 
@@ -43,15 +41,6 @@ class SignedHost(Host):
                 f"file = {self.store}/inventory.json\n"
             )
         return path
-
-
-def hr(*argv: str | Path) -> subprocess.CompletedProcess[str]:
-    """The operator's `host-recover` on an offline machine (no host configuration)."""
-    env = dict(os.environ, HOST_RECOVER_CONFIG="/nonexistent/host-recover.conf")
-    return subprocess.run(
-        [sys.executable, "-m", "recover", *map(str, argv)],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
 
 
 class Operator:

@@ -11,19 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_image_cli import run as image_cli_run
 
-def run(
-    *argv: str | Path, conf: str = "/nonexistent/host-recover.conf"
-) -> subprocess.CompletedProcess:
+
+def run(*argv: str | Path, conf: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m recover` (test_image_cli.run), optionally with a configuration file."""
+    if conf is None:
+        return image_cli_run(*argv)
     env = dict(os.environ, HOST_RECOVER_CONFIG=conf)
-    return subprocess.run(
-        [sys.executable, "-m", "recover", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    cmd = [sys.executable, "-m", "recover", *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
 @pytest.fixture
