@@ -385,3 +385,25 @@ def test_dracut_bakes_the_fleet_public_key_only(tmp_path: Path) -> None:
     (conf / "inventory-pub.pem").write_bytes(FLEET_PRIV)
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
     assert out.returncode == 1 and "holds a private key" in out.stdout
+
+
+def test_a_matching_quote_costs_one_signature_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state the reported values agree with is tried first; a quote matching none
+    is checked against every state (and still rejected)."""
+    from recover.core import attest
+
+    calls: list[int] = []
+    real = attest.verify_quote
+
+    def counting(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(attest, "verify_quote", counting)
+    web = endorse.parse_signed(signed(), FLEET_PUB).get("web-01")
+    _quote_check(web, OLD)  # the oldest of the 2 states: tried first all the same
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(Rejected):
+        _quote_check(web, NEWER)
+    assert len(calls) == 2
