@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from testing.peersim import SoftwareAttestor, new_key, pub_pem
+from testing.peersim import SoftwareAttestor, new_key, private_pem, pub_pem
 
 from bench.perfdoc import DOC, reproduce, write_section
 
@@ -36,18 +36,6 @@ STATES = 4  # accepted states per class
 
 def state(cls: int, version: int) -> dict[str, dict[str, str]]:
     return {"sha256": {str(p): f"{cls:02x}{version:02x}{p:02x}" * 8 + "00" * 8 for p in SEL_PCRS}}
-
-
-def private_pem(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
 
 
 def hosts(n: int, pems: list[str]) -> list[dict[str, Any]]:

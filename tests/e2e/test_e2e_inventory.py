@@ -26,17 +26,12 @@ FLEET_SCALAR = 0x1D5E_A5ED_F1EE_7C0D_E000_0000_0000_0000_0000_0000_0000_0000_000
 
 
 def fleet_keys() -> tuple[bytes, bytes]:
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from testing.peersim import private_pem, pub_pem
+
     key = ec.derive_private_key(FLEET_SCALAR, ec.SECP256R1())
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, public
+    return private_pem(key), pub_pem(key).encode()
 
 
 def make_lab() -> Any:

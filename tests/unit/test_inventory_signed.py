@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from testing.peersim import SoftwareAttestor, new_key, pub_pem
+from testing.peersim import SoftwareAttestor, new_key, private_pem, pub_pem
 
 from recover import config
 from recover.core import endorse, evidence
@@ -32,20 +32,8 @@ NEWER = {"sha256": {"0": "01" * 32, "7": "27" * 32}}  # not endorsed
 PCR9 = {"sha256": {"0": "01" * 32, "7": "17" * 32, "9": "09" * 32}}  # another selection
 
 
-def _private_pem(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
 FLEET = new_key()
-FLEET_PRIV, FLEET_PUB = _private_pem(FLEET), pub_pem(FLEET).encode()
+FLEET_PRIV, FLEET_PUB = private_pem(FLEET), pub_pem(FLEET).encode()
 AK = new_key()
 
 
@@ -83,7 +71,7 @@ def source(**changes: Any) -> dict[str, Any]:
 
 def signed(src: dict[str, Any] | None = None, key: Any = None) -> bytes:
     doc = endorse.parse_document(src or source(), "src", fields=endorse.SOURCE_FIELDS)
-    return endorse.sign(doc, _private_pem(key) if key else FLEET_PRIV)
+    return endorse.sign(doc, private_pem(key) if key else FLEET_PRIV)
 
 
 def edit(data: bytes, change: Any) -> bytes:
