@@ -47,14 +47,14 @@ _hr_bundle() {
 }
 
 # _hr_install_config DIR: the measured configuration, and nothing else from DIR: the main
-# file, its drop-ins, the peer inventory and the policy public key under their default
-# names (docs/boot.md). A file holding a private key is refused: the initramfs is not
+# file, its drop-ins, the peer inventory, the policy public key and the fleet (signed
+# inventory) public key under their default names (docs/boot.md, docs/inventory.md). A file holding a private key is refused: the initramfs is not
 # encrypted.
 _hr_install_config() {
     local f rel confdir=$1
     [[ -d $confdir ]] || return 0
     for f in "$confdir"/host-recover.conf "$confdir"/host-recover.conf.d/*.conf \
-        "$confdir"/peers.json "$confdir"/policy-pub.pem; do
+        "$confdir"/peers.json "$confdir"/policy-pub.pem "$confdir"/inventory-pub.pem; do
         [[ -f $f ]] || continue
         if grep -q "PRIVATE KEY" "$f"; then
             derror "host-recover: $f holds a private key: not putting it into the initramfs"
@@ -66,6 +66,7 @@ _hr_install_config() {
     for f in "$confdir"/*; do
         case ${f##*/} in
             host-recover.conf | host-recover.conf.d | peers.json | policy-pub.pem) ;;
+            inventory-pub.pem) ;; # the fleet key's public half (docs/inventory.md)
             *) [[ -e $f ]] && dwarn "host-recover: not baking $f into the initramfs" ;;
         esac
     done

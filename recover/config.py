@@ -62,6 +62,9 @@ class Config:
     peers_deadline: float
     peers_timeout: float
     peers_retries: int
+    inventory_key: str
+    inventory_file: str
+    inventory_min_version: int
     verdict_quorum: str
     verdict_window: float
     verdict_on_isolated: Action

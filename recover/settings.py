@@ -395,6 +395,32 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("peers.timeout", _positive_float, "1.5", "Seconds per request to one peer."),
     Setting("peers.retries", _non_negative_int, "2", "Retries per peer within the deadline."),
+    # --- inventory (signed; docs/inventory.md) ---------------------------------------
+    Setting(
+        "inventory.key",
+        str,
+        "",
+        "Fleet public key (PEM, ECC P-256) that signs the inventory. Empty: the baked, "
+        "unsigned peers.inventory is used. Set (to /etc/host-recover/inventory-pub.pem, the "
+        "name the dracut module bakes): the signed inventory at inventory.file is used "
+        "instead, and peers.inventory is not read.",
+    ),
+    Setting(
+        "inventory.file",
+        str,
+        "/var/lib/host-recover/inventory.json",
+        "Signed inventory (membership and endorsed PCR states), outside the measured boot "
+        "path. At boot with store.device set it is read from the store partition, by the "
+        "same file name.",
+    ),
+    Setting(
+        "inventory.min_version",
+        _non_negative_int,
+        "0",
+        "Lowest accepted signed inventory version (measured configuration). The boot also "
+        "refuses a version below the newest it accepted before, kept in the TPM decision "
+        "record (written only before the lock).",
+    ),
     # --- verdict -------------------------------------------------------------------
     Setting(
         "verdict.quorum",

@@ -59,6 +59,19 @@ def pub_pem(key: Any) -> str:
     )
 
 
+def private_pem(key: Any) -> bytes:
+    """PKCS#8 PEM of a software key (as `host-recover policy keygen` writes them)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
 class SoftwareAttestor:
     """Quotes like a TPM, signed with a software key (tests and benchmarks only)."""
 

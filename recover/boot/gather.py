@@ -34,9 +34,11 @@ from recover.core.evidence import (
 from recover.core.verdict import Kind, Mode, Policy, Verdict
 from recover.errors import ConfigError, HostRecoverError
 from recover.log import step
+from recover.store import inventory as inventory_store
 
 if TYPE_CHECKING:
     from recover.config import Config
+    from recover.core.inventory import Inventory
     from recover.core.protocol import PeerResults
     from recover.tpm import Tpm
 
@@ -190,6 +192,7 @@ class Decision:
     peers: PeerResults | None  # None: no peers configured, or not asked (clean, forced)
     verdict: Verdict
     timings: dict[str, float]  # milliseconds per step
+    inventory_version: int | None = None  # the signed inventory used (docs/inventory.md)
 
     @property
     def peers_unavailable(self) -> bool:
@@ -238,7 +241,7 @@ def run(
     peers: PeerResults | None = None
     if skip:
         log.info("not asking peers: %s", skip)
-    elif not os.path.exists(cfg.peers_inventory):
+    elif not inventory_store.configured(cfg):
         log.info("no peer inventory at %s: this host is alone", cfg.peers_inventory)
     else:
         # Imported only here: a clean boot, or a host alone, never loads the peer stack.
@@ -248,7 +251,7 @@ def run(
             from recover.peers.attestor import TpmAttestor
             from recover.peers.client import query_all
 
-            inv = inventory.load(cfg.peers_inventory)
+            inv = _load_inventory(cfg, ev, serve)
         if serve and not cfg.peers_host_id:
             # The host name can come from the kernel command line or DHCP: at boot the
             # id peers know this host by must come from the measured configuration.
@@ -265,7 +268,7 @@ def run(
                 "unknown, so every listed peer counts (peers answer it only if their "
                 "inventories list it)",
                 me,
-                cfg.peers_inventory,
+                inventory_store.where(cfg),
             )
         with step("attestation-key", timings):
             tpm.ensure_ak(cfg.tpm_ak_handle)
@@ -323,7 +326,24 @@ def run(
     verdict = verdict_mod.decide(ev, peers, policy)
     if peers is not None:
         log.info("decide steps (ms): %s", " ".join(f"{k}={v:g}" for k, v in timings.items()))
-    return Decision(ev, peers, verdict, timings)
+    return Decision(ev, peers, verdict, timings, inv.version if peers is not None else None)
+
+
+def _load_inventory(cfg: Config, ev: Evidence, at_boot: bool) -> Inventory:
+    """The configured inventory (recover.store.inventory). At boot the signed one comes
+    from the store partition, refused below the newest version the TPM record says this
+    host accepted; a refusal keeps the evidence, so the record keeps that floor."""
+    path = None
+    if at_boot and inventory_store.signed(cfg) and cfg.store_device:
+        from recover.boot import rootfs
+
+        rootfs.mount_store(cfg)
+        path = rootfs.store_dir(cfg) / os.path.basename(cfg.inventory_file)
+    try:
+        return inventory_store.load(cfg, last_seen=evidence.inventory_seen(ev.to_json()), path=path)
+    except HostRecoverError as e:
+        e.evidence = ev  # type: ignore[attr-defined]  # recover.boot.payload records it
+        raise
 
 
 def may_still_ask(domain_ids: set[str], peers: PeerResults) -> set[str]:

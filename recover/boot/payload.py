@@ -119,6 +119,9 @@ class Payload:
         except HostRecoverError as e:
             self.fail(e.exit_code, e.message, e.hint)
             report(e, log)
+            ev = getattr(e, "evidence", None)  # read before the failure (boot.gather)
+            if self.outcome.evidence is None and ev is not None:
+                self.outcome.evidence = ev.to_json()  # the record keeps its floors
         except Exception as e:  # noqa: BLE001 - a payload bug must still end as an outcome
             self.fail(ExitCode.INTERNAL, f"internal error: {type(e).__name__}: {e}", None)
             log.exception("internal error")
@@ -140,6 +143,7 @@ class Payload:
         self.outcome.verdict = decision.verdict.to_json()
         self.outcome.evidence = decision.evidence.to_json()
         self.outcome.peers = decision.peers.to_json() if decision.peers is not None else None
+        self.outcome.inventory_version = decision.inventory_version
         v = decision.verdict
         log.info("verdict: %s → %s (%s)", v.kind, v.action, "; ".join(v.reasons))
         self.outcome.action = str(v.action)

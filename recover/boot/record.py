@@ -41,6 +41,7 @@ class Outcome:
     lock_pcr_extended: bool = False  # extended in every allocated bank and verified
     lock: dict[str, str] = dataclasses.field(default_factory=dict)  # bank → new value
     timeline_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    inventory_version: int | None = None  # the signed inventory used (docs/inventory.md)
 
 
 ACTION_NAME = "action"  # what the hook does next, one word (recover.core.plan.HookAction)
@@ -96,7 +97,7 @@ def record_summary(outcome: Outcome) -> bytes:
         "exit": outcome.exit_code,
         "t": int(time.time()),
         "boot": boot_id()[:8],
-        **record_fields(outcome.evidence),
+        **record_fields(outcome.evidence, outcome.inventory_version),
     }
     return json.dumps(summary, separators=(",", ":")).encode()
 

@@ -30,9 +30,10 @@ def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
     from recover.core import inventory
     from recover.peers.attestor import TpmAttestor
     from recover.peers.server import Responder, Server, StatusSource, parse_listen, serve_forever
+    from recover.store import inventory as inventory_store
     from recover.tpm import Tpm
 
-    inv = inventory.load(cfg.peers_inventory)
+    inv = inventory_store.load(cfg)  # baked or signed (docs/inventory.md)
     me = inventory.self_id(cfg)
     entry = inv.get(me)
     host, port = parse_listen(args.listen or cfg.peers_listen)

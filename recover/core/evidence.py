@@ -112,13 +112,33 @@ def _unknown(name: str, strength: Strength, e: Exception) -> Signal:
     return Signal(name, None, Reading.UNKNOWN, strength, f"could not be read: {e}")
 
 
-def record_fields(evidence_json: dict[str, Any] | None) -> dict[str, int]:
+def record_fields(
+    evidence_json: dict[str, Any] | None, inventory_version: int | None = None
+) -> dict[str, int]:
     """What the boot's TPM NV decision record must carry for the next boot's evidence:
-    the lockout counter, the baseline of the ``lockout_counter`` signal."""
+    the lockout counter, the baseline of the ``lockout_counter`` signal; and ``inv``, the
+    newest signed inventory version this host accepted (its anti-rollback floor,
+    docs/inventory.md), carried from the previous record when this boot read none."""
+    out: dict[str, int] = {}
     for s in (evidence_json or {}).get("signals", []):
         if s.get("name") == "lockout_counter" and isinstance(s.get("value"), int):
-            return {"lockout": s["value"]}
-    return {}
+            out["lockout"] = s["value"]
+    seen = max(inventory_seen(evidence_json), inventory_version or 0)
+    if seen:
+        out["inv"] = seen
+    return out
+
+
+def inventory_seen(evidence_json: dict[str, Any] | None) -> int:
+    """The newest signed inventory version the previous boot's record says was accepted
+    (0: none)."""
+    for s in (evidence_json or {}).get("signals", []):
+        value = s.get("value")
+        if s.get("name") == "previous_decision" and isinstance(value, dict):
+            inv = value.get("inv")
+            if isinstance(inv, int) and not isinstance(inv, bool) and inv > 0:
+                return inv
+    return 0
 
 
 def parse_previous(blob: bytes | None) -> dict[str, Any] | None:

@@ -9,6 +9,11 @@
 ``lock_pcr`` (optional, default 15) is the peer's tpm.lock_pcr: its replies may claim
 ``role: boot`` only with that PCR quoted at its reset value (recover.core.protocol).
 
+This is the baked form: measured with the initramfs, so trusted as it is, each entry
+pinning one PCR state. The signed form (recover.core.endorse, docs/inventory.md) builds
+the same :class:`Peer` records, whose accepted states are the endorsements of the peer's
+host class instead of one pinned set: :attr:`Peer.accepted` is what a quote must match.
+
 A bare list of entries is accepted too. Each entry is exactly what ``host-recover attest``
 prints. Validation is strict: every problem is a ConfigError naming the entry and field.
 Pure (no sockets; the PEM is checked for shape here and parsed by the verifier).
@@ -29,9 +34,36 @@ if TYPE_CHECKING:
     from recover.config import Config
 
 FIELDS = ("id", "address", "failure_domain", "ak_pub", "pcrs")
+MEMBER_FIELDS = ("id", "address", "failure_domain", "class", "ak_pub")  # signed: no PCRs
 OPTIONAL = ("lock_pcr", "ek_pub", "ek_cert")  # ek_*: recorded by `host-recover enrol verify`
 DEFAULT_LOCK_PCR = 15  # tpm.lock_pcr's default
 _HINT = "fix the inventory (docs/peer-protocol.md); `host-recover attest` prints valid entries"
+
+
+PcrValues = Mapping[str, Mapping[int, bytes]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Endorsement:
+    """A signed statement: ``pcrs`` (selection + values) is an accepted boot state for
+    hosts of ``host_class``; ``version`` orders it (revocation by a per-class floor)."""
+
+    host_class: str
+    version: int
+    pcrs: PcrValues
+    note: str = ""
+
+    @property
+    def selection(self) -> str:
+        return selection_of(self.pcrs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "class": self.host_class,
+            "version": self.version,
+            "pcrs": pcrs_to_json(self.pcrs),
+            **({"note": self.note} if self.note else {}),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +77,29 @@ class Peer:
     lock_pcr: int = DEFAULT_LOCK_PCR  # the peer's tpm.lock_pcr: "boot" needs it at reset
     ek_pub: str | None = None  # the EK the AK was enrolled under (PEM), if enrolled
     ek_cert: str | None = None  # its certificate (PEM), if the TPM had one
+    host_class: str = ""  # signed inventory: the class whose endorsements apply
+    # signed inventory: the accepted endorsements of its class (None: baked, ``pcrs``)
+    states: tuple[Endorsement, ...] | None = None
+
+    @property
+    def accepted(self) -> tuple[PcrValues, ...]:
+        """Every PCR state a quote of this peer may show (selection + values): the pinned
+        ``pcrs`` of a baked entry, or its class's accepted endorsements, newest first.
+        A quote verifies when it matches ANY of them (recover.core.protocol)."""
+        if self.states is None:
+            return (self.pcrs,)
+        return tuple(e.pcrs for e in self.states)
+
+    def describe_states(self) -> str:
+        """For rejection reasons: what the quote was compared with."""
+        if self.states is None:
+            return "the inventory's PCR values"
+        if not self.states:
+            return f"no accepted state: class {self.host_class!r} has no endorsement in force"
+        versions = ", ".join(str(e.version) for e in self.states)
+        return (
+            f"the {len(self.states)} accepted state(s) of class {self.host_class!r} (v{versions})"
+        )
 
     @property
     def address(self) -> str:
@@ -53,15 +108,22 @@ class Peer:
     @property
     def selection(self) -> str:
         """The PCR selection the peer's quotes must cover (tpm2-tools syntax)."""
-        return format_selection(tuple((alg, tuple(sorted(v))) for alg, v in self.pcrs.items()))
+        return selection_of(self.pcrs)
 
     def to_json(self) -> dict[str, Any]:
+        """The entry as the baked inventory lists it (pinned ``pcrs``, no class)."""
+        entry = self.member_json()
+        del entry["class"]
+        return {**entry, "pcrs": pcrs_to_json(self.pcrs)}
+
+    def member_json(self) -> dict[str, Any]:
+        """The entry as a signed inventory lists it: membership, no PCR values."""
         return {
             "id": self.id,
             "address": self.address,
             "failure_domain": self.failure_domain,
+            "class": self.host_class,
             "ak_pub": self.ak_pub.decode(),
-            "pcrs": pcrs_to_json(self.pcrs),
             "lock_pcr": self.lock_pcr,
             **({"ek_pub": self.ek_pub} if self.ek_pub else {}),
             **({"ek_cert": self.ek_cert} if self.ek_cert else {}),
@@ -71,6 +133,7 @@ class Peer:
 @dataclasses.dataclass(frozen=True)
 class Inventory:
     peers: tuple[Peer, ...]
+    version: int | None = None  # the signed inventory's version; None: baked peers.json
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.peers)
@@ -97,6 +160,11 @@ class Inventory:
 def self_id(cfg: Config) -> str:
     """This host's id in the inventory: peers.host_id, else the host name."""
     return str(cfg.peers_host_id or os.uname().nodename)
+
+
+def selection_of(pcrs: PcrValues) -> str:
+    """The selection a set of PCR values covers (tpm2-tools syntax)."""
+    return format_selection(tuple((alg, tuple(sorted(v))) for alg, v in pcrs.items()))
 
 
 def pcrs_to_json(pcrs: Mapping[str, Mapping[int, bytes]]) -> dict[str, dict[str, str]]:
@@ -140,20 +208,24 @@ def parse_address(text: Any, where: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def parse_peer(obj: Any, where: str) -> Peer:
+def parse_peer(obj: Any, where: str, *, member: bool = False) -> Peer:
+    """A baked entry (pinned ``pcrs``), or with ``member`` a signed inventory's member
+    entry (a ``class`` instead: its states are filled in from the endorsements)."""
+    fields = MEMBER_FIELDS if member else FIELDS
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: must be an object", _HINT)
-    missing = [f for f in FIELDS if f not in obj]
+    missing = [f for f in fields if f not in obj]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}", _HINT)
-    extra = sorted(set(obj) - set(FIELDS) - set(OPTIONAL))
+    extra = sorted(set(obj) - set(fields) - set(OPTIONAL))
     if extra:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}", _HINT)
+        hint = "a signed inventory's PCR values are endorsements of a class" if member else _HINT
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}", hint)
     lock = obj.get("lock_pcr", DEFAULT_LOCK_PCR)
     if isinstance(lock, bool) or not isinstance(lock, int) or not 0 <= lock <= 15:
         # 16-23 can be reset after boot: a normal OS could show them at zero
         raise ConfigError(f"{where}.lock_pcr: must be a non-resettable PCR 0..15", _HINT)
-    for f in ("id", "failure_domain", "ak_pub"):
+    for f in ("id", "failure_domain", "ak_pub", *(("class",) if member else ())):
         if not isinstance(obj[f], str) or not obj[f].strip():
             raise ConfigError(f"{where}.{f}: must be a non-empty string", _HINT)
     pem = obj["ak_pub"].strip()
@@ -170,10 +242,12 @@ def parse_peer(obj: Any, where: str) -> Peer:
         port=port,
         failure_domain=obj["failure_domain"],
         ak_pub=(pem + "\n").encode(),
-        pcrs=parse_pcrs(obj["pcrs"], f"{where}.pcrs"),
+        pcrs={} if member else parse_pcrs(obj["pcrs"], f"{where}.pcrs"),
         lock_pcr=lock,
         ek_pub=obj.get("ek_pub"),
         ek_cert=obj.get("ek_cert"),
+        host_class=obj["class"] if member else "",
+        states=() if member else None,
     )
 
 
@@ -187,16 +261,20 @@ def parse(data: Any, origin: str = "inventory") -> Inventory:
         data = data.get("peers")
     if not isinstance(data, list):
         raise ConfigError(f'{origin}: expected {{"version": 1, "peers": [...]}}', _HINT)
+    return Inventory(parse_entries(data, f"{origin}: peers"))
+
+
+def parse_entries(data: list[Any], where: str, *, member: bool = False) -> tuple[Peer, ...]:
+    """Every entry (:func:`parse_peer`), ids unique."""
     peers: list[Peer] = []
     seen: set[str] = set()
     for i, entry in enumerate(data):
-        where = f"{origin}: peers[{i}]"
-        peer = parse_peer(entry, where)
+        peer = parse_peer(entry, f"{where}[{i}]", member=member)
         if peer.id in seen:
-            raise ConfigError(f"{where}: duplicate id {peer.id!r}", _HINT)
+            raise ConfigError(f"{where}[{i}]: duplicate id {peer.id!r}", _HINT)
         seen.add(peer.id)
         peers.append(peer)
-    return Inventory(tuple(peers))
+    return tuple(peers)
 
 
 def load(path: str | os.PathLike[str]) -> Inventory:

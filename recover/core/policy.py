@@ -402,12 +402,7 @@ def sign_policy(
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    key = serialization.load_pem_private_key(private_pem, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise ConfigError(
-            "the policy signing key must be an ECC P-256 private key",
-            hint="create one with `host-recover policy keygen`",
-        )
+    key = load_signing_key(private_pem, "policy")
     pub_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -428,6 +423,22 @@ def sign_policy(
     return dataclasses.replace(
         unsigned, payload_signature=key.sign(unsigned.payload(), ec.ECDSA(hashes.SHA256()))
     )
+
+
+def load_signing_key(private_pem: bytes, what: str) -> Any:
+    """An ECC P-256 private key from PEM (``policy keygen`` writes them), for signing
+    ``what`` (policy, inventory); anything else is a ConfigError. Also used by
+    recover.core.endorse."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ConfigError(
+            f"the {what} signing key must be an ECC P-256 private key",
+            hint="create one with `host-recover policy keygen`",
+        )
+    return key
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:

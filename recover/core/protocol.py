@@ -342,6 +342,34 @@ def check_reply_quote(
     return info, lock_value
 
 
+def check_peer_quote(
+    peer: Peer, quote: Quote, qualifying_data: bytes, lock_pcr: int | None = None
+) -> tuple[Any, bytes | None]:
+    """:func:`check_reply_quote` against every PCR state the inventory accepts for
+    ``peer`` (``Peer.accepted``: the baked entry's pinned values, or the endorsed states
+    of its class in a signed inventory, docs/inventory.md): the quote verifies when it
+    matches ANY of them. Only UNEXPECTED_PCRS moves on to the next state. The states the
+    reply's (unverified) reported values agree with are tried first: one signature check
+    in the usual case, whatever the number of states."""
+
+    def agrees(state: PcrValues) -> bool:
+        got = quote.pcrs
+        return all(got.get(a, {}).get(i) == v for a, vals in state.items() for i, v in vals.items())
+
+    last: Rejected | None = None
+    for pcrs in sorted(peer.accepted, key=lambda s: not agrees(s)):
+        try:
+            return check_reply_quote(peer.ak_pub, quote, qualifying_data, pcrs, lock_pcr)
+        except Rejected as e:
+            if e.outcome is not Outcome.UNEXPECTED_PCRS:
+                raise
+            last = e
+    if last is None or peer.states is not None:  # signed: name the class and versions
+        why = f": {last.reason}" if last is not None else ""
+        raise Rejected(Outcome.UNEXPECTED_PCRS, f"matches none of {peer.describe_states()}{why}")
+    raise last
+
+
 def verify_reply(
     peer: Peer, nonce: bytes, reply: Any, known_ids: set[str], requester: str | None = None
 ) -> PeerStatus:
@@ -371,7 +399,7 @@ def verify_reply(
     else:
         assert requester is not None
         qualifying = batch_reply_qualifying_data(reply.get("batch"), raw_status, nonce, requester)
-    info, lock_value = check_reply_quote(peer.ak_pub, quote, qualifying, peer.pcrs, peer.lock_pcr)
+    info, lock_value = check_peer_quote(peer, quote, qualifying, peer.lock_pcr)
     if status.role == "boot":
         check_boot_role(lock_value, peer.lock_pcr)
     c = status.clock

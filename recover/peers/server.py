@@ -40,7 +40,7 @@ from recover.core.protocol import (
     Quote,
     Rejected,
     canonical_json,
-    check_quote,
+    check_peer_quote,
     reply_qualifying_data,
     request_qualifying_data,
     status_hash,
@@ -211,9 +211,7 @@ class Responder:
         seen = (requester, nonce, hashlib.sha256(quote.attest + quote.signature).digest())
         if seen not in self._verified:
             try:
-                check_quote(
-                    peer.ak_pub, quote, request_qualifying_data(nonce, requester), peer.pcrs
-                )
+                check_peer_quote(peer, quote, request_qualifying_data(nonce, requester))
             except Rejected as e:
                 log.warning("refused %s: %s: %s", requester, e.outcome, e.reason)
                 return 403, _error(str(e.outcome), f"requester {requester!r}: {e.reason}", v)
@@ -502,9 +500,9 @@ def serve_in_background(
     """Run the status server in a thread with its own event loop while the body runs."""
     import asyncio
 
-    from recover.core import inventory as inv
+    from recover.store import inventory as inventory_store
 
-    inventory = inventory if inventory is not None else inv.load(cfg.peers_inventory)
+    inventory = inventory if inventory is not None else inventory_store.load(cfg)
     host, port = parse_listen(listen or cfg.peers_listen)
     srv = Server(Responder(inventory, attestor, status), limits)
     loop = asyncio.new_event_loop()
