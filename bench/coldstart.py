@@ -16,7 +16,8 @@ every row), in interleaved rounds after one warm-up round; medians and minima:
 
 Three ways to load the payload's code, per tree (testing/trees.py): ``bundle``, what the
 initramfs runs (dracut-module/module-setup.sh installs the staging directory of
-``host-recover bundle``: sourceless .pyc, the stdlib zipped, ``-S``); ``src``, the source
+``host-recover bundle``: sourceless .pyc, the stdlib as laid out by that tree's bundle,
+``-S``); ``src``, the source
 tree with a warm bytecode cache (filled by the warm-up round), like an installed package;
 ``src-nopyc``, sources compiled at every start: what an initramfs that ships only .py
 files pays.
@@ -143,7 +144,7 @@ def measure(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -
     trees.append(Tree("after" if args.before else "tree", after_path, work, args.nofapi))
     for t in trees:
         t.build_bundle()
-    trees[-1].unzip_stdlib()
+    trees[-1].build_bundle(stdlib="zip")
     sw = SwTpm(work / "tpmstate")
     stack.callback(sw.close)
     sw.start()

@@ -12,9 +12,12 @@ The set is computed, never hand-listed, and holds only what the payload really l
   the standard library and the third-party packages contribute exactly the modules that
   importing the payload loads, nothing of theirs that it never imports.
 * Everything is compiled to sourceless ``.pyc``: the standard library into
-  ``usr/lib/python311.zip`` (stored, sorted, timestamps fixed to 1980-01-01 so that the
-  initramfs, and with it PCR 9, is the same on every rebuild), the other packages into
-  ``usr/lib/host-recover/site/`` next to their extension modules.
+  ``usr/lib/python3.11/`` (the interpreter's own stdlib directory; ``stdlib="zip"``:
+  ``usr/lib/python311.zip`` instead, stored, sorted, timestamps fixed to 1980-01-01 —
+  the directory loads faster, docs/performance.md; both are the same bytes on every
+  rebuild, and dracut ``--reproducible`` clamps the files' times, so the initramfs and
+  with it PCR 9 do not move), the other packages into ``usr/lib/host-recover/site/``
+  next to their extension modules.
 * ELF files: the interpreter, the extension modules (copied without their symbol table
   and debug sections: ``strip --strip-unneeded``) and the DT_NEEDED closure of all of
   them (read with pyelftools, resolved like ld.so: DT_RPATH/DT_RUNPATH with $ORIGIN,
@@ -27,7 +30,7 @@ the payload's every path (clean, recovery, peer stage, errors) from the bundle a
 
 Staging directory layout (read by dracut-module/module-setup.sh)::
 
-    root/            files to copy into the initramfs as they are (zip, .pyc, wrapper)
+    root/            files to copy into the initramfs as they are (.pyc, wrapper)
     binaries.list    host paths of executables to install (inst_binary)
     libraries.list   host paths of shared libraries to install (inst_library)
     manifest.json    what was found and how big it is
@@ -52,6 +55,8 @@ from recover.errors import ConfigError, UsageError
 
 #: Where things go inside the initramfs.
 ZIP_PATH = "usr/lib/python{v}{w}.zip"
+STDLIB_DIR = "usr/lib/python{v}.{w}"
+STDLIB_LAYOUTS = ("dir", "zip")
 SITE_DIR = "usr/lib/host-recover/site"
 WRAPPER = "usr/bin/host-recover"
 #: Zip entry timestamp: the earliest a zip can hold; fixed so rebuilds are identical.
@@ -124,13 +129,14 @@ class BundleReport:
     extensions: tuple[str, ...]
     libraries: tuple[str, ...]
     binaries: tuple[str, ...]
-    zip_bytes: int
+    stdlib_layout: str
+    stdlib_bytes: int
     site_bytes: int
     elf_bytes: int
 
     @property
     def total_bytes(self) -> int:
-        return self.zip_bytes + self.site_bytes + self.elf_bytes
+        return self.stdlib_bytes + self.site_bytes + self.elf_bytes
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -388,14 +394,30 @@ def _relpath(m: Module) -> str:
     return m.name.replace(".", "/")
 
 
-def write_stdlib_zip(mods: Iterable[Module], zpath: Path) -> int:
-    """Sourceless stdlib zip with fixed timestamps and sorted entries; returns count."""
+def _stdlib_pycs(mods: Iterable[Module]) -> dict[str, bytes]:
+    """Relative path → sourceless .pyc of every stdlib module written in Python."""
     entries: dict[str, bytes] = {}
     for m in mods:
         if m.path is None or not m.stdlib or m.path.suffix != ".py":
             continue
         rel = _relpath(m) + ".pyc"
         entries[rel] = _pyc_bytes(m.path, rel[:-1])
+    return entries
+
+
+def write_stdlib_dir(mods: Iterable[Module], top: Path) -> tuple[int, int]:
+    """Sourceless stdlib .pyc files under ``top``; returns (count, bytes)."""
+    entries = _stdlib_pycs(mods)
+    for rel in sorted(entries):
+        dest = top / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(entries[rel])
+    return len(entries), sum(map(len, entries.values()))
+
+
+def write_stdlib_zip(mods: Iterable[Module], zpath: Path) -> int:
+    """Sourceless stdlib zip with fixed timestamps and sorted entries; returns count."""
+    entries = _stdlib_pycs(mods)
     zpath.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zpath, "w", zipfile.ZIP_STORED) as z:
         dirs = sorted({str(Path(r).parent) + "/" for r in entries if "/" in r})
@@ -572,8 +594,12 @@ def _wrapper(site: str) -> str:
 def build(
     output: str | os.PathLike[str],
     entry: Sequence[str] | None = None,
+    stdlib: str = "dir",
 ) -> BundleReport:
-    """Write the staging directory for the initramfs (see the module docstring)."""
+    """Write the staging directory for the initramfs (see the module docstring);
+    ``stdlib``: ``dir`` or ``zip`` (:data:`STDLIB_LAYOUTS`)."""
+    if stdlib not in STDLIB_LAYOUTS:
+        raise UsageError(f"unknown stdlib layout {stdlib!r}", hint="dir or zip")
     out = Path(output)
     entry = tuple(entry or payload_entry())
     if out.exists():
@@ -599,8 +625,14 @@ def build(
     mods = resolve_modules(found, wanted={n.split(".")[0] for n in outside})
 
     v = sys.version_info
-    zpath = root / ZIP_PATH.format(v=v.major, w=v.minor)
-    stdlib_pyc = write_stdlib_zip(mods, zpath)
+    if stdlib == "zip":
+        zpath = root / ZIP_PATH.format(v=v.major, w=v.minor)
+        stdlib_pyc = write_stdlib_zip(mods, zpath)
+        stdlib_bytes = zpath.stat().st_size
+    else:
+        stdlib_pyc, stdlib_bytes = write_stdlib_dir(
+            mods, root / STDLIB_DIR.format(v=v.major, w=v.minor)
+        )
 
     site_pyc = 0
     extensions: list[Path] = []
@@ -652,7 +684,8 @@ def build(
         extensions=tuple(sorted(p.name for p in extensions)),
         libraries=tuple(os.fspath(p) for p in libs),
         binaries=(os.fspath(python),),
-        zip_bytes=zpath.stat().st_size,
+        stdlib_layout=stdlib,
+        stdlib_bytes=stdlib_bytes,
         site_bytes=site_bytes,
         elf_bytes=elf_bytes,
     )

@@ -3,7 +3,7 @@
 ``host-recover bundle`` ships only the modules importing the payload loads (recover/
 bundle.py). What a function imports only when it is called is invisible to that probe,
 so this runs ``host-recover boot`` the way the initramfs does — the wrapper's entry code,
-sourceless .pyc, the bundle's stdlib zip as the only standard library (``PYTHONHOME`` is
+sourceless .pyc, the bundle's stdlib as the only standard library (``PYTHONHOME`` is
 the staging root: nothing of the build machine's /usr/lib/python3.11 is on the path), no
 site — through the clean boot, the recovery (unseal, image, mounts, credentials), the
 peer stage (a real round over loopback with simulated peers, the payload's own status
@@ -79,7 +79,7 @@ def host(tmp_path: Path, staged: Path) -> Iterator[BundledHost]:
 
 
 def test_bundle_sees_only_its_own_stdlib(staged: Path) -> None:
-    """The interpreter the tests below run has the bundle's zip as its standard library."""
+    """The interpreter the tests below run has the bundle's .pyc as its standard library."""
     root = staged / "root"
     code = "import sys, json; print(json.__file__); print(sys.path)"
     proc = subprocess.run(
@@ -91,7 +91,7 @@ def test_bundle_sees_only_its_own_stdlib(staged: Path) -> None:
         check=True,
     )
     json_file, path = proc.stdout.splitlines()
-    assert json_file.startswith(os.fspath(root)) and ".zip" in json_file
+    assert json_file.startswith(os.fspath(root)) and json_file.endswith(".pyc")
     assert all(p.startswith(os.fspath(root)) for p in eval(path)), path  # noqa: S307
 
 
