@@ -15,6 +15,7 @@ Needs root (mounts), like tests/integration/test_boot_host.py, whose ``Host`` th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -42,40 +43,80 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def run_bundled(stage: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``host-recover ARGV`` as the initramfs's wrapper runs it, from ``stage`` alone."""
+    root = stage / "root"
+    entry = bundle._ENTRY.format(site=os.fspath(root / bundle.SITE_DIR))
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "TSS2_LOG": "all+none",
+        "PYTHONHOME": os.fspath(root / "usr"),  # the bundle's stdlib, nothing else
+    }
+    proc = subprocess.run(
+        [os.path.realpath(sys.executable), "-S", "-B", "-P", "-c", entry, *argv],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    for needle in MISSING:
+        assert needle not in proc.stderr, proc.stderr
+    return proc
+
+
 class BundledHost(Host):
     """``Host`` whose ``boot`` runs the bundled payload in a child process."""
 
     stage: Path
 
     def boot_bundled(self, *options: str, tcti: str | None = None) -> tuple[int, dict, str]:
-        root = self.stage / "root"
-        entry = bundle._ENTRY.format(site=os.fspath(root / bundle.SITE_DIR))
-        argv = [os.path.realpath(sys.executable), "-S", "-B", "-P", "-c", entry,
-                "--config", str(self.conf), "--tcti", tcti or self.tpm.tcti, *options,
-                "boot", "--newroot", str(self.newroot), "--cmdline", str(self.cmdline)]  # fmt: skip
-        env = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "TSS2_LOG": "all+none",
-            "PYTHONHOME": os.fspath(root / "usr"),  # the bundle's stdlib, nothing else
-        }
-        proc = subprocess.run(
-            argv, env=env, cwd="/", capture_output=True, text=True, timeout=300, check=False
-        )
-        for needle in MISSING:
-            assert needle not in proc.stderr, proc.stderr
+        proc = run_bundled(self.stage, "--config", str(self.conf), "--tcti",
+                           tcti or self.tpm.tcti, *options, "boot", "--newroot",
+                           str(self.newroot), "--cmdline", str(self.cmdline))  # fmt: skip
         record = json.loads((self.run / "host-recover" / "decision.json").read_text())
         return proc.returncode, record, proc.stderr
 
 
+class ToolsHost(BundledHost):
+    """Provisioned with the operator verbs of the normal root's bundle (the e2e lab's
+    ``tools`` bundle: payload + provision, image, credential, policy), from it alone."""
+
+    tools: Path
+
+    def cli(self, *argv: str) -> int:
+        proc = run_bundled(self.tools, "--config", str(self.conf), "--tcti", self.tpm.tcti, *argv)
+        return proc.returncode
+
+
 @pytest.fixture
 def host(tmp_path: Path, staged: Path) -> Iterator[BundledHost]:
-    h = BundledHost(tmp_path)
-    h.stage = staged
-    try:
+    with contextlib.closing(BundledHost(tmp_path)) as h:
+        h.stage = staged
         h.provision_and_build()
         yield h
-    finally:
-        h.close()
+
+
+def test_operator_verbs_from_the_tools_bundle(
+    tmp_path: Path, staged: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """provision, image create, credential add from the normal root's bundle; then a
+    recovery by the payload's bundle."""
+    from testing.qemu.harness import TOOLS
+
+    tools = tmp_path_factory.mktemp("tools") / "stage"
+    bundle.build(tools, entry=(*bundle.payload_entry(), *TOOLS))
+    with contextlib.closing(ToolsHost(tmp_path)) as h:
+        h.stage, h.tools = staged, tools
+        h.provision_and_build()
+        h.tpm.power_cut_and_restart()
+        code, rec, _ = h.boot_bundled()
+        try:
+            assert code == 10, rec
+            assert rec["credentials"] == ["restore-token"]
+        finally:
+            _umount_all(h.newroot)
 
 
 def test_bundle_sees_only_its_own_stdlib(staged: Path) -> None:
