@@ -174,7 +174,7 @@ def report(args: argparse.Namespace, res: Results) -> str:
     for n in names:
         row = " | ".join(f"{groups[label].get(n, 0) / 1000:.1f}" for label in groups)
         out.append(f"| {n} | {row} |")
-    out += ["", *findings(args, res), ""]
+    out += ["", *findings(args, res), "", ""]
     return "\n".join(out)
 
 
@@ -213,9 +213,8 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
     def m(mode: str, field: str = "first_ms") -> float:
         return med([getattr(r, field) for r in res.boot[(last, mode)]])
 
-    fb = m("bundle")
+    fb, fc = m("bundle"), m("bundle", "first_cpu_ms")
     v = {label: med(xs) for label, xs in res.variants.items()}
-    v0 = med(res.base[BUNDLE_PASS])
     pkg, nogc, esapi, tctildr, x509, skip, cli, parser, tcrypto = (
         v[label] for label, _ in VARIANTS
     )
@@ -228,17 +227,16 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         "the bench runs it with `-S -m recover` and PYTHONHOME at the staging copy). The "
         ".pyc are used as they are: sourceless, nothing to check or recompile. Sources with "
         "a warm "
-        f"bytecode cache reach the first TPM command in {m('src') / fb:.2f}x the bundle's "
-        f"time, sources without bytecode in {m('src-nopyc') / fb:.2f}x: ship bytecode (TCG "
-        "magnifies the difference, DESIGN.md §3).",
-        f"- Of the bundle's {fb:.0f} ms to the first TPM command ({m('bundle', 'first_cpu_ms'):.0f}"
-        " ms of CPU), the bare interpreter in the "
-        f"same layout takes {v0:.0f} ms (fork + exec included); `import tpm2_pytss` alone, in "
-        f"a fresh interpreter, {pkg:.0f} ms, of which `cryptography.x509` alone {x509:.0f} ms "
+        f"bytecode cache take {m('src', 'first_cpu_ms') / fc:.2f}x the bundle's CPU to the "
+        f"first TPM command, sources without bytecode {m('src-nopyc', 'first_cpu_ms') / fc:.2f}x:"
+        " ship bytecode (TCG magnifies the difference, DESIGN.md §3).",
+        f"- Of the bundle's {fc:.0f} ms of CPU to the first TPM command ({fb:.0f} ms wall, "
+        f"median, at this load), `import tpm2_pytss` alone, in a fresh interpreter, takes "
+        f"{pkg:.0f} ms of CPU, of which `cryptography.x509` alone {x509:.0f} ms "
         "(tpm2_pytss.types imports cryptography at module level for its key conversions); "
-        "the rest of the path (our CLI, configuration and boot modules, the stdlib they need "
-        "beyond what tpm2_pytss loads, ESAPI init, the evidence step up to its first call) "
-        f"adds {fb - v0 - pkg:.0f} ms.",
+        "the rest (the interpreter's start, our CLI, configuration and boot modules, the "
+        "stdlib they need beyond what tpm2_pytss loads, ESAPI init, the evidence step up to "
+        f"its first call) is {fc - pkg:.0f} ms.",
         f"- Importing tpm2_pytss submodules directly is not cheaper: ESAPI {esapi:.0f} ms, "
         f"TCTILdr {tctildr:.0f} ms vs the package {pkg:.0f} ms, because Python runs the "
         "package `__init__` first and it imports ESAPI, FAPI, policy, TCTILdr, types and "
@@ -272,19 +270,24 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         f"- The floor: `import tpm2_pytss` alone is {pkg:.0f} ms CPU in a fresh interpreter, "
         f"{tcrypto:.0f} ms of it the cryptography modules that tpm2_pytss.internal.crypto "
         "imports at module level (x509, serialization with ssh, kbkdf, concatkdf, ciphers, "
-        "decrepit; with the stdlib they need); add the interpreter's start "
-        f"({v0:.0f} ms) and ESAPI before our first line of evidence code. The 60 ms goal of "
+        "decrepit; with the stdlib they need); add the interpreter's start (bare `-S -c "
+        f"pass` in the bundle layout: {min(res.base[BUNDLE_PASS]):.0f} ms wall at best) and "
+        "ESAPI before our first line of evidence code. The 60 ms goal of "
         "issue 12 is below what tpm2-pytss 3 costs to import here; it needs the first TPM "
         "command before cryptography loads: a tpm2-pytss whose types import cryptography "
         "lazily (an upstream change), or the clean boot's few TPM commands marshalled without "
         "tpm2-pytss. Neither is done.",
         f"- Exit: after the decision record is written, the interpreter's finalization "
-        f"(tearing down tpm2_pytss/cffi, cryptography and our modules) takes "
-        f"{m('bundle', 'teardown_ms'):.0f} ms of the clean boot's {m('bundle', 'exit_ms'):.0f} "
-        "ms, and the hook waits for it. Ending the boot verb with flushed stdio, "
-        "`logging.shutdown()` and `os._exit(code)` would skip it; not done here: it also "
-        "skips atexit handlers and unflushed file buffers, a behaviour change for the CLI's "
-        "owner to weigh.",
+        f"takes {m('bundle', 'teardown_ms'):.0f} ms of the clean boot's "
+        f"{m('bundle', 'exit_ms'):.0f} ms"
+        + (
+            f" ({med([r.teardown_ms for r in res.boot[('before', 'bundle')]]):.0f} ms before: "
+            "the objects `Tpm.open` froze are skipped by the collections finalization runs)"
+            if ("before", "bundle") in res.boot
+            else ""
+        )
+        + ", and the hook waits for it. Ending the boot verb with `os._exit(code)` would "
+        "skip the rest; not done: it also skips atexit handlers and unflushed file buffers.",
     ]
     if args.nofapi and (last, "bundle-nofapi") in res.boot:
         ext = "tpm2_pytss/_libtpm2_pytss.abi3.so"

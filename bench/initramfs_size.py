@@ -209,9 +209,16 @@ def render(res: dict, before: str | None) -> str:
         t = [sum(c[i] for c in comps[lb].values()) for i in range(4)]
         totals.append(f"{t[0]} | {t[1] / KIB:.0f} | {t[3] / KIB:.0f}")
     lines.append("| **total** | " + " | ".join(totals) + " |")
-    last = comps[list(comps)[-1]]
+    last_label = list(comps)[-1]
+    last = comps[last_label]
     floor = sum(last[c][3] for c in ("interpreter", "cryptography"))
+    shell = res["sizes"]["shell"]
+    rest = shell[last_label] - shell["without"] - sum(c[3] for c in last.values())
     lines += [
+        "",
+        f"The shell image's delta ({last_label}) minus the sum of *new*: {rest / MIB:+.2f} MiB "
+        "(the hooks and the tools module-setup.sh installs with their libraries: mount, "
+        "losetup, env, ip, blkid; cpio headers; less what one stream compresses better).",
         "",
         "Per component:",
         "",
