@@ -270,8 +270,8 @@ for name in spec["own"]:
 for name in spec["outside"]:
     try:
         importlib.import_module(name)
-    except ImportError:
-        pass  # an attribute (from a import b), or optional and absent here
+    except Exception:  # an attribute (from a import b), or optional and failing here:
+        pass  # the audit hook has the attempt; a module that exists is kept below
 for name in spec["codecs"]:
     codecs.lookup(name)
 files = {}
