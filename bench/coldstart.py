@@ -16,7 +16,8 @@ every row), in interleaved rounds after one warm-up round; medians and minima:
 
 Three ways to load the payload's code, per tree (testing/trees.py): ``bundle``, what the
 initramfs runs (dracut-module/module-setup.sh installs the staging directory of
-``host-recover bundle``: sourceless .pyc, the stdlib zipped, ``-S``); ``src``, the source
+``host-recover bundle``: sourceless .pyc, the stdlib as laid out by that tree's bundle,
+``-S``); ``src``, the source
 tree with a warm bytecode cache (filled by the warm-up round), like an installed package;
 ``src-nopyc``, sources compiled at every start: what an initramfs that ships only .py
 files pays.
@@ -58,6 +59,7 @@ from bench.perfdoc import DOC, write_section
 class BootRun:
     connect_ms: float
     first_ms: float
+    first_cpu_ms: float  # the child's CPU time from exec to the first command
     exit_ms: float
     cpu_ms: float  # user + system time of the child, to its exit: robust against load
     teardown_ms: float  # from the decision record's time to the exit: finalization
@@ -93,17 +95,19 @@ class Payload:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, env=env, cwd=self.work, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)  # fmt: skip
+        self.relay.pid = proc.pid
         _, err = proc.communicate(timeout=120)
         t_exit, wall_exit = time.monotonic(), time.time()
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) * 1000
         first, connected = self.relay.first, self.relay.connected
-        if proc.returncode != 0 or first is None or connected is None:
+        first_cpu = self.relay.first_cpu_ns
+        if proc.returncode != 0 or first is None or connected is None or first_cpu is None:
             tail = err.decode(errors="replace")[-600:]
             raise SystemExit(f"{tree.label}/{mode}: exit {proc.returncode}: {tail}")
         ms = [(t - t0) * 1000 for t in (connected, first[0], t_exit)]
         teardown = (wall_exit - json.loads(self.record.read_text())["time"]) * 1000
-        return BootRun(ms[0], ms[1], ms[2], cpu, teardown, first[1])
+        return BootRun(ms[0], ms[1], first_cpu / 1e6, ms[2], cpu, teardown, first[1])
 
     def importtime(self, tree: Tree, mode: str) -> list[Imported]:
         argv, env = self.argv(tree, mode, ("-X", "importtime"))
@@ -113,8 +117,9 @@ class Payload:
 
 
 def import_ms(argv: list[str], env: dict[str, str], code: str) -> float:
-    """In-process time of ``code`` (no interpreter start-up, no finalization)."""
-    timed = f"import time as _t\n_t0 = _t.perf_counter()\n{code}\nprint(_t.perf_counter() - _t0)"
+    """In-process CPU time of ``code`` (no interpreter start-up, no finalization; CPU,
+    not wall: the other jobs on a shared machine barely move it)."""
+    timed = f"import time as _t\n_t0 = _t.process_time()\n{code}\nprint(_t.process_time() - _t0)"
     proc = subprocess.run([*argv, "-c", timed], env=env, cwd="/", check=True,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     return float(proc.stdout.split()[-1]) * 1000
@@ -143,7 +148,7 @@ def measure(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -
     trees.append(Tree("after" if args.before else "tree", after_path, work, args.nofapi))
     for t in trees:
         t.build_bundle()
-    trees[-1].unzip_stdlib()
+    trees[-1].build_bundle(stdlib="zip")
     sw = SwTpm(work / "tpmstate")
     stack.callback(sw.close)
     sw.start()

@@ -1,24 +1,36 @@
 """``host-recover bundle``: the payload's file set for the initramfs.
 
-The set is computed, never hand-listed:
+The set is computed, never hand-listed, and holds only what the payload really loads:
 
-* Python modules: the import graph of the payload's entry modules, as the union of a
-  bytecode scan (``modulefinder``: it also sees imports inside functions, which is how
-  the payload defers heavy imports) and the modules a real import in a subprocess puts
-  into ``sys.modules`` (imports made from C, e.g. ``_cffi_backend``). Third-party
-  packages that are used are taken whole (they import lazily in ways a scan misses).
+* Python modules: the payload's own modules are found by reading the import statements
+  of its entry modules and, transitively, of every ``recover`` module they name (at any
+  depth: inside functions too, which is how the payload defers heavy imports; not under
+  ``if TYPE_CHECKING:``). Then one subprocess, run with ``-S`` like the boot, imports all
+  of them and every outside module they name, and records every module the interpreter
+  tried to import (the ``import`` audit event, so a module whose import fails on purpose,
+  like tpm2-pytss's FAPI without libtss2-fapi, is kept for the same failure at boot):
+  the standard library and the third-party packages contribute exactly the modules that
+  importing the payload loads, nothing of theirs that it never imports.
 * Everything is compiled to sourceless ``.pyc``: the standard library into
-  ``usr/lib/python311.zip`` (stored, sorted, timestamps fixed to 1980-01-01 so that the
-  initramfs, and with it PCR 9, is the same on every rebuild), the other packages into
-  ``usr/lib/host-recover/site/`` next to their extension modules.
-* ELF files: the interpreter, the extension modules and the DT_NEEDED closure of all of
+  ``usr/lib/python3.11/`` (the interpreter's own stdlib directory; ``stdlib="zip"``:
+  ``usr/lib/python311.zip`` instead, stored, sorted, timestamps fixed to 1980-01-01 —
+  the directory loads faster, docs/performance.md; both are the same bytes on every
+  rebuild, and dracut ``--reproducible`` clamps the files' times, so the initramfs and
+  with it PCR 9 do not move), the other packages into ``usr/lib/host-recover/site/``
+  next to their extension modules.
+* ELF files: the interpreter, the extension modules (copied without their symbol table
+  and debug sections: ``strip --strip-unneeded``) and the DT_NEEDED closure of all of
   them (read with pyelftools, resolved like ld.so: DT_RPATH/DT_RUNPATH with $ORIGIN,
   then the system directories), plus the libraries loaded with dlopen that no ELF
-  header names: tss2 TCTIs and OpenSSL providers.
+  header names: the tss2 device TCTI and OpenSSL's providers.
+
+What a function of the standard library imports only when it is called (and the payload
+calls it) is not seen by the import probe: tests/integration/test_bundle_paths.py runs
+the payload's every path (clean, recovery, peer stage, errors) from the bundle alone.
 
 Staging directory layout (read by dracut-module/module-setup.sh)::
 
-    root/            files to copy into the initramfs as they are (zip, .pyc, wrapper)
+    root/            files to copy into the initramfs as they are (.pyc, wrapper)
     binaries.list    host paths of executables to install (inst_binary)
     libraries.list   host paths of shared libraries to install (inst_library)
     manifest.json    what was found and how big it is
@@ -26,6 +38,7 @@ Staging directory layout (read by dracut-module/module-setup.sh)::
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -42,6 +55,8 @@ from recover.errors import ConfigError, UsageError
 
 #: Where things go inside the initramfs.
 ZIP_PATH = "usr/lib/python{v}{w}.zip"
+STDLIB_DIR = "usr/lib/python{v}.{w}"
+STDLIB_LAYOUTS = ("dir", "zip")
 SITE_DIR = "usr/lib/host-recover/site"
 WRAPPER = "usr/bin/host-recover"
 #: Zip entry timestamp: the earliest a zip can hold; fixed so rebuilds are identical.
@@ -73,6 +88,11 @@ EXCLUDES = (
     "recover.cli.docs",
     "elftools",
 )
+#: Imported by the standard library only inside ``try: ... except ImportError`` and not
+#: needed by the payload: left out unless the payload's own code imports them. ``ssl``:
+#: asyncio imports it for TLS transports; the peers speak plain HTTP (every reply is
+#: authenticated by a TPM quote), and ``_ssl`` would bring libssl.
+OPTIONAL = ("ssl", "_ssl")
 #: Libraries opened with dlopen (invisible to DT_NEEDED and ldd), as glob patterns.
 DLOPENED = (
     "libtss2-tcti-device.so.0",
@@ -109,13 +129,14 @@ class BundleReport:
     extensions: tuple[str, ...]
     libraries: tuple[str, ...]
     binaries: tuple[str, ...]
-    zip_bytes: int
+    stdlib_layout: str
+    stdlib_bytes: int
     site_bytes: int
     elf_bytes: int
 
     @property
     def total_bytes(self) -> int:
-        return self.zip_bytes + self.site_bytes + self.elf_bytes
+        return self.stdlib_bytes + self.site_bytes + self.elf_bytes
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -154,47 +175,159 @@ def _search_path() -> list[str]:
     return [_package_parent(), *(p for p in sys.path if p)]
 
 
-def scan_imports(entry: Sequence[str], scripts: Sequence[Path] = ()) -> dict[str, Path | None]:
-    """Bytecode import graph of ``entry`` modules and ``scripts`` (name → file)."""
-    import modulefinder
+#: Codecs looked up by name through the codec registry, which imports
+#: ``encodings.<name>`` from C where no import statement shows it: the interpreter's
+#: file-system and stdio encoding, the two io and the payload name, and idna (the
+#: socket module encodes host names with it).
+CODECS = ("utf-8", "ascii", "latin-1", "idna")
 
-    finder = modulefinder.ModuleFinder(path=_search_path(), excludes=list(EXCLUDES))
-    for name in entry:
-        try:
-            finder.import_hook(name)
-        except ImportError as e:
-            raise ConfigError(
-                f"payload module {name!r} cannot be imported: {e}",
-                hint="install the package into the environment you bundle from",
-            ) from None
-    for script in scripts:
-        finder.run_script(os.fspath(script))
-    out: dict[str, Path | None] = {}
-    for name, mod in finder.modules.items():
-        if name == "__main__" or _excluded(name):
+
+def _module_file(name: str, parent: Path) -> Path | None:
+    """The source of module ``name`` under ``parent`` (None: not a module there)."""
+    base = parent.joinpath(*name.split("."))
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _prefixes(dotted: str) -> list[str]:
+    parts = dotted.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def imported_names(tree: ast.AST, name: str, is_package: bool) -> set[str]:
+    """Every module name an import statement of module ``name`` may load, at any depth
+    (inside functions too; not under ``if TYPE_CHECKING:``). ``from a import b`` gives
+    ``a`` and ``a.b``: ``b`` may be a submodule or an attribute, the probe tells."""
+    package = name if is_package else name.rpartition(".")[0]
+    out: set[str] = set()
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and _type_checking(node.test):
+            todo.extend(node.orelse)
             continue
-        file = getattr(mod, "__file__", None)
-        out[name] = Path(file) if file else None
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                out.update(_prefixes(alias.name))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            out.update(_prefixes(base))
+            out.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+        todo.extend(ast.iter_child_nodes(node))
     return out
 
 
+def payload_graph(entry: Sequence[str]) -> tuple[dict[str, Path], set[str]]:
+    """(our modules reachable from ``entry`` → source file, the outside module names
+    they import). Read from the sources: nothing is imported here."""
+    parent = Path(_package_parent())
+    top = entry[0].split(".")[0] if entry else "recover"
+    own: dict[str, Path] = {}
+    outside: set[str] = set()
+    todo = list(entry)
+    for _ in range(100_000):  # bounded: the package has a few hundred modules
+        if not todo:
+            break
+        name = todo.pop()
+        if name in own or _excluded(name):
+            continue
+        path = _module_file(name, parent)
+        if path is None:
+            raise ConfigError(
+                f"payload module {name!r} not found under {parent}",
+                hint="bundle from a checkout or an installation of host-recover",
+            )
+        own[name] = path
+        tree = ast.parse(path.read_bytes(), os.fspath(path))
+        for n in imported_names(tree, name, path.name == "__init__.py"):
+            if n.split(".")[0] != top:
+                outside.add(n)
+            elif n not in own and _module_file(n, parent) is not None:
+                todo.append(n)  # else: an attribute (from recover.x import Name)
+    return own, outside
+
+
 _PROBE = """
-import importlib, json, sys
-for name in sys.argv[1:]:
+import codecs, importlib, importlib.util, json, sys
+tried = []
+sys.addaudithook(lambda event, args: tried.append(args[0]) if event == "import" else None)
+spec = json.loads(sys.stdin.read())
+for name in spec["own"]:
     importlib.import_module(name)
-print(json.dumps({n: getattr(m, "__file__", None) for n, m in sorted(sys.modules.items())}))
+for name in spec["outside"]:
+    try:
+        importlib.import_module(name)
+    except Exception:  # an attribute (from a import b), or optional and failing here:
+        pass  # the audit hook has the attempt; a module that exists is kept below
+for name in spec["codecs"]:
+    codecs.lookup(name)
+files = {}
+for name in sorted(set(tried) | set(sys.modules)):
+    mod = sys.modules.get(name)
+    if mod is not None:
+        files[name] = getattr(mod, "__file__", None)
+        continue
+    try:  # tried but not loaded: kept if it exists (its import fails the same at boot)
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None
+    if found is not None and found.has_location:
+        files[name] = found.origin
+print(json.dumps(files))
 """
 
 
-def runtime_imports(entry: Sequence[str], python: str = sys.executable) -> dict[str, Path | None]:
-    """Modules that really importing ``entry`` loads (a subprocess, ``-S`` like the boot)."""
+def lazy_attribute_imports(found: dict[str, Path | None]) -> set[str]:
+    """What module-level ``__getattr__`` functions (PEP 562) import: a package that
+    loads a submodule when an attribute is first used (``concurrent.futures`` imports
+    ``.thread`` when asyncio first asks for ``ThreadPoolExecutor``), unseen by a probe
+    that only imports."""
+    out: set[str] = set()
+    for name, path in found.items():
+        if path is None or path.suffix != ".py":
+            continue
+        source = path.read_bytes()
+        if b"def __getattr__" not in source:
+            continue
+        tree = ast.parse(source, os.fspath(path))
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+                out |= imported_names(node, name, path.name == "__init__.py")
+    return out
+
+
+def runtime_imports(
+    own: Sequence[str], outside: Iterable[str], python: str = sys.executable
+) -> dict[str, Path | None]:
+    """Every module that importing the payload's modules (``own``, then the ``outside``
+    names they import) makes the interpreter try, with its file (None: built in). One
+    subprocess, ``-S`` like the boot."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in _search_path() if "site-packages" in p or p == _package_parent()
     )
     env["TSS2_LOG"] = "all+none"
+    spec = {
+        "own": [n for n in own if not n.endswith("__main__")],  # __main__ would run
+        "outside": sorted(outside),
+        "codecs": list(CODECS),
+    }
     proc = subprocess.run(
-        [python, "-S", "-c", _PROBE, *(n for n in entry if not n.endswith("__main__"))],
+        [python, "-S", "-c", _PROBE],
+        input=json.dumps(spec),
         capture_output=True,
         text=True,
         env=env,
@@ -219,38 +352,27 @@ def _package_root(name: str, path: Path) -> Path:
     return root
 
 
-def resolve_modules(found: dict[str, Path | None]) -> list[Module]:
+def _alias(name: str, path: Path) -> bool:
+    """``os.path`` (posixpath), ``_frozen_importlib`` (importlib._bootstrap): a second
+    name for a module that is shipped, or frozen, under its own name."""
+    stem = path.name.split(".")[0]
+    return stem != name.rpartition(".")[2] and stem != "__init__"
+
+
+def resolve_modules(found: dict[str, Path | None], wanted: Iterable[str] = ()) -> list[Module]:
+    """Modules with their files; :data:`OPTIONAL` ones only if ``wanted`` names them."""
     stdlib = _stdlib_dirs()
+    keep = set(wanted)
     mods: dict[str, Module] = {}
     for name, path in found.items():
+        if name.split(".")[0] in OPTIONAL and name.split(".")[0] not in keep:
+            continue
+        if path is not None and _alias(name, path):
+            continue
         if path is None or path.suffix not in (".py", ".so", ".pyc") or not path.exists():
             mods.setdefault(name, Module(name, None, True))
             continue
         mods[name] = Module(name, path, _is_stdlib(path, stdlib))
-    # Third-party packages whole; the stdlib's codec registry imports encodings by name.
-    extra: dict[str, Path] = {}
-    for m in list(mods.values()):
-        if m.path is None:
-            continue
-        top = m.name.split(".")[0]
-        if m.stdlib and top != "encodings":
-            continue
-        root = _package_root(m.name, m.path)
-        pkg = root / top
-        if pkg.is_dir():
-            for f in sorted(pkg.rglob("*")):
-                if f.suffix in (".py", ".so") and "__pycache__" not in f.parts:
-                    rel = f.relative_to(root).with_suffix("")
-                    parts = list(rel.parts)
-                    if parts[-1] == "__init__":
-                        parts.pop()
-                    parts[-1] = parts[-1].split(".")[0]
-                    modname = ".".join(parts)
-                    if not _excluded(modname) and not any(p in ("tests", "testing") for p in parts):
-                        extra.setdefault(modname, f)
-    for name, f in extra.items():
-        if name not in mods or mods[name].path is None:
-            mods[name] = Module(name, f, _is_stdlib(f, stdlib))
     return sorted(mods.values(), key=lambda m: m.name)
 
 
@@ -272,14 +394,30 @@ def _relpath(m: Module) -> str:
     return m.name.replace(".", "/")
 
 
-def write_stdlib_zip(mods: Iterable[Module], zpath: Path) -> int:
-    """Sourceless stdlib zip with fixed timestamps and sorted entries; returns count."""
+def _stdlib_pycs(mods: Iterable[Module]) -> dict[str, bytes]:
+    """Relative path → sourceless .pyc of every stdlib module written in Python."""
     entries: dict[str, bytes] = {}
     for m in mods:
         if m.path is None or not m.stdlib or m.path.suffix != ".py":
             continue
         rel = _relpath(m) + ".pyc"
         entries[rel] = _pyc_bytes(m.path, rel[:-1])
+    return entries
+
+
+def write_stdlib_dir(mods: Iterable[Module], top: Path) -> tuple[int, int]:
+    """Sourceless stdlib .pyc files under ``top``; returns (count, bytes)."""
+    entries = _stdlib_pycs(mods)
+    for rel in sorted(entries):
+        dest = top / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(entries[rel])
+    return len(entries), sum(map(len, entries.values()))
+
+
+def write_stdlib_zip(mods: Iterable[Module], zpath: Path) -> int:
+    """Sourceless stdlib zip with fixed timestamps and sorted entries; returns count."""
+    entries = _stdlib_pycs(mods)
     zpath.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zpath, "w", zipfile.ZIP_STORED) as z:
         dirs = sorted({str(Path(r).parent) + "/" for r in entries if "/" in r})
@@ -328,6 +466,39 @@ def _elf_info(path: Path) -> tuple[list[str], list[str], str | None]:
     except (ELFError, OSError) as e:
         raise ConfigError(f"{path}: not a readable ELF file: {e}") from None
     return needed, dirs, interp
+
+
+def _has_symbols(path: Path) -> bool:
+    """Whether an ELF file still has a symbol table or debug sections."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(path, "rb") as f:
+            names = [sec.name for sec in ELFFile(f).iter_sections()]
+    except (ELFError, OSError) as e:
+        raise ConfigError(f"{path}: not a readable ELF file: {e}") from None
+    return any(n == ".symtab" or n.startswith((".debug", ".zdebug")) for n in names)
+
+
+def copy_stripped(src: Path, dest: Path) -> None:
+    """Copy a shared object without its symbol table and debug sections (the dynamic
+    symbols it is loaded by stay): ``strip --strip-unneeded``, deterministic. Files
+    that are stripped already, or a system without ``strip``, get a plain copy."""
+    strip = shutil.which("strip")
+    if strip is None or not _has_symbols(src):
+        shutil.copy2(src, dest)
+        return
+    proc = subprocess.run(
+        [strip, "--strip-unneeded", "--preserve-dates", "-o", os.fspath(dest), os.fspath(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ConfigError(f"strip {src} failed: {proc.stderr.strip()}", hint="install binutils")
+    dest.chmod(src.stat().st_mode & 0o777)
 
 
 def find_library(soname: str, extra_dirs: Sequence[str] = ()) -> Path | None:
@@ -423,9 +594,12 @@ def _wrapper(site: str) -> str:
 def build(
     output: str | os.PathLike[str],
     entry: Sequence[str] | None = None,
-    scripts: Sequence[Path] = (),
+    stdlib: str = "dir",
 ) -> BundleReport:
-    """Write the staging directory for the initramfs (see the module docstring)."""
+    """Write the staging directory for the initramfs (see the module docstring);
+    ``stdlib``: ``dir`` or ``zip`` (:data:`STDLIB_LAYOUTS`)."""
+    if stdlib not in STDLIB_LAYOUTS:
+        raise UsageError(f"unknown stdlib layout {stdlib!r}", hint="dir or zip")
     out = Path(output)
     entry = tuple(entry or payload_entry())
     if out.exists():
@@ -438,14 +612,27 @@ def build(
     root = out / "root"
     root.mkdir(parents=True)
 
-    found = scan_imports(entry, scripts)
-    for name, path in runtime_imports(entry).items():
-        found.setdefault(name, path)
-    mods = resolve_modules(found)
+    own, outside = payload_graph(entry)
+    found: dict[str, Path | None] = dict(own)
+    roots = set(outside)
+    for _ in range(8):  # bounded: each round adds what the last one's __getattr__s import
+        for name, path in runtime_imports(list(own), roots).items():
+            found.setdefault(name, path)
+        lazy = lazy_attribute_imports(found) - roots
+        if not lazy:
+            break
+        roots |= lazy
+    mods = resolve_modules(found, wanted={n.split(".")[0] for n in outside})
 
     v = sys.version_info
-    zpath = root / ZIP_PATH.format(v=v.major, w=v.minor)
-    stdlib_pyc = write_stdlib_zip(mods, zpath)
+    if stdlib == "zip":
+        zpath = root / ZIP_PATH.format(v=v.major, w=v.minor)
+        stdlib_pyc = write_stdlib_zip(mods, zpath)
+        stdlib_bytes = zpath.stat().st_size
+    else:
+        stdlib_pyc, stdlib_bytes = write_stdlib_dir(
+            mods, root / STDLIB_DIR.format(v=v.major, w=v.minor)
+        )
 
     site_pyc = 0
     extensions: list[Path] = []
@@ -461,7 +648,7 @@ def build(
                 rel = m.path.relative_to(_package_root(m.name, m.path))
                 dest = root / SITE_DIR / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(m.path, dest)
+            copy_stripped(m.path, dest)
             site_bytes += dest.stat().st_size
         elif not m.stdlib and m.path.suffix == ".py":
             rel_s = _relpath(m)
@@ -497,7 +684,8 @@ def build(
         extensions=tuple(sorted(p.name for p in extensions)),
         libraries=tuple(os.fspath(p) for p in libs),
         binaries=(os.fspath(python),),
-        zip_bytes=zpath.stat().st_size,
+        stdlib_layout=stdlib,
+        stdlib_bytes=stdlib_bytes,
         site_bytes=site_bytes,
         elf_bytes=elf_bytes,
     )

@@ -4,12 +4,16 @@ It listens on a port pair like swtpm's (server, control), forwards both to swtpm
 records two instants on the server side: when the TCTI connected (for a payload:
 interpreter, imports and ESAPI init done) and when the first command's bytes arrived,
 with that command's code (bench/coldstart.py times the payload's cold start with it).
+Given the client's ``pid``, it also reads the client's CPU time at the first command,
+before forwarding it: the client waits for the answer then, so that is exactly its CPU
+from exec to the first command, a figure the other jobs of a shared machine barely move.
 Every loop is bounded; the threads are daemons and end with ``close()``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -27,6 +31,20 @@ def command_name(code: int) -> str:
     return CC_NAMES.get(code, hex(code))
 
 
+def cpu_ns(pid: int) -> int | None:
+    """CPU time of process ``pid``, all its threads, in ns (/proc/PID/task/*/schedstat:
+    nanosecond run times, where /proc/PID/stat counts 10 ms ticks); None if it is gone."""
+    total = 0
+    try:
+        with os.scandir(f"/proc/{pid}/task") as tasks:
+            for t in tasks:
+                with open(f"/proc/{pid}/task/{t.name}/schedstat", encoding="ascii") as f:
+                    total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 class Relay:
     """Loopback TCP relay in front of swtpm's server and control ports."""
 
@@ -35,6 +53,8 @@ class Relay:
         self.port = free_port_pair()
         self.connected: float | None = None
         self.first: tuple[float, int] | None = None  # (monotonic time, command code)
+        self.pid: int | None = None  # the client process, for first_cpu_ns
+        self.first_cpu_ns: int | None = None  # its CPU time at the first command
         self._closed = threading.Event()
         self._listeners: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -57,6 +77,8 @@ class Relay:
         """Forget the last run's timestamps."""
         self.connected = None
         self.first = None
+        self.pid = None
+        self.first_cpu_ns = None
 
     def _accept(self, lsock: socket.socket, off: int) -> None:
         for _ in range(MAX_CONNECTIONS):
@@ -91,6 +113,8 @@ class Relay:
                 if watch and self.first is None:
                     code = int.from_bytes(data[6:10], "big") if len(data) >= 10 else 0
                     self.first = (time.monotonic(), code)
+                    if self.pid is not None:
+                        self.first_cpu_ns = cpu_ns(self.pid)
                 dst.sendall(data)
         except OSError:
             pass

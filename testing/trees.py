@@ -5,9 +5,10 @@ its bundle and bytecode caches; ``Tree.python(mode)`` gives the interpreter argv
 environment that load the payload's code three ways:
 
 * ``bundle``: what the initramfs runs: the staging directory of ``host-recover bundle``
-  (sourceless .pyc, the stdlib zipped), Debian's python3 with ``-S`` and PYTHONHOME
-  pointed at the staging copy (experiments: ``bundle-stdlib-dir``, the stdlib unzipped;
-  ``bundle-nofapi``, another tpm2-pytss in front of the bundle's site);
+  (sourceless .pyc), Debian's python3 with ``-S`` and PYTHONHOME pointed at the staging
+  copy (experiments: ``bundle-stdlib-zip``, the same modules with the stdlib zipped,
+  ``host-recover bundle --stdlib zip``; ``bundle-nofapi``, another tpm2-pytss in front of
+  the bundle's site);
 * ``src``: the source tree with a warm bytecode cache (``-X pycache_prefix=DIR``);
 * ``src-nopyc``: sources compiled at every start (``-B``, an empty pycache prefix).
 
@@ -29,7 +30,7 @@ VENV_PY = sys.executable  # the venv's python: a symlink to Debian's python3.11
 SYS_PY = os.path.realpath(sys.executable)  # what the initramfs installs (binaries.list)
 SITE = next((p for p in sys.path if p.endswith("site-packages")), "")
 MODES = ("bundle", "src", "src-nopyc")
-EXTRA_MODES = ("bundle-stdlib-dir", "bundle-nofapi")  # experiments
+EXTRA_MODES = ("bundle-stdlib-zip", "bundle-nofapi")  # experiments
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TSS2_LOG": "all+none"}
 
 
@@ -44,30 +45,19 @@ class Tree:
         self.bundle = self.work / "bundle"
         self.pycache = self.work / "pycache"
         self.empty_pycache = self.work / "pycache-empty"
-        self.stdlib_dir = self.work / "bundle-stdlib-dir"
+        self.stdlib_zip = self.work / "bundle-stdlib-zip"
         self.empty_pycache.mkdir(parents=True)
 
-    def build_bundle(self) -> None:
-        """``host-recover bundle`` run from this tree (recover/bundle.py computes the set)."""
+    def build_bundle(self, stdlib: str = "") -> None:
+        """``host-recover bundle`` run from this tree (recover/bundle.py computes the set);
+        ``stdlib="zip"``: the ``bundle-stdlib-zip`` experiment's staging directory."""
         env = {**BASE_ENV, "PYTHONPATH": f"{self.path}:{SITE}"}
-        argv = [VENV_PY, "-S", "-m", "recover", "bundle", "--output", str(self.bundle)]
+        out = self.stdlib_zip if stdlib else self.bundle
+        argv = [VENV_PY, "-S", "-m", "recover", "bundle", "--output", str(out)]
+        argv += ["--stdlib", stdlib] if stdlib else []
         proc = subprocess.run(argv, env=env, cwd=self.work, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{self.label}: bundle failed: {proc.stderr.strip()}")
-
-    def unzip_stdlib(self) -> None:
-        """A second PYTHONHOME with the bundle's stdlib zip extracted to a directory of
-        sourceless .pyc files (mode ``bundle-stdlib-dir``); extension modules are shared."""
-        import zipfile
-
-        lib, home = self.bundle / "root/usr/lib", self.stdlib_dir / "usr/lib"
-        v = f"{sys.version_info.major}.{sys.version_info.minor}"
-        zips = list(lib.glob("python*.zip"))
-        if len(zips) != 1:
-            raise SystemExit(f"{self.label}: no single stdlib zip in {lib}")
-        with zipfile.ZipFile(zips[0]) as z:
-            z.extractall(home / f"python{v}")
-        (home / f"python{v}/lib-dynload").symlink_to(lib / f"python{v}/lib-dynload")
 
     def python(self, mode: str) -> tuple[list[str], dict[str, str]]:
         """(interpreter argv, environment) for ``mode``."""
@@ -76,7 +66,7 @@ class Tree:
             site = f"{root}/usr/lib/host-recover/site"
             if mode == "bundle-nofapi":
                 site = f"{self.nofapi}:{site}"
-            home = self.stdlib_dir if mode == "bundle-stdlib-dir" else root
+            home = self.stdlib_zip / "root" if mode == "bundle-stdlib-zip" else root
             return [SYS_PY, "-S"], {
                 **BASE_ENV,
                 "PYTHONHOME": f"{home}/usr",

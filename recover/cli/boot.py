@@ -27,6 +27,12 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(handler=cmd_bundle)
     p.add_argument("--output", metavar="DIR", required=True, help="staging directory")
+    p.add_argument(
+        "--stdlib",
+        choices=("dir", "zip"),
+        default="dir",
+        help="the standard library as a directory of .pyc (loads faster) or a zip",
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -62,17 +68,19 @@ def boot_config_error(args: argparse.Namespace, error: HostRecoverError) -> int:
 def cmd_bundle(args: argparse.Namespace, cfg: Config) -> int:
     from recover.bundle import build
 
-    report = build(args.output)
+    report = build(args.output, stdlib=args.stdlib)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         mib = 1 << 20
         print(f"staging: {report.output}")
-        print(f"modules: {report.modules} ({report.stdlib_pyc} stdlib .pyc in the zip, ")
+        print(
+            f"modules: {report.modules} ({report.stdlib_pyc} stdlib .pyc, {report.stdlib_layout},"
+        )
         print(f"         {report.site_pyc} package .pyc, {len(report.extensions)} extensions)")
         print(f"libraries: {len(report.libraries)} (DT_NEEDED closure + dlopen'ed)")
         print(
-            f"size: zip {report.zip_bytes / mib:.1f} MiB, packages {report.site_bytes / mib:.1f} "
+            f"size: stdlib {report.stdlib_bytes / mib:.1f} MiB, packages {report.site_bytes / mib:.1f} "
             f"MiB, ELF {report.elf_bytes / mib:.1f} MiB, total {report.total_bytes / mib:.1f} MiB "
             "(uncompressed; the initramfs delta is measured by python -m bench.initramfs_size)"
         )

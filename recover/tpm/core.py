@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import itertools
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any, Self
@@ -181,6 +183,23 @@ def translate(what: str) -> Iterator[None]:
         raise TpmError(f"{what} failed: {e} (0x{rc:x})", rc=rc) from None
 
 
+@contextlib.contextmanager
+def _import_quietly() -> Iterator[None]:
+    """The cyclic garbage collector paused while tpm2_pytss (and with it cryptography)
+    is first imported: tens of thousands of new objects, none of them garbage, that each
+    collection during the import would only scan again (about a tenth of the import's
+    CPU, docs/performance.md); afterwards they are frozen out of later collections."""
+    if "tpm2_pytss" in sys.modules or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 class TpmCore:
     """An open ESAPI context. Use ``Tpm.open(...)`` as a context manager."""
 
@@ -194,7 +213,8 @@ class TpmCore:
     def open(cls, tcti: str, timeout: float = 30) -> Self:
         """Connect to the TPM behind ``tcti``, waiting up to ``timeout`` s for a device."""
         os.environ.setdefault("TSS2_LOG", "all+none")
-        from tpm2_pytss import ESAPI, TSS2_Exception
+        with _import_quietly():
+            from tpm2_pytss import ESAPI, TSS2_Exception
 
         name, _, conf = tcti.partition(":")
         if name == "device":

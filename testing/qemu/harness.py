@@ -193,9 +193,14 @@ def initramfs(
     with_module: bool = True,
     init: str = "shell",
     name: str = "",
+    stage: Path | None = None,
 ) -> Path:
-    """Build (or reuse) an initramfs; returns its path."""
-    stage = bundle() if with_module else None
+    """Build (or reuse) an initramfs; returns its path. ``stage``: the payload from this
+    staging directory (``host-recover bundle --output``), not from ``bundle()``."""
+    if with_module and stage is None:
+        stage = bundle()
+    elif not with_module:
+        stage = None
     modules = list(SHELL_MODULES if init == "shell" else SYSTEMD_MODULES)
     if with_module:
         modules.append("host-recover")

@@ -1,7 +1,7 @@
 """recover.bundle: the payload file set is computed, self-sufficient and reproducible.
 
 The self-sufficiency test runs the bundled payload with an interpreter that sees ONLY
-the bundle (the zip, the package tree, the bundled extension modules; no site, no
+the bundle (the stdlib .pyc, the package tree, the bundled extension modules; no site, no
 source files of the build environment) and imports everything the boot verb imports.
 """
 
@@ -34,9 +34,12 @@ def test_layout_and_manifest(staged: tuple[Path, bundle.BundleReport]) -> None:
     out, report = staged
     v = sys.version_info
     root = out / "root"
-    assert (root / f"usr/lib/python{v.major}{v.minor}.zip").is_file()
+    stdlib = root / f"usr/lib/python{v.major}.{v.minor}"
+    assert (stdlib / "argparse.pyc").is_file() and (stdlib / "json/__init__.pyc").is_file()
+    assert not (root / f"usr/lib/python{v.major}{v.minor}.zip").exists()
     assert (root / bundle.SITE_DIR / "recover/boot/payload.pyc").is_file()
-    assert not list((root / bundle.SITE_DIR).rglob("*.py")), "sources must not be shipped"
+    assert not list(root.rglob("*.py")), "sources must not be shipped"
+    assert report.stdlib_layout == "dir"
     wrapper = (root / bundle.WRAPPER).read_text()
     assert os.access(root / bundle.WRAPPER, os.X_OK)
     # isolated: nothing of init's environment (the kernel command line) reaches Python
@@ -51,12 +54,11 @@ def test_layout_and_manifest(staged: tuple[Path, bundle.BundleReport]) -> None:
     assert "_rust.abi3.so" in report.extensions  # cryptography
 
 
-def test_stdlib_zip_is_sourceless_sorted_and_timestamp_free(
-    staged: tuple[Path, bundle.BundleReport],
-) -> None:
-    out, _ = staged
+def test_stdlib_zip_is_sourceless_sorted_and_timestamp_free(tmp_path: Path) -> None:
+    report = bundle.build(tmp_path / "z", stdlib="zip")
+    assert report.stdlib_layout == "zip"
     v = sys.version_info
-    with zipfile.ZipFile(out / f"root/usr/lib/python{v.major}{v.minor}.zip") as z:
+    with zipfile.ZipFile(tmp_path / f"z/root/usr/lib/python{v.major}{v.minor}.zip") as z:
         infos = z.infolist()
     names = [i.filename for i in infos]
     assert "json/__init__.pyc" in names and "argparse.pyc" in names
@@ -67,18 +69,63 @@ def test_stdlib_zip_is_sourceless_sorted_and_timestamp_free(
     assert not [n for n in names if n.split("/")[0] in ("tkinter", "unittest", "test")]
 
 
+def test_only_what_the_payload_imports(staged: tuple[Path, bundle.BundleReport]) -> None:
+    """Modules of the standard library and of tpm2-pytss that the payload never imports
+    are not shipped; what it imports only lazily (the peer stage) is."""
+    out, _ = staged
+    v = sys.version_info
+    stdlib = out / f"root/usr/lib/python{v.major}.{v.minor}"
+    site = out / "root" / bundle.SITE_DIR
+    for absent in ("sqlite3", "xml", "http/server.pyc", "pydoc.pyc", "ssl.pyc", "tarfile.pyc"):
+        assert not (stdlib / absent).exists(), absent
+    assert not list(stdlib.glob("encodings/cp*.pyc")), "only the codecs the payload uses"
+    assert not (site / "tpm2_pytss/tsskey.pyc").exists()
+    assert not (site / "tpm2_pytss/command_parser.pyc").exists()
+    assert not list(stdlib.rglob("_ssl*.so"))
+    for lazy in ("asyncio/base_events.pyc", "concurrent/futures/thread.pyc", "uuid.pyc"):
+        assert (stdlib / lazy).is_file(), lazy
+    assert (site / "recover/peers/client.pyc").is_file()
+
+
+def test_import_graph_reads_lazy_and_relative_imports() -> None:
+    import ast
+
+    tree = ast.parse(
+        "from __future__ import annotations\n"
+        "import a.b\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    import heavy\n"
+        "from . import sib\n"
+        "from ..up import name\n"
+        "def f():\n"
+        "    import lazy.mod\n"
+    )
+    names = bundle.imported_names(tree, "pkg.sub.mod", is_package=False)
+    assert {"a", "a.b", "lazy", "lazy.mod", "pkg.sub", "pkg.sub.sib", "pkg.up"} <= names
+    assert "pkg.up.name" in names and "heavy" not in names
+
+
+def test_extension_modules_are_stripped(staged: tuple[Path, bundle.BundleReport]) -> None:
+    out, _ = staged
+    sos = list((out / "root").rglob("*.so"))
+    assert sos
+    for so in sos:
+        assert not bundle._has_symbols(so), so
+
+
 def test_rebuild_is_byte_identical(
     staged: tuple[Path, bundle.BundleReport], tmp_path: Path
 ) -> None:
     out, _ = staged
     again = tmp_path / "again"
     bundle.build(again)
-    v = sys.version_info
-    zname = f"root/usr/lib/python{v.major}{v.minor}.zip"
-    assert (out / zname).read_bytes() == (again / zname).read_bytes()
     a = sorted(p.relative_to(out) for p in (out / "root").rglob("*"))
     b = sorted(p.relative_to(again) for p in (again / "root").rglob("*"))
     assert a == b
+    for rel in a:
+        if (out / rel).is_file():
+            assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
 
 
 def test_payload_imports_from_the_bundle_alone(
@@ -89,7 +136,7 @@ def test_payload_imports_from_the_bundle_alone(
     root = out / "root"
     paths = [
         root / bundle.SITE_DIR,
-        root / f"usr/lib/python{v.major}{v.minor}.zip",
+        root / f"usr/lib/python{v.major}.{v.minor}",
         root / f"usr/lib/python{v.major}.{v.minor}/lib-dynload",
     ]
     probe = (
