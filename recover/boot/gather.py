@@ -190,6 +190,7 @@ class Decision:
     peers: PeerResults | None  # None: no peers configured, or not asked (clean, forced)
     verdict: Verdict
     timings: dict[str, float]  # milliseconds per step
+    witness: dict[str, Any] | None = None  # the witness's view (docs/witness.md), if read
 
     @property
     def peers_unavailable(self) -> bool:
@@ -207,6 +208,7 @@ class Decision:
             "evidence": self.evidence.to_json(),
             "peers": self.peers.to_json() if self.peers is not None else None,
             "timings_ms": dict(self.timings),
+            "witness": self.witness,
         }
 
 
@@ -236,6 +238,7 @@ def run(
     policy = Policy.from_config(cfg)
     skip = _need_peers(ev, policy)
     peers: PeerResults | None = None
+    witness = None
     if skip:
         log.info("not asking peers: %s", skip)
     elif not os.path.exists(cfg.peers_inventory):
@@ -274,6 +277,7 @@ def run(
         )
 
         stop_early = verdict_mod.EarlyStop(ev.summary, ev.since_reset_s, len(domain), policy)
+        witness = _start_witness(cfg, inv, me) if cfg.witness_endpoints and domain else None
 
         def ask() -> PeerResults:
             with step("peers", timings):
@@ -320,10 +324,46 @@ def run(
             peers.elapsed_ms,
             " (stopped early)" if peers.stopped_early else "",
         )
-    verdict = verdict_mod.decide(ev, peers, policy)
+    view = witness() if witness is not None else None
+    classes = view.classes if view is not None and not view.error else None
+    verdict = verdict_mod.decide(ev, peers, policy, witness=classes)
     if peers is not None:
         log.info("decide steps (ms): %s", " ".join(f"{k}={v:g}" for k, v in timings.items()))
-    return Decision(ev, peers, verdict, timings)
+    return Decision(ev, peers, verdict, timings, view.to_json() if view is not None else None)
+
+
+def _start_witness(cfg: Config, inv: Any, me: str) -> Any:
+    """Read the witness (etcd) in a thread while the peers are asked; returns a call that
+    gives its view, bounded by witness.deadline (docs/witness.md)."""
+    from recover.core.witness import unavailable
+    from recover.peers.witness import read_domain
+
+    out: list[Any] = []
+    t0 = time.monotonic()
+    th = threading.Thread(
+        target=lambda: out.append(read_domain(cfg, inv, me)), name="host-recover-witness"
+    )
+    th.daemon = True
+    th.start()
+
+    def result() -> Any:
+        th.join(max(0.0, cfg.witness_deadline + 1 - (time.monotonic() - t0)))
+        view = out[0] if out else unavailable("no answer within witness.deadline")
+        if view.error:
+            log.warning("witness: deciding without it: %s", view.error)
+        else:
+            counts: dict[str, int] = {}
+            for c in view.classes.values():
+                counts[str(c)] = counts.get(str(c), 0) + 1
+            log.info(
+                "witness: %s in %.0f ms%s",
+                " ".join(f"{k}={v}" for k, v in sorted(counts.items())),
+                view.elapsed_ms,
+                f" (no anchor: {view.anchor_problem})" if view.anchor_problem else "",
+            )
+        return view
+
+    return result
 
 
 def may_still_ask(domain_ids: set[str], peers: PeerResults) -> set[str]:

@@ -41,6 +41,7 @@ class Outcome:
     lock_pcr_extended: bool = False  # extended in every allocated bank and verified
     lock: dict[str, str] = dataclasses.field(default_factory=dict)  # bank → new value
     timeline_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    witness: dict[str, Any] | None = None  # the witness's view, if read (docs/witness.md)
 
 
 ACTION_NAME = "action"  # what the hook does next, one word (recover.core.plan.HookAction)
