@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,17 +33,23 @@ PREFIX = "/hr-test"
 INTERVAL = 0.5
 
 
-def witness_section(endpoints: str) -> str:
+def witness_section(endpoints: str, state_dir: Path) -> str:
     return (
         f"[witness]\nendpoints = {endpoints}\nprefix = {PREFIX}\ninterval = {INTERVAL}\n"
-        "ttl_intervals = 2\ndeadline = 3\n"
+        f"ttl_intervals = 2\ndeadline = 3\n[boot]\nstate_dir = {state_dir}\n"
     )
+
+
+def state_dir(h: Host) -> Path:
+    d = h.root / f"state-{h.name}"
+    d.mkdir(exist_ok=True)
+    return d
 
 
 def start_heartbeating(h: Host, endpoints: str) -> None:
     cfg = h.write_config()
     orig = h.write_config
-    text = cfg.read_text() + witness_section(endpoints)
+    text = cfg.read_text() + witness_section(endpoints, state_dir(h))
 
     def write_config(host_id: str | None = None) -> Path:
         path = orig(host_id)
@@ -174,3 +182,62 @@ def test_a_peer_still_heartbeating_is_not_witnessed(fleet: dict[str, Host], etcd
         assert cls["p3"] == "alive", cls
     assert str(d.verdict.kind) == "correlated-failure", d.verdict.reasons
     assert d.verdict.counts["witnessed"] == 2 and d.verdict.counts["unaffected"] == 1
+
+
+def fleet_status(h: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "recover", "--config", str(h.write_config()), "fleet", "status",
+         *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_fleet_status_shows_last_seen_and_published_decisions(
+    fleet: dict[str, Host], etcd: Etcd
+) -> None:
+    """The decision record the payload left (decision.json in the state directory)
+    leaves the host with the next agent's heartbeats; ``fleet status`` shows it."""
+    (state_dir(fleet["p1"]) / "decision.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "boot_id": "boot-p1",
+                "time": 1.7e9,
+                "action": "recover",
+                "exit_code": 10,
+                "verdict": {
+                    "kind": "correlated-failure",
+                    "reasons": ["local evidence: abnormal", "3 of 3 peers went down"],
+                },
+            }
+        )
+    )
+    heartbeat_all(fleet, etcd)
+    p2 = fleet["p2"]
+    assert p2.agent is not None
+    p2.agent.send_signal(signal.SIGKILL)  # p2 loses power; the others run on
+    p2.agent.wait(timeout=10)
+    p2.agent = None
+    until(
+        lambda: core.alive_key(PREFIX, "rack-1", "p2") not in domain(etcd),
+        "p2's lease expired",
+        timeout=60,
+    )
+    out = fleet_status(fleet["self"], "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["host"]: r for r in json.loads(out.stdout)["hosts"]}
+    assert set(rows) == set(NAMES)
+    assert all(r["verified"] for r in rows.values()), rows
+    assert [n for n, r in rows.items() if not r["alive"]] == ["p2"]
+    d = rows["p1"]["decision"]
+    assert d["kind"] == "correlated-failure" and d["action"] == "recover"
+    assert d["reasons"][1] == "3 of 3 peers went down"
+    assert rows["self"]["decision"] is None
+    text = fleet_status(fleet["self"], "--domain", "rack-1")
+    assert text.returncode == 0, text.stderr
+    assert "p2" in text.stdout and "stopped" in text.stdout
+    assert "decision correlated-failure → recover" in text.stdout
+    etcd.stop()
+    down = fleet_status(fleet["self"])
+    assert down.returncode == 6, down.stderr
+    assert "witness unreachable" in down.stderr
