@@ -77,13 +77,12 @@ def _when(t: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    import asyncio
     import os
 
     from recover.core import inventory as inv_mod
     from recover.core import witness
     from recover.errors import ConfigError, PeersUnavailable
-    from recover.peers.witness import EtcdClient, WitnessUnavailable
+    from recover.peers.witness import WitnessUnavailable, read_prefix
 
     if not cfg.witness_endpoints:
         raise ConfigError(
@@ -104,9 +103,8 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         base = witness.domain_prefix(cfg.witness_prefix, domain)
     except ValueError as e:
         raise ConfigError(str(e), hint="a failure domain name has no '/'") from None
-    client = EtcdClient(cfg.witness_endpoints, timeout=max(2.0, cfg.witness_deadline))
     try:
-        kvs, revision = asyncio.run(client.range_prefix(base))
+        kvs, revision = read_prefix(cfg.witness_endpoints, base, max(5.0, cfg.witness_deadline))
     except WitnessUnavailable as e:
         raise PeersUnavailable(
             f"witness unreachable: {e}", hint="check witness.endpoints and that etcd runs"

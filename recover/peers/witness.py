@@ -224,28 +224,32 @@ class EtcdClient:
 # --- the boot payload's read ------------------------------------------------------------
 
 
+def read_prefix(
+    endpoints: str, prefix: str, timeout: float
+) -> tuple[dict[str, tuple[bytes, int]], int]:
+    """Every key under ``prefix`` (one range request) and the store's revision, within
+    ``timeout`` seconds; raises WitnessUnavailable."""
+    import asyncio
+
+    client = EtcdClient(endpoints, timeout=timeout)
+    try:
+        return asyncio.run(asyncio.wait_for(client.range_prefix(prefix), timeout))
+    except TimeoutError:
+        raise WitnessUnavailable(f"no answer within {timeout:g} s") from None
+
+
 def read_domain(cfg: Config, inventory: Inventory, me: str) -> core.View:
     """The witness's view of this host's domain, within ``witness.deadline``; never
     raises: an unreachable or broken witness is a view with ``error`` (nothing known)."""
-    import asyncio
-
     t0 = time.monotonic()
     entry = inventory.get(me)
     if entry is None:
         return core.unavailable(f"this host ({me}) is not in the inventory: no domain to read")
     try:
         prefix = core.domain_prefix(cfg.witness_prefix, entry.failure_domain)
-        client = EtcdClient(cfg.witness_endpoints, timeout=cfg.witness_deadline)
-        kvs, revision = asyncio.run(
-            asyncio.wait_for(client.range_prefix(prefix), cfg.witness_deadline)
-        )
+        kvs, revision = read_prefix(cfg.witness_endpoints, prefix, cfg.witness_deadline)
     except (WitnessUnavailable, ValueError) as e:
         return core.unavailable(str(e), (time.monotonic() - t0) * 1000)
-    except TimeoutError:
-        return core.unavailable(
-            f"no answer within witness.deadline ({cfg.witness_deadline:g} s)",
-            (time.monotonic() - t0) * 1000,
-        )
     v = core.view(
         me,
         inventory.domain_peers(me),
