@@ -271,13 +271,18 @@ def run(
                 cfg.peers_inventory,
             )
         with step("attestation-key", timings):
-            tpm.ensure_ak(cfg.tpm_ak_handle)
+            ak_pem = tpm.ensure_ak(cfg.tpm_ak_handle)
         attestor = TpmAttestor(
             tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, threading.Lock(), lock_pcr=cfg.tpm_lock_pcr
         )
 
         stop_early = verdict_mod.EarlyStop(ev.summary, ev.since_reset_s, len(domain), policy)
-        witness = _start_witness(cfg, inv, me) if cfg.witness_endpoints and domain else None
+        witness = None
+        if cfg.witness_endpoints and domain:
+            # This host's own last heartbeat is verified with its AK and the PCRs of this
+            # boot when its inventory does not list it (docs/witness.md).
+            own_pcrs = tpm.pcr_read(cfg.tpm_pcrs) if entry is None else None
+            witness = _start_witness(cfg, inv, me, ak_pem, own_pcrs)
 
         def ask() -> PeerResults:
             with step("peers", timings):
@@ -332,7 +337,7 @@ def run(
     return Decision(ev, peers, verdict, timings, view.to_json() if view is not None else None)
 
 
-def _start_witness(cfg: Config, inv: Any, me: str) -> Any:
+def _start_witness(cfg: Config, inv: Any, me: str, own_ak: bytes, own_pcrs: Any) -> Any:
     """Read the witness (etcd) in a thread while the peers are asked; returns a call that
     gives its view, bounded by witness.deadline (docs/witness.md)."""
     from recover.core.witness import unavailable
@@ -341,7 +346,8 @@ def _start_witness(cfg: Config, inv: Any, me: str) -> Any:
     out: list[Any] = []
     t0 = time.monotonic()
     th = threading.Thread(
-        target=lambda: out.append(read_domain(cfg, inv, me)), name="host-recover-witness"
+        target=lambda: out.append(read_domain(cfg, inv, me, own_ak, own_pcrs)),
+        name="host-recover-witness",
     )
     th.daemon = True
     th.start()

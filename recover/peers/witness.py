@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from recover.config import Config
-    from recover.core.inventory import Inventory
+    from recover.core.inventory import Inventory, Peer
     from recover.peers.attestor import Attestor
 
 log = logging.getLogger("recover.witness")
@@ -238,15 +238,50 @@ def read_prefix(
         raise WitnessUnavailable(f"no answer within {timeout:g} s") from None
 
 
-def read_domain(cfg: Config, inventory: Inventory, me: str) -> core.View:
-    """The witness's view of this host's domain, within ``witness.deadline``; never
-    raises: an unreachable or broken witness is a view with ``error`` (nothing known)."""
-    t0 = time.monotonic()
+def self_entry(
+    inventory: Inventory, me: str, own_ak: bytes | None, own_pcrs: Any
+) -> tuple[Peer | None, str]:
+    """How this host's own heartbeat is verified, and its failure domain.
+
+    Its inventory entry when it has one. A host is often not in its own baked inventory
+    (its entry's PCRs would have to include the initramfs that contains it): then its own
+    AK and the PCRs it reads now (the same measured boot chain its normal OS ran, unless
+    it changed) stand in, and its domain is the one domain its inventory lists."""
+    from recover.core.inventory import Peer
+
     entry = inventory.get(me)
-    if entry is None:
-        return core.unavailable(f"this host ({me}) is not in the inventory: no domain to read")
+    if entry is not None:
+        return entry, entry.failure_domain
+    domains = {p.failure_domain for p in inventory}
+    if len(domains) != 1:
+        raise WitnessUnavailable(
+            f"this host ({me}) is not in its inventory, which lists {len(domains)} failure "
+            "domains: its own is unknown"
+        )
+    domain = domains.pop()
+    if own_ak is None or not own_pcrs:
+        return None, domain
+    return Peer(me, "0.0.0.0", 0, domain, own_ak, own_pcrs), domain
+
+
+def read_domain(
+    cfg: Config,
+    inventory: Inventory,
+    me: str,
+    own_ak: bytes | None = None,
+    own_pcrs: Any = None,
+) -> core.View:
+    """The witness's view of this host's domain, within ``witness.deadline``; never
+    raises: an unreachable or broken witness is a view with ``error`` (nothing known).
+    ``own_ak``/``own_pcrs``: this host's AK (PEM) and current ``tpm.pcrs`` values, to
+    verify its own last heartbeat when the inventory does not list it."""
+    t0 = time.monotonic()
     try:
-        prefix = core.domain_prefix(cfg.witness_prefix, entry.failure_domain)
+        entry, domain = self_entry(inventory, me, own_ak, own_pcrs)
+    except WitnessUnavailable as e:
+        return core.unavailable(str(e))
+    try:
+        prefix = core.domain_prefix(cfg.witness_prefix, domain)
         kvs, revision = read_prefix(cfg.witness_endpoints, prefix, cfg.witness_deadline)
     except (WitnessUnavailable, ValueError) as e:
         return core.unavailable(str(e), (time.monotonic() - t0) * 1000)
@@ -256,7 +291,7 @@ def read_domain(cfg: Config, inventory: Inventory, me: str) -> core.View:
         entry,
         kvs,
         cfg.witness_prefix,
-        entry.failure_domain,
+        domain,
         float(cfg.verdict_window),
         revision,
     )

@@ -241,3 +241,25 @@ def test_fleet_status_shows_last_seen_and_published_decisions(
     down = fleet_status(fleet["self"])
     assert down.returncode == 6, down.stderr
     assert "witness unreachable" in down.stderr
+
+
+def test_host_not_in_its_own_inventory_anchors_with_its_own_ak(
+    fleet: dict[str, Host], etcd: Etcd
+) -> None:
+    """A host's baked inventory usually lacks the host itself (its entry's PCRs would
+    include the initramfs holding it): its own last heartbeat is then verified with its
+    own AK and the PCRs of this boot."""
+    heartbeat_all(fleet, etcd)
+    power_loss(fleet, etcd)
+    peers_only = {n: h for n, h in fleet.items() if n != "self"}
+    entries = [h.entry() for h in peers_only.values()]
+    (fleet["self"].root / "peers.json").write_text(json.dumps({"version": 1, "peers": entries}))
+    d = run_self(fleet, witness_endpoints=etcd.endpoints_setting, witness_prefix=PREFIX)
+    assert d.witness is not None and d.witness["anchor_problem"] is None, d.witness
+    assert str(d.verdict.kind) == "correlated-failure", d.verdict.reasons
+    # Another boot chain (PCR 9 changed since the heartbeat): the anchor is not believed.
+    fleet["self"].extend_pcr9()
+    d = run_self(fleet, witness_endpoints=etcd.endpoints_setting, witness_prefix=PREFIX)
+    assert d.witness is not None and "unexpected-pcrs" in d.witness["anchor_problem"], d.witness
+    assert {p["class"] for p in d.witness["peers"].values()} == {"no-anchor"}
+    assert str(d.verdict.kind) == "undetermined", d.verdict.reasons
