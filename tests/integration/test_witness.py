@@ -263,3 +263,25 @@ def test_host_not_in_its_own_inventory_anchors_with_its_own_ak(
     assert d.witness is not None and "unexpected-pcrs" in d.witness["anchor_problem"], d.witness
     assert {p["class"] for p in d.witness["peers"].values()} == {"no-anchor"}
     assert str(d.verdict.kind) == "undetermined", d.verdict.reasons
+
+
+def test_a_member_down_the_client_uses_the_next_endpoint() -> None:
+    """A 3-member cluster with its first listed member stopped: writes and the range read
+    go to the next endpoint; with every member down the client says so, bounded."""
+    from recover.peers.witness import WitnessUnavailable, read_prefix
+
+    with Etcd(3) as e:
+        client = EtcdClient(e.endpoints_setting)
+        asyncio.run(client.put(f"{PREFIX}/rack-1/a", b"1"))
+        e.members[0].stop()
+        asyncio.run(client.put(f"{PREFIX}/rack-1/b", b"2"))
+        kvs, rev = read_prefix(e.endpoints_setting, f"{PREFIX}/rack-1/", 10)
+        assert {k: v[0] for k, v in kvs.items()} == {
+            f"{PREFIX}/rack-1/a": b"1",
+            f"{PREFIX}/rack-1/b": b"2",
+        }
+        assert rev >= 3
+        e.stop()
+        with pytest.raises(WitnessUnavailable) as err:
+            read_prefix(e.endpoints_setting, f"{PREFIX}/rack-1/", 10)
+        assert str(err.value).count("127.0.0.1:") == 3  # every endpoint tried once
