@@ -319,6 +319,7 @@ def decide_counts(
     t, outcomes = _tally(own_since_reset, results, policy.window)
     witness_counts: dict[str, int] = {}
     witness_reasons: list[str] = []
+    answered_same = t.same  # the reason line below counts answers; witnessed have their own
     if witness is not None:
         t, witness_counts, witness_reasons = _apply_witness(
             t, own_since_reset, results, witness, policy.window
@@ -345,7 +346,7 @@ def decide_counts(
         reasons.append("no peers in this host's failure domain: correlation cannot be judged")
     else:
         reasons.append(
-            f"{t.same} of {domain_size} peers went down abnormally within "
+            f"{answered_same} of {domain_size} peers went down abnormally within "
             f"{policy.window:g} s of this host's TPM reset (quorum {need})"
         )
         reasons.extend(witness_reasons)

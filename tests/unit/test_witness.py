@@ -225,3 +225,12 @@ def test_witness_never_makes_a_clean_host_recover() -> None:
         Reading.CLEAN, OWN, (silent(1), silent(2)), 2, POLICY, {"p1": "same", "p2": "same"}
     )
     assert v.kind is Kind.CLEAN
+
+
+def test_reason_lines_keep_answered_and_witnessed_apart() -> None:
+    v = decide_counts(
+        Reading.ABNORMAL, OWN, (silent(1), silent(2)), 2, POLICY, {"p1": "same", "p2": "same"}
+    )
+    assert v.kind is Kind.CORRELATED and v.counts["same_event"] == 2
+    assert v.reasons[1].startswith("0 of 2 peers went down abnormally"), v.reasons
+    assert "same event (witnessed): p1, p2" in v.reasons[2]
