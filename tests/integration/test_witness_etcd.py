@@ -25,10 +25,12 @@ from testing.waiting import until
 
 from recover.core import witness as core
 from recover.peers.witness import EtcdClient
+from tests.integration import test_peers_tpm
 from tests.integration.test_peers_tpm import NAMES, Host, boot, run_self, write_inventory
 
 pytestmark = [pytest.mark.tpm, pytest.mark.integration]
 
+fleet = test_peers_tpm.fleet  # the hosts, each on its own swtpm (a fixture)
 PREFIX = "/hr-test"
 INTERVAL = 0.5
 
@@ -92,21 +94,8 @@ def etcd(request: Any) -> Iterator[Etcd]:
         yield e
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[dict[str, Host]]:
-    hosts: dict[str, Host] = {}
-    try:
-        for n in NAMES:
-            hosts[n] = Host(n, tmp_path)
-        write_inventory(hosts)
-        yield hosts
-    finally:
-        for h in hosts.values():
-            h.stop_agent()
-            h.tpm.kill()
-
-
 def heartbeat_all(fleet: dict[str, Host], etcd: Etcd) -> None:
+    write_inventory(fleet)
     for h in fleet.values():
         start_heartbeating(h, etcd.endpoints_setting)
     for n in NAMES:
