@@ -282,7 +282,7 @@ def run(
             # This host's own last heartbeat is verified with its AK and the PCRs of this
             # boot when its inventory does not list it (docs/witness.md).
             own_pcrs = tpm.pcr_read(cfg.tpm_pcrs) if entry is None else None
-            witness = _start_witness(cfg, inv, me, ak_pem, own_pcrs)
+            witness = _start_witness(cfg, inv, me, ak_pem, own_pcrs, _previous_boot(ev))
 
         def ask() -> PeerResults:
             with step("peers", timings):
@@ -337,7 +337,18 @@ def run(
     return Decision(ev, peers, verdict, timings, view.to_json() if view is not None else None)
 
 
-def _start_witness(cfg: Config, inv: Any, me: str, own_ak: bytes, own_pcrs: Any) -> Any:
+def _previous_boot(ev: Evidence) -> str | None:
+    """The boot id prefix in the previous boot's TPM decision record, if any."""
+    for s in ev.signals:
+        if s.name == "previous_decision" and isinstance(s.value, dict):
+            boot = s.value.get("boot")
+            return boot if isinstance(boot, str) and boot else None
+    return None
+
+
+def _start_witness(
+    cfg: Config, inv: Any, me: str, own_ak: bytes, own_pcrs: Any, previous_boot: str | None
+) -> Any:
     """Read the witness (etcd) in a thread while the peers are asked; returns a call that
     gives its view, bounded by witness.deadline (docs/witness.md)."""
     from recover.core.witness import unavailable
@@ -346,7 +357,7 @@ def _start_witness(cfg: Config, inv: Any, me: str, own_ak: bytes, own_pcrs: Any)
     out: list[Any] = []
     t0 = time.monotonic()
     th = threading.Thread(
-        target=lambda: out.append(read_domain(cfg, inv, me, own_ak, own_pcrs)),
+        target=lambda: out.append(read_domain(cfg, inv, me, own_ak, own_pcrs, previous_boot)),
         name="host-recover-witness",
     )
     th.daemon = True

@@ -304,8 +304,13 @@ def view(
     domain: str,
     window: float,
     revision: int,
+    previous_boot: str | None = None,
 ) -> View:
-    """Classify every peer from the domain's key-values (key → (value, mod_revision))."""
+    """Classify every peer from the domain's key-values (key → (value, mod_revision)).
+
+    ``previous_boot``: the id (prefix) of the boot that went down, from this host's TPM
+    decision record (written by that boot's payload, before its lock): the anchor must
+    be a heartbeat of that boot, not an older one (an agent that did not run last time)."""
     base = domain_prefix(prefix, domain)
 
     def entry(p: Peer) -> Entry:
@@ -325,6 +330,12 @@ def view(
         own = entry(self_entry)
         anchor = own.heartbeat
         problem = "" if anchor else own.rejected or "no heartbeat of this host in the witness"
+        if anchor is not None and previous_boot and not anchor.boot_id.startswith(previous_boot):
+            problem = (
+                f"this host's last heartbeat is from boot {anchor.boot_id[:8]}, not from the "
+                f"boot that went down ({previous_boot}): stale"
+            )
+            anchor = None
     entries = {p.id: entry(p) for p in peers}
     classes = {pid: classify(anchor, e, window) for pid, e in entries.items()}
     w = window_revisions(anchor, window) if anchor else 0

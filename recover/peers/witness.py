@@ -270,11 +270,14 @@ def read_domain(
     me: str,
     own_ak: bytes | None = None,
     own_pcrs: Any = None,
+    previous_boot: str | None = None,
 ) -> core.View:
     """The witness's view of this host's domain, within ``witness.deadline``; never
     raises: an unreachable or broken witness is a view with ``error`` (nothing known).
     ``own_ak``/``own_pcrs``: this host's AK (PEM) and current ``tpm.pcrs`` values, to
-    verify its own last heartbeat when the inventory does not list it."""
+    verify its own last heartbeat when the inventory does not list it; ``previous_boot``:
+    the id prefix of the boot that went down (its TPM decision record), which this host's
+    last heartbeat must come from."""
     t0 = time.monotonic()
     try:
         entry, domain = self_entry(inventory, me, own_ak, own_pcrs)
@@ -294,6 +297,7 @@ def read_domain(
         domain,
         float(cfg.verdict_window),
         revision,
+        previous_boot,
     )
     return dataclasses.replace(v, elapsed_ms=(time.monotonic() - t0) * 1000)
 

@@ -234,3 +234,17 @@ def test_reason_lines_keep_answered_and_witnessed_apart() -> None:
     assert v.kind is Kind.CORRELATED and v.counts["same_event"] == 2
     assert v.reasons[1].startswith("0 of 2 peers went down abnormally"), v.reasons
     assert "same event (witnessed): p1, p2" in v.reasons[2]
+
+
+def test_a_heartbeat_from_an_older_boot_is_no_anchor() -> None:
+    """The anchor must come from the boot that went down (its TPM decision record's boot
+    id): a heartbeat of an older boot would place this host's loss too early."""
+    kvs = {
+        heartbeat_key("/hr", "rack-1", "me"): (record(status("me", 990, 890), att=ATT), 991),
+        heartbeat_key("/hr", "rack-1", "p1"): (record(status()), 1001),
+    }
+    me = INV.get("me")
+    v = view("me", (P1,), me, kvs, "/hr", "rack-1", 120.0, 2000, "b")  # type: ignore[arg-type]
+    assert v.classes == {"p1": WitnessClass.SAME}  # status() says boot_id "b"
+    v = view("me", (P1,), me, kvs, "/hr", "rack-1", 120.0, 2000, "0123abcd")  # type: ignore[arg-type]
+    assert v.classes == {"p1": WitnessClass.NO_ANCHOR} and "stale" in v.anchor_problem
