@@ -10,8 +10,8 @@ Keys (``P`` = ``witness.prefix``, ``D`` = failure domain, ``H`` = host id)::
                    the agent keeps its lease alive
 
 One range request over ``P/D/`` returns the whole domain. The heartbeat's status carries
-the etcd revision the agent read just before quoting (``rev_read``) and the revision of
-its previous write (``prev_rev``); the quote's qualifying data is
+the etcd revision the agent read just before quoting (``rev_read``) and the one its
+previous heartbeat read (``prev_rev``); the quote's qualifying data is
 SHA-256("host-recover/v1/witness" ‖ canonical_json(status)). So etcd (or anyone with
 write access to it) cannot forge or alter a heartbeat, nor move it on the logical clock:
 the time of a heartbeat is its signed ``rev_read``, and a record written much later than
@@ -110,7 +110,7 @@ class Heartbeat:
     boot_id: str
     seq: int
     rev_read: int  # the revision the agent read before quoting: when it was alive
-    prev_rev: int  # the revision of its previous heartbeat write
+    prev_rev: int  # the revision its previous heartbeat read (the lease's write: first)
     interval_s: float
     summary: str  # the host's evidence summary of its current boot
     time: float  # the agent's wall clock (informative: display only)
@@ -119,7 +119,7 @@ class Heartbeat:
 
     @property
     def span(self) -> int:
-        """Revisions the cluster advanced during this host's last interval (>= 1)."""
+        """Revisions the cluster advanced during this host's last beat (>= 1)."""
         return max(1, self.rev_read - self.prev_rev)
 
     def to_json(self) -> dict[str, Any]:
@@ -195,9 +195,10 @@ def verify_record(peer: Peer, raw: bytes, mod_revision: int) -> Heartbeat:
     rev_read, prev_rev = _int(st, "rev_read"), _int(st, "prev_rev")
     if not 0 < prev_rev <= rev_read:
         raise Rejected(Outcome.MALFORMED, "status.prev_rev must be in (0, rev_read]")
-    # The write follows the read by the quote's time: fewer revisions than a whole interval
-    # saw (+1: our own write). More means the record was written again later: a replay.
-    if not rev_read < mod_revision <= rev_read + (rev_read - prev_rev) + 1:
+    # The write follows the read by the quote's time, a part of one beat: at most the
+    # revisions a whole beat saw (twice, for jitter; +1: its own write). More means the
+    # record was written again later: a replay.
+    if not rev_read < mod_revision <= rev_read + 2 * (rev_read - prev_rev) + 1:
         raise Rejected(
             Outcome.REPLAYED,
             f"written at revision {mod_revision}, made at {rev_read}: not its own write",
@@ -233,7 +234,7 @@ class Entry:
 
 
 def window_revisions(anchor: Heartbeat, window: float) -> int:
-    """``window`` seconds as revisions at the rate this host's last interval saw, plus one
+    """``window`` seconds as revisions at the rate this host's last beat saw, plus one
     interval: a heartbeat is up to one interval older than the stop it precedes."""
     return int(anchor.span * (window + anchor.interval_s) / anchor.interval_s) + 1
 

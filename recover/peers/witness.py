@@ -338,7 +338,7 @@ class Heartbeat:
 
     async def beat(self) -> int | None:
         """One heartbeat; returns its write's revision (None: the first call, which only
-        takes the lease: a record's interval is measured from a previous write)."""
+        takes the lease: a record's span is measured from a previous revision)."""
         import asyncio
 
         if self.lease is None or await self.client.keepalive(self.lease) <= 0:
@@ -362,7 +362,9 @@ class Heartbeat:
         }
         quote = await asyncio.to_thread(self.attestor.quote, core.qualifying_data(status))
         rev = await self.client.put(self.key, core.make_record(status, quote))
-        self.prev_rev = rev
+        # The next record's span runs from this read: a whole beat (read, quote, write,
+        # wait), however slow the quote, so the reader's replay bound holds.
+        self.prev_rev = rev_read
         self.beats += 1
         return rev
 

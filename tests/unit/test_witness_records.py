@@ -248,3 +248,16 @@ def test_a_heartbeat_from_an_older_boot_is_no_anchor() -> None:
     assert v.classes == {"p1": WitnessClass.SAME}  # status() says boot_id "b"
     v = view("me", (P1,), me, kvs, "/hr", "rack-1", 120.0, 2000, "0123abcd")  # type: ignore[arg-type]
     assert v.classes == {"p1": WitnessClass.NO_ANCHOR} and "stale" in v.anchor_problem
+
+
+@pytest.mark.parametrize("mod_rev,ok", [(1001, True), (1007, True), (1008, False)])
+def test_replay_bound_is_twice_a_beat(mod_rev: int, ok: bool) -> None:
+    """A beat saw 3 revisions (prev_rev 997 → rev_read 1000): the write may follow the
+    read by up to 2 × 3 + 1 (a slow quote, jitter); beyond that it is a replay."""
+    raw = record(status(rev_read=1000, prev_rev=997))
+    if ok:
+        assert verify_record(P1, raw, mod_rev).span == 3
+    else:
+        with pytest.raises(Rejected) as e:
+            verify_record(P1, raw, mod_rev)
+        assert e.value.outcome is Outcome.REPLAYED
