@@ -281,7 +281,12 @@ def run(
         if cfg.witness_endpoints and domain:
             # This host's own last heartbeat is verified with its AK and the PCRs of this
             # boot when its inventory does not list it (docs/witness.md).
-            own_pcrs = tpm.pcr_read(cfg.tpm_pcrs) if entry is None else None
+            own_pcrs = None
+            if entry is None:
+                try:
+                    own_pcrs = tpm.pcr_read(cfg.tpm_pcrs)
+                except HostRecoverError as e:  # the witness is optional: no anchor then
+                    log.warning("witness: cannot read this boot's PCRs: %s", e.message)
             witness = _start_witness(cfg, inv, me, ak_pem, own_pcrs, _previous_boot(ev))
 
         def ask() -> PeerResults:
