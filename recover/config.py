@@ -77,6 +77,11 @@ class Config:
     boot_timeout: float
     boot_lock: LockWhen
     boot_credentials_dir: str
+    witness_endpoints: str
+    witness_prefix: str
+    witness_interval: float
+    witness_ttl_intervals: int
+    witness_deadline: float
     sources: tuple[str, ...] = ()  # the files read, in order
 
     def get(self, name: str) -> Any:

@@ -171,6 +171,30 @@ def _pcr_selection(text: str) -> str:
     return text.strip()
 
 
+def _endpoints(text: str) -> str:
+    """``host:port[,host:port...]`` (IPv6 as ``[addr]:port``), or empty."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    for item in items:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not host:port (IPv6: [addr]:port)")
+    return ",".join(items)
+
+
+def _key_prefix(text: str) -> str:
+    t = text.strip()
+    if not t.startswith("/") or t.endswith("/") or "//" in t:
+        raise ValueError(f"{text!r}: a key prefix starts with '/' and does not end with one")
+    return t
+
+
+def _ttl_intervals(text: str) -> int:
+    value = int(text, 0)
+    if value < 2:
+        raise ValueError(f"{text!r} must be >= 2 (one late heartbeat is not a stop)")
+    return value
+
+
 def _quorum(text: str) -> str:
     t = text.strip()
     if t.endswith("%"):
@@ -500,6 +524,40 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "/run/credentials/host-recover",
         "Where the recovery root finds its credentials: one 0400 file each, on tmpfs.",
+    ),
+    # --- witness (docs/witness.md) ---------------------------------------------------
+    Setting(
+        "witness.endpoints",
+        _endpoints,
+        "",
+        "etcd client endpoints (host:port, comma-separated; v3 JSON gateway) where agents "
+        "heartbeat and the boot payload reads its domain's last heartbeats; empty: no "
+        "witness.",
+    ),
+    Setting(
+        "witness.prefix",
+        _key_prefix,
+        "/host-recover",
+        "Key prefix in etcd: PREFIX/DOMAIN/HOST is a host's last heartbeat.",
+    ),
+    Setting(
+        "witness.interval",
+        _positive_float,
+        "30",
+        "Seconds between an agent's heartbeats.",
+    ),
+    Setting(
+        "witness.ttl_intervals",
+        _ttl_intervals,
+        "3",
+        "The heartbeat lease's TTL in intervals: a host counts as stopped once it missed "
+        "this many heartbeats.",
+    ),
+    Setting(
+        "witness.deadline",
+        _positive_float,
+        "3",
+        "Seconds the boot payload waits for the witness; past it, it decides without.",
     ),
 )
 

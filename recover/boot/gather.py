@@ -193,6 +193,7 @@ class Decision:
     verdict: Verdict
     timings: dict[str, float]  # milliseconds per step
     inventory_version: int | None = None  # the signed inventory used (docs/inventory.md)
+    witness: dict[str, Any] | None = None  # the witness's view (docs/witness.md), if read
 
     @property
     def peers_unavailable(self) -> bool:
@@ -210,6 +211,7 @@ class Decision:
             "evidence": self.evidence.to_json(),
             "peers": self.peers.to_json() if self.peers is not None else None,
             "timings_ms": dict(self.timings),
+            "witness": self.witness,
         }
 
 
@@ -239,6 +241,7 @@ def run(
     policy = Policy.from_config(cfg)
     skip = _need_peers(ev, policy)
     peers: PeerResults | None = None
+    witness = None
     if skip:
         log.info("not asking peers: %s", skip)
     elif not inventory_store.configured(cfg):
@@ -271,12 +274,23 @@ def run(
                 inventory_store.where(cfg),
             )
         with step("attestation-key", timings):
-            tpm.ensure_ak(cfg.tpm_ak_handle)
+            ak_pem = tpm.ensure_ak(cfg.tpm_ak_handle)
         attestor = TpmAttestor(
             tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, threading.Lock(), lock_pcr=cfg.tpm_lock_pcr
         )
 
         stop_early = verdict_mod.EarlyStop(ev.summary, ev.since_reset_s, len(domain), policy)
+        witness = None
+        if cfg.witness_endpoints and domain:
+            # This host's own last heartbeat is verified with its AK and the PCRs of this
+            # boot when its inventory does not list it (docs/witness.md).
+            own_pcrs = None
+            if entry is None:
+                try:
+                    own_pcrs = tpm.pcr_read(cfg.tpm_pcrs)
+                except HostRecoverError as e:  # the witness is optional: no anchor then
+                    log.warning("witness: cannot read this boot's PCRs: %s", e.message)
+            witness = _start_witness(cfg, inv, me, ak_pem, own_pcrs, _previous_boot(ev))
 
         def ask() -> PeerResults:
             with step("peers", timings):
@@ -323,10 +337,19 @@ def run(
             peers.elapsed_ms,
             " (stopped early)" if peers.stopped_early else "",
         )
-    verdict = verdict_mod.decide(ev, peers, policy)
+    view = witness() if witness is not None else None
+    classes = view.classes if view is not None and not view.error else None
+    verdict = verdict_mod.decide(ev, peers, policy, witness=classes)
     if peers is not None:
         log.info("decide steps (ms): %s", " ".join(f"{k}={v:g}" for k, v in timings.items()))
-    return Decision(ev, peers, verdict, timings, inv.version if peers is not None else None)
+    return Decision(
+        ev,
+        peers,
+        verdict,
+        timings,
+        inv.version if peers is not None else None,
+        view.to_json() if view is not None else None,
+    )
 
 
 def _load_inventory(cfg: Config, ev: Evidence, at_boot: bool) -> Inventory:
@@ -344,6 +367,52 @@ def _load_inventory(cfg: Config, ev: Evidence, at_boot: bool) -> Inventory:
     except HostRecoverError as e:
         e.evidence = ev  # type: ignore[attr-defined]  # recover.boot.payload records it
         raise
+
+
+def _previous_boot(ev: Evidence) -> str | None:
+    """The boot id prefix in the previous boot's TPM decision record, if any."""
+    for s in ev.signals:
+        if s.name == "previous_decision" and isinstance(s.value, dict):
+            boot = s.value.get("boot")
+            return boot if isinstance(boot, str) and boot else None
+    return None
+
+
+def _start_witness(
+    cfg: Config, inv: Any, me: str, own_ak: bytes, own_pcrs: Any, previous_boot: str | None
+) -> Any:
+    """Read the witness (etcd) in a thread while the peers are asked; returns a call that
+    gives its view, bounded by witness.deadline (docs/witness.md)."""
+    from recover.core.witness import unavailable
+    from recover.peers.witness import read_domain
+
+    out: list[Any] = []
+    t0 = time.monotonic()
+    th = threading.Thread(
+        target=lambda: out.append(read_domain(cfg, inv, me, own_ak, own_pcrs, previous_boot)),
+        name="host-recover-witness",
+    )
+    th.daemon = True
+    th.start()
+
+    def result() -> Any:
+        th.join(max(0.0, cfg.witness_deadline + 1 - (time.monotonic() - t0)))
+        view = out[0] if out else unavailable("no answer within witness.deadline")
+        if view.error:
+            log.warning("witness: deciding without it: %s", view.error)
+        else:
+            counts: dict[str, int] = {}
+            for c in view.classes.values():
+                counts[str(c)] = counts.get(str(c), 0) + 1
+            log.info(
+                "witness: %s in %.0f ms%s",
+                " ".join(f"{k}={v}" for k, v in sorted(counts.items())),
+                view.elapsed_ms,
+                f" (no anchor: {view.anchor_problem})" if view.anchor_problem else "",
+            )
+        return view
+
+    return result
 
 
 def may_still_ask(domain_ids: set[str], peers: PeerResults) -> set[str]:

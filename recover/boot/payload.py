@@ -144,6 +144,7 @@ class Payload:
         self.outcome.evidence = decision.evidence.to_json()
         self.outcome.peers = decision.peers.to_json() if decision.peers is not None else None
         self.outcome.inventory_version = decision.inventory_version
+        self.outcome.witness = decision.witness
         v = decision.verdict
         log.info("verdict: %s → %s (%s)", v.kind, v.action, "; ".join(v.reasons))
         self.outcome.action = str(v.action)

@@ -42,6 +42,7 @@ class Outcome:
     lock: dict[str, str] = dataclasses.field(default_factory=dict)  # bank → new value
     timeline_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     inventory_version: int | None = None  # the signed inventory used (docs/inventory.md)
+    witness: dict[str, Any] | None = None  # the witness's view, if read (docs/witness.md)
 
 
 ACTION_NAME = "action"  # what the hook does next, one word (recover.core.plan.HookAction)

@@ -54,6 +54,61 @@ def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
                 ev.summary,
             )
 
-        serve_forever(srv, host, port, ready)
+        with _heartbeat(cfg, attestor, status):
+            serve_forever(srv, host, port, ready)
     log.info("agent stopped after %d requests", srv.served)
     return 0
+
+
+def _heartbeat(cfg: Config, attestor: Any, status: Any) -> Any:
+    """With ``witness.endpoints`` set: heartbeat into etcd while the agent serves
+    (docs/witness.md); each heartbeat carries this boot's decision record."""
+    import contextlib
+
+    if not cfg.witness_endpoints:
+        return contextlib.nullcontext()
+    import json
+    import time
+    from pathlib import Path
+
+    from recover.boot.record import RECORD_NAME
+    from recover.peers import witness
+
+    if not status.failure_domain:
+        from recover.errors import ConfigError
+
+        raise ConfigError(
+            f"witness: this host ({status.host_id}) is not in the inventory, so its failure "
+            "domain (its key in the witness) is unknown",
+            hint="add this host's entry to peers.inventory, or empty witness.endpoints",
+        )
+    record_path = Path(cfg.boot_state_dir) / RECORD_NAME
+
+    def fields(clock: dict[str, int]) -> dict[str, Any]:
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        return {
+            **status.build(clock),
+            "time": round(time.time(), 3),
+            "decision": witness.decision_summary(record),
+        }
+
+    hb = witness.Heartbeat(
+        witness.EtcdClient(cfg.witness_endpoints, timeout=max(2.0, cfg.witness_deadline)),
+        attestor,
+        status.host_id,
+        status.failure_domain,
+        cfg.witness_prefix,
+        cfg.witness_interval,
+        cfg.witness_ttl_intervals,
+        fields,
+    )
+    log.info(
+        "heartbeating to %s every %g s under %s",
+        cfg.witness_endpoints,
+        cfg.witness_interval,
+        hb.key,
+    )
+    return witness.heartbeat_in_background(hb)

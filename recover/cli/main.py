@@ -23,6 +23,7 @@ from recover.cli import (
     credential,
     decision,
     enrol,
+    fleet,
     image,
     inventory,
     policy,
@@ -36,7 +37,7 @@ log = logging.getLogger("recover")
 
 
 #: Verb groups in the order --help lists them.
-GROUPS = (store, policy, image, credential, decision, agent, enrol, boot, config, inventory)
+GROUPS = (store, policy, image, credential, decision, agent, enrol, boot, config, inventory, fleet)
 
 
 def build_parser() -> argparse.ArgumentParser:

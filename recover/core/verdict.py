@@ -210,17 +210,100 @@ class EarlyStop:
         return _settled(self.own, self.same, self.undecided, pending, self.domain, self.need)
 
 
-def decide(evidence: Evidence, peers: PeerResults | None, policy: Policy) -> Verdict:
+def decide(
+    evidence: Evidence,
+    peers: PeerResults | None,
+    policy: Policy,
+    witness: Mapping[str, str] | None = None,
+) -> Verdict:
     """The verdict from this host's evidence, its peers' results and the policy.
 
     ``peers`` is None when no peers are configured (a failure domain of one). Peers that
-    were never asked (the query stopped early) count as unverified.
+    were never asked (the query stopped early) count as unverified. ``witness``: peer id
+    → recover.core.witness.WitnessClass, for peers the witness (etcd) knows about.
     """
     if peers is None:
         return decide_counts(evidence.summary, evidence.since_reset_s, (), 0, policy)
     return decide_counts(
-        evidence.summary, evidence.since_reset_s, peers.results, peers.domain_size, policy
+        evidence.summary,
+        evidence.since_reset_s,
+        peers.results,
+        peers.domain_size,
+        policy,
+        witness,
     )
+
+
+def _apply_witness(
+    t: _Tally,
+    own_since_reset: float | None,
+    results: Sequence[PeerResult],
+    witness: Mapping[str, str],
+    window: float,
+) -> tuple[_Tally, dict[str, int], list[str]]:
+    """Fold the witness into the tally (docs/verdict.md, "Witnessed peers").
+
+    A peer's verified answer always wins over the witness. A peer without one (silent,
+    skipped, refused, ...) whose heartbeat stopped within the window of this host's counts
+    as "same event (witnessed)"; one whose heartbeat shows another event (stopped
+    earlier or later, or still heartbeating) counts unaffected. The witness is ignored
+    altogether when a verified answer contradicts it: a peer the witness says stopped
+    with this host, whose own attested answer shows it has been up since before.
+    """
+    from recover.core.protocol import Outcome
+
+    counts = {"witnessed": 0, "witnessed_other": 0, "witness_contradicted": 0}
+    contra = [
+        r.peer_id
+        for r in results
+        if r.outcome is Outcome.VERIFIED
+        and r.status is not None
+        and witness.get(r.peer_id) == "same"
+        and own_since_reset is not None
+        and r.status.since_reset_s - own_since_reset > window
+    ]
+    if contra:
+        counts["witness_contradicted"] = len(contra)
+        return (
+            t,
+            counts,
+            [
+                "witness ignored: it says "
+                + ", ".join(contra[:5])
+                + " stopped with this host, but their attested answers show them up since "
+                "before (etcd or their agents' heartbeats cannot be trusted here)"
+            ],
+        )
+    same: list[str] = []
+    other: list[str] = []
+    for r in results:
+        if _classify(own_since_reset, r, window) != "unverified":
+            continue
+        c = witness.get(r.peer_id)
+        if c == "same":
+            same.append(r.peer_id)
+        elif c in ("earlier", "later", "alive"):
+            other.append(r.peer_id)
+    counts["witnessed"], counts["witnessed_other"] = len(same), len(other)
+    reasons: list[str] = []
+    if same:
+        reasons.append(
+            f"{len(same)} silent peers stopped heartbeating within {window:g} s of this "
+            f"host's last heartbeat: same event (witnessed): {', '.join(same[:10])}"
+            + (" …" if len(same) > 10 else "")
+        )
+    if other:
+        reasons.append(
+            f"{len(other)} silent peers' heartbeats show another event (stopped earlier or "
+            "later, or still alive): counted unaffected (witnessed)"
+        )
+    t = dataclasses.replace(
+        t,
+        same=t.same + len(same),
+        unaffected=t.unaffected + len(other),
+        unverified=t.unverified - len(same) - len(other),
+    )
+    return t, counts, reasons
 
 
 def decide_counts(
@@ -229,10 +312,18 @@ def decide_counts(
     results: Iterable[PeerResult],
     domain_size: int,
     policy: Policy,
+    witness: Mapping[str, str] | None = None,
 ) -> Verdict:
     """:func:`decide` on plain values (``domain_size``: peers of the domain, self excluded)."""
     results = tuple(results)
     t, outcomes = _tally(own_since_reset, results, policy.window)
+    witness_counts: dict[str, int] = {}
+    witness_reasons: list[str] = []
+    answered_same = t.same  # the reason line below counts answers; witnessed have their own
+    if witness is not None:
+        t, witness_counts, witness_reasons = _apply_witness(
+            t, own_since_reset, results, witness, policy.window
+        )
     need = policy.needed(domain_size)
     undecided = t.unknown + t.unverified
     kind = _kind(own, t.same, undecided, need, domain_size)
@@ -245,6 +336,7 @@ def decide_counts(
         "outside_window": t.outside,
         "normal_os": t.normal_os,
         "unverified": t.unverified,
+        **witness_counts,
         **{f"outcome.{k}": v for k, v in sorted(outcomes.items())},
     }
     reasons: list[str] = [f"local evidence: {own}"]
@@ -254,9 +346,10 @@ def decide_counts(
         reasons.append("no peers in this host's failure domain: correlation cannot be judged")
     else:
         reasons.append(
-            f"{t.same} of {domain_size} peers went down abnormally within "
+            f"{answered_same} of {domain_size} peers went down abnormally within "
             f"{policy.window:g} s of this host's TPM reset (quorum {need})"
         )
+        reasons.extend(witness_reasons)
         if t.outside:
             reasons.append(f"{t.outside} abnormal peers reset outside the window (other events)")
         if t.normal_os:
@@ -268,6 +361,9 @@ def decide_counts(
             from recover.core.protocol import Outcome
 
             why = [f"{v} {k}" for k, v in sorted(outcomes.items()) if k != Outcome.VERIFIED]
+            resolved = witness_counts.get("witnessed", 0) + witness_counts.get("witnessed_other", 0)
+            if resolved:
+                why.append(f"less {resolved} the witness accounts for")
             if t.unknown:
                 why.append(f"{t.unknown} verified with unknown evidence")
             noun = "peer" if undecided == 1 else "peers"

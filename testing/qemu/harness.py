@@ -520,13 +520,19 @@ def store_disk(out: Path, files: dict[str, Path | bytes], size_mb: int = 96) -> 
 
 
 def control_disk(
-    out: Path, action: str, challenge: str, extra: dict[str, str] | None = None
+    out: Path,
+    action: str,
+    challenge: str,
+    extra: dict[str, str] | None = None,
+    attachment: bytes = b"",
 ) -> Path:
     """The guest reads this raw disk (virtio-hrcontrol): what to do once up, a challenge
-    (and ``extra`` key=value lines, e.g. ``hrargs``: global CLI arguments)."""
+    (and ``extra`` key=value lines, e.g. ``hrargs``: global CLI arguments).
+    ``attachment`` (at most 64 KiB) follows the first 4 KiB block (e.g. an inventory)."""
     lines = {"action": action, "challenge": challenge, **(extra or {})}
     data = "".join(f"{k}={v}\n" for k, v in lines.items()).encode()
-    out.write_bytes(data.ljust(4096, b"\0"))
+    assert len(data) <= 4096 and len(attachment) <= 65536
+    out.write_bytes(data.ljust(4096, b"\0") + attachment.ljust(65536 if attachment else 0, b"\0"))
     return out
 
 

@@ -171,16 +171,23 @@ class Lab:
         grub: bool = False,
         tpm_pcrs: str | None = None,
         control_extra: dict[str, str] | None = None,
+        host_conf_extra: str = "",
+        guestfwd: list[tuple[str, int, int]] | None = None,
     ) -> None:
         """``grub``: OVMF boots GRUB (harness.grub_efi) instead of the kernel directly;
         ``tpm_pcrs``: baked into the host's configuration; ``control_extra``: lines for
-        the guest's control disk on every boot (qemu-env/guest-normal-init.sh)."""
+        the guest's control disk on every boot (qemu-env/guest-normal-init.sh);
+        ``host_conf_extra``: appended to the host's (measured) configuration;
+        ``guestfwd``: more (guest ip, guest port, host port) forwards (e.g. a witness)."""
         self.dir = workdir.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.init = init
         self.grub = grub
         self.tpm_pcrs = tpm_pcrs
         self.control_extra = dict(control_extra or {})
+        self.host_conf_extra = host_conf_extra
+        self.extra_guestfwd = list(guestfwd or [])
+        self.control_attachment = b""  # after the control block (harness.control_disk)
         self.provision_result: BootResult | None = None
         self.peers = [
             PeerAgent(self.dir, f"peer{i + 1}", f"10.0.2.{101 + i}") for i in range(n_peers)
@@ -211,7 +218,7 @@ class Lab:
             "quorum = 50%\n"
             "on_isolated = normal\n"
             "[boot]\n"
-            "on_error = boot-normal\n"
+            "on_error = boot-normal\n" + self.host_conf_extra
         )
         inv = {"version": 1, "peers": peer_entries}
         (self.confdir / "peers.json").write_text(json.dumps(inv, indent=1, sort_keys=True) + "\n")
@@ -239,6 +246,7 @@ class Lab:
         self.vm.cmdline += f" rd.host_recover.net={HOST_NET}"
         for p in self.peers:
             self.vm.guestfwd.append((p.guest_ip, PEER_PORT, p.port))
+        self.vm.guestfwd.extend(self.extra_guestfwd)
         if self.grub:  # GRUB's configuration holds the command line (+ grubenv's extra)
             efi = harness.grub_efi(self.vm.cmdline)
             self.vm.esp = harness.esp_disk(
@@ -311,7 +319,9 @@ class Lab:
         ``normal_root=False`` (the normal root disk is gone) change this boot only."""
         assert self.vm is not None
         challenge = secrets.token_hex(16)
-        harness.control_disk(self.control, action, challenge, self.control_extra)
+        harness.control_disk(
+            self.control, action, challenge, self.control_extra, self.control_attachment
+        )
         base_cmdline, base_disks, base_initrd = self.vm.cmdline, list(self.vm.disks), self.vm.initrd
         if initrd is not None:
             assert self.vm.esp is None, "GRUB boots the initrd on its ESP"
