@@ -184,12 +184,21 @@ def gather(
 log = logging.getLogger("recover.decide")
 
 
+BOOT_RESERVE = 60.0  # seconds of boot.timeout kept for unseal, image and lock after the wait
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     evidence: Evidence
     peers: PeerResults | None  # None: no peers configured, or not asked (clean, forced)
     verdict: Verdict
     timings: dict[str, float]  # milliseconds per step
+
+    @property
+    def convergence(self) -> verdict_mod.Convergence | None:
+        """How long the payload waited for its peers, in how many rounds, and why it
+        stopped (also in the verdict's JSON)."""
+        return self.verdict.convergence
 
     @property
     def peers_unavailable(self) -> bool:
@@ -219,6 +228,14 @@ def _need_peers(ev: Evidence, policy: Policy) -> str | None:
     return None
 
 
+def peer_wait(cfg: Config, policy: Policy, serve: bool) -> float:
+    """Seconds the payload keeps asking silent peers: ``verdict.wait``, capped so that
+    the payload still ends within ``boot.timeout``; a dry run (``decide``) asks once."""
+    if not serve:
+        return 0.0
+    return max(0.0, min(policy.wait, cfg.boot_timeout - BOOT_RESERVE))
+
+
 def run(
     cfg: Config,
     tpm: Tpm,
@@ -230,12 +247,14 @@ def run(
     timings: dict[str, float] = {}
     with step("evidence", timings):
         ev = gather(tpm, cfg, pstore_dir=pstore_dir, previous=previous)
+    read_at = time.monotonic()
     log.info("evidence: %s", ev.summary)
     if serve:  # the boot: the next boot must read the hybrid counter afresh
         rearm_orderly_counter(tpm, cfg)
     policy = Policy.from_config(cfg)
     skip = _need_peers(ev, policy)
     peers: PeerResults | None = None
+    conv: verdict_mod.Convergence | None = None
     if skip:
         log.info("not asking peers: %s", skip)
     elif not os.path.exists(cfg.peers_inventory):
@@ -246,7 +265,7 @@ def run(
             from recover.core import inventory
             from recover.peers import server
             from recover.peers.attestor import TpmAttestor
-            from recover.peers.client import query_all
+            from recover.peers.rounds import converge
 
             inv = inventory.load(cfg.peers_inventory)
         if serve and not cfg.peers_host_id:
@@ -273,18 +292,27 @@ def run(
             tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, threading.Lock(), lock_pcr=cfg.tpm_lock_pcr
         )
 
-        stop_early = verdict_mod.EarlyStop(ev.summary, ev.since_reset_s, len(domain), policy)
+        sample = verdict_mod.sample_size(len(domain), policy)
+        judge = verdict_mod.Judge(
+            ev.summary, ev.since_reset_s, verdict_mod.Rule.of(len(domain), policy, sample), policy
+        )
+        wait = peer_wait(cfg, policy, serve)
+        if sample is not None:
+            log.info("asking a random sample of %d of %d peers", sample, len(domain))
 
-        def ask() -> PeerResults:
+        def ask() -> tuple[PeerResults, verdict_mod.Convergence]:
             with step("peers", timings):
-                return query_all(
+                return converge(
                     inv,
                     me,
                     attestor,
-                    cfg.peers_deadline,
-                    cfg.peers_timeout,
-                    cfg.peers_retries,
-                    stop_early,
+                    judge,
+                    deadline=cfg.peers_deadline,
+                    timeout=cfg.peers_timeout,
+                    retries=cfg.peers_retries,
+                    wait=wait,
+                    origin=read_at,
+                    sample=sample,
                 )
 
         with contextlib.ExitStack() as stack:
@@ -298,14 +326,22 @@ def run(
                         )
                 except ConfigError as e:  # cannot listen: still ask, peers may decide
                     log.warning("not answering peers: %s", e.message)
-            peers = ask()
+            peers, conv = ask()
             if srv is not None:
                 # Peers that booted later may still be asking us: answer a little longer,
-                # until every peer that may ask got its answer (at most one timeout).
+                # until every peer that may ask got its answer: a peer seen in its payload
+                # asks within its round (up to peers.deadline), any other within a timeout.
                 ids = may_still_ask({p.id for p in domain}, peers)
+                booting = in_payload(peers) & ids
                 with step("answer-wait", timings):
-                    until = time.monotonic() + cfg.peers_timeout
-                    while not ids <= srv.answered and time.monotonic() < until:
+                    now = time.monotonic()
+                    until = now + cfg.peers_timeout
+                    until_booting = now + max(cfg.peers_timeout, cfg.peers_deadline)
+                    while time.monotonic() < until_booting:
+                        if booting <= srv.answered and (
+                            ids <= srv.answered or time.monotonic() >= until
+                        ):
+                            break
                         time.sleep(0.02)
                 log.info(
                     "answered %d of %d peers that may ask (%d run their normal OS)",
@@ -314,16 +350,31 @@ def run(
                     len(domain) - len(ids),
                 )
         log.info(
-            "peers: %d of %d verified in %.0f ms%s",
+            "peers: %d of %d verified in %.0f ms, %d round%s (%s)%s",
             peers.verified,
             peers.domain_size,
             peers.elapsed_ms,
+            conv.rounds,
+            "" if conv.rounds == 1 else "s",
+            conv.stopped,
             " (stopped early)" if peers.stopped_early else "",
         )
-    verdict = verdict_mod.decide(ev, peers, policy)
+    verdict = verdict_mod.decide(ev, peers, policy, conv)
     if peers is not None:
         log.info("decide steps (ms): %s", " ".join(f"{k}={v:g}" for k, v in timings.items()))
     return Decision(ev, peers, verdict, timings)
+
+
+def in_payload(peers: PeerResults) -> set[str]:
+    """The peers whose verified reply says they run their boot payload (role boot): they
+    ask this host in their own rounds."""
+    from recover.core.protocol import Outcome
+
+    return {
+        r.peer_id
+        for r in peers.results
+        if r.outcome is Outcome.VERIFIED and r.status is not None and r.status.role == "boot"
+    }
 
 
 def may_still_ask(domain_ids: set[str], peers: PeerResults) -> set[str]:
