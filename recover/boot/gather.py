@@ -350,14 +350,13 @@ def run(
                     len(domain) - len(ids),
                 )
         log.info(
-            "peers: %d of %d verified in %.0f ms, %d round%s (%s)%s",
+            "peers: %d of %d verified in %.0f ms, %d round%s (%s)",
             peers.verified,
             peers.domain_size,
             peers.elapsed_ms,
             conv.rounds,
             "" if conv.rounds == 1 else "s",
             conv.stopped,
-            " (stopped early)" if peers.stopped_early else "",
         )
     verdict = verdict_mod.decide(ev, peers, policy, conv)
     if peers is not None:
