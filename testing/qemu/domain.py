@@ -39,6 +39,25 @@ from testing.qemu.lab import HOST_NET, PEER_PORT
 GUEST_PCRS = "sha256:0,2,7"
 
 
+class QuietForwardVm(vmmod.Vm):
+    """A Vm whose guestfwd helper keeps its errors to itself. libslirp gives the helper
+    (busybox nc) the forwarded socket as stdin, stdout and stderr, so while a peer's
+    QEMU is not running yet, nc's "can't connect" text would reach the asking guest as
+    its "reply" (malformed) instead of the closed connection a dark peer gives."""
+
+    def argv(self) -> list[str]:
+        out = []
+        for arg in super().argv():
+            for _ip, _gport, hport in self.guestfwd:
+                plain = f"-cmd:{vmmod.BUSYBOX} nc 127.0.0.1 {hport}"
+                quiet = f"-cmd:/bin/sh -c 'exec {vmmod.BUSYBOX} nc 127.0.0.1 {hport} 2>/dev/null'"
+                arg = arg.replace(plain + ",", quiet + ",")
+                if arg.endswith(plain):
+                    arg = arg[: -len(plain)] + quiet
+            out.append(arg)
+        return out
+
+
 class Guest:
     """One host of the domain: its VM, disks, configuration and inventory entry."""
 
@@ -158,7 +177,7 @@ class DomainLab:
                 },
             )
             harness.control_disk(g.control, "provision", "-", g.extra)
-            g.vm = vmmod.Vm(
+            g.vm = QuietForwardVm(
                 g.dir / "vm",
                 self.art.kernel.vmlinuz,
                 initrd,
