@@ -198,3 +198,32 @@ def test_sampled_verdict_says_its_rule() -> None:
     # A sample with too many silent peers decides nothing.
     res = tuple(ok(i) for i in range(n // 3)) + tuple(quiet(i) for i in range(n // 3, n))
     assert decide_counts(A, OWN, res, n, pol, convergence=c).kind is Kind.UNDETERMINED
+
+
+def test_the_wait_fits_the_payload_watchdog() -> None:
+    """verdict.wait is capped at boot.timeout minus the reserve for unseal, image and
+    lock; the dry run (decide) asks once."""
+    from recover import config
+    from recover.boot.gather import BOOT_RESERVE, peer_wait
+
+    cfg = config.load(None, {"verdict.wait": "240", "boot.timeout": "300"}, env={})
+    pol = Policy.from_config(cfg)
+    assert pol.wait == 240 and pol.sample_above == 64 and pol.sample_error == 0.01
+    assert peer_wait(cfg, pol, serve=True) == min(240, 300 - BOOT_RESERVE)
+    short = cfg.replace(boot_timeout=100.0)
+    assert peer_wait(short, pol, serve=True) == 100 - BOOT_RESERVE
+    assert peer_wait(cfg, pol, serve=False) == 0.0
+    tiny = cfg.replace(boot_timeout=30.0)
+    assert peer_wait(tiny, pol, serve=True) == 0.0  # one round, never a negative wait
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [("verdict.wait", "-1"), ("verdict.sample_error", "0.5"), ("verdict.sample_above", "-3")],
+)
+def test_bad_window_settings_are_refused(key: str, bad: str) -> None:
+    from recover import config
+    from recover.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        config.load(None, {key: bad}, env={})
