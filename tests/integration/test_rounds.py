@@ -126,3 +126,50 @@ def test_an_isolated_failure_is_settled_in_the_first_round() -> None:
     assert conv.rounds == 1 and conv.stopped in (Stop.SETTLED, Stop.ANSWERED), conv
     v = decide_counts(Reading.ABNORMAL, OWN_SINCE, res.results, 3, Policy("50%"), convergence=conv)
     assert v.kind is Kind.ISOLATED
+
+
+def test_a_large_domain_is_judged_from_a_random_sample() -> None:
+    """100 peers, verdict.sample_above 64: a cryptographically random sample is asked
+    (never the peers outside it), and the verdict says the sampling rule."""
+    from recover.core.verdict import sample_size
+    from recover.peers.rounds import choose_sample
+
+    att = SoftwareAttestor()
+    me = entry(ME, 9, att.pem)
+    pol = Policy("50%", sample_above=64)
+    n = sample_size(100, pol)
+    assert n is not None and n < 100
+    with Fleet([SimPeer(f"p{i:03d}") for i in range(100)], [me]) as fleet:
+        inv = fleet.inventory(me)
+        domain = inv.domain_peers(ME)
+        asked = choose_sample(domain, n)
+        assert len({p.id for p in asked}) == n
+        judge = Judge(Reading.ABNORMAL, OWN_SINCE, Rule.of(len(domain), pol, n), pol)
+
+        async def main() -> tuple[PeerResults, Any]:
+            loop = asyncio.get_running_loop()
+            return await converge_async(
+                asked,
+                {p.id for p in inv},
+                ME,
+                att,
+                judge,
+                deadline=10.0,
+                timeout=5.0,
+                retries=1,
+                wait=60.0,
+                origin=loop.time(),
+                domain=len(domain),
+                clock=loop.time,
+            )
+
+        res, conv = returns(lambda: asyncio.run(main()), "the sampled rounds end")
+    assert (conv.domain, conv.asked) == (100, n)
+    assert {r.peer_id for r in res.results} <= {p.id for p in asked}
+    v = decide_counts(Reading.ABNORMAL, OWN_SINCE, res.results, n, pol, convergence=conv)
+    assert v.kind is Kind.CORRELATED, v.reasons
+    assert v.counts["sampled"] == n and v.counts["domain"] == 100
+    assert any("sampled at random from 100" in r for r in v.reasons), v.reasons
+    # Another draw is another sample (cryptographically random, not a fixed subset).
+    draws = {frozenset(p.id for p in choose_sample(domain, n)) for _ in range(5)}
+    assert len(draws) > 1
