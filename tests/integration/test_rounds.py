@@ -40,9 +40,14 @@ def run_rounds(
     wait: float,
     on_round: Any = None,
     servers: list[Server] | None = None,
+    sample: int | None = None,
 ) -> tuple[PeerResults, Any]:
-    peers = inv.domain_peers(ME)
-    judge = Judge(Reading.ABNORMAL, OWN_SINCE, Rule.of(len(peers), pol), pol)
+    """The product's rounds over ``inv``'s domain (or a random ``sample`` of it)."""
+    from recover.peers.rounds import choose_sample
+
+    domain = inv.domain_peers(ME)
+    peers = choose_sample(domain, sample)
+    judge = Judge(Reading.ABNORMAL, OWN_SINCE, Rule.of(len(domain), pol, len(peers)), pol)
 
     async def main() -> tuple[PeerResults, Any]:
         loop = asyncio.get_running_loop()
@@ -53,11 +58,12 @@ def run_rounds(
                 ME,
                 att,
                 judge,
-                deadline=2.0,
-                timeout=1.0,
+                deadline=2.0 if sample is None else 10.0,
+                timeout=1.0 if sample is None else 5.0,
                 retries=1,
                 wait=wait,
                 origin=loop.time(),
+                domain=len(domain),
                 clock=loop.time,
                 on_round=on_round,
             )
@@ -142,30 +148,9 @@ def test_a_large_domain_is_judged_from_a_random_sample() -> None:
     with Fleet([SimPeer(f"p{i:03d}") for i in range(100)], [me]) as fleet:
         inv = fleet.inventory(me)
         domain = inv.domain_peers(ME)
-        asked = choose_sample(domain, n)
-        assert len({p.id for p in asked}) == n
-        judge = Judge(Reading.ABNORMAL, OWN_SINCE, Rule.of(len(domain), pol, n), pol)
-
-        async def main() -> tuple[PeerResults, Any]:
-            loop = asyncio.get_running_loop()
-            return await converge_async(
-                asked,
-                {p.id for p in inv},
-                ME,
-                att,
-                judge,
-                deadline=10.0,
-                timeout=5.0,
-                retries=1,
-                wait=60.0,
-                origin=loop.time(),
-                domain=len(domain),
-                clock=loop.time,
-            )
-
-        res, conv = returns(lambda: asyncio.run(main()), "the sampled rounds end")
+        res, conv = run_rounds(inv, att, pol, 60.0, sample=n)
     assert (conv.domain, conv.asked) == (100, n)
-    assert {r.peer_id for r in res.results} <= {p.id for p in asked}
+    assert len({r.peer_id for r in res.results}) <= n
     v = decide_counts(Reading.ABNORMAL, OWN_SINCE, res.results, n, pol, convergence=conv)
     assert v.kind is Kind.CORRELATED, v.reasons
     assert v.counts["sampled"] == n and v.counts["domain"] == 100
