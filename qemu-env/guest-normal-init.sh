@@ -10,7 +10,8 @@
 #              normal OS sees it), the status (HR-STATUS json) and /proc/cmdline
 # Optional lines: hrargs= global arguments of every host-recover call (e.g. --set
 # tpm.pcrs=...); refuse=yes first provisions with the root's own configuration and
-# reports the outcome (HR-PROVISION-DEFAULT rc=N error...).
+# reports the outcome (HR-PROVISION-DEFAULT rc=N error...); provargs= more arguments of
+# the provisioning (e.g. --allow-unbound).
 export PATH=/bin:/usr/bin
 mount -t tmpfs tmpfs /tmp
 # As a distribution's init does: the TPM event log lives on securityfs.
@@ -20,6 +21,7 @@ action=$(echo "$ctl" | sed -n 's/^action=//p')
 hrargs=$(echo "$ctl" | sed -n 's/^hrargs=//p')
 refuse=$(echo "$ctl" | sed -n 's/^refuse=//p')
 witnessargs=$(echo "$ctl" | sed -n 's/^witnessargs=//p')
+provargs=$(echo "$ctl" | sed -n 's/^provargs=//p')
 hr() {
     # shellcheck disable=SC2086 # hrargs is a list of arguments
     host-recover $hrargs "$@"
@@ -42,8 +44,9 @@ if [ "$action" = provision ]; then
     # cannot unseal, so the keys for the image factory are exported at provisioning
     # time, used from tmpfs and deleted. The lab's TPM is throwaway: no owner auth
     # (--no-owner-auth; an operator exports one, docs/operator-guide.md).
+    # shellcheck disable=SC2086 # provargs is a list of arguments
     mount -t ext4 /dev/disk/by-id/virtio-hrstore /mnt/store \
-        && hr provision --no-owner-auth --export-image-key /tmp/image.key \
+        && hr provision --no-owner-auth $provargs --export-image-key /tmp/image.key \
             --export-master /tmp/master.key \
         && hr image create --key-file /tmp/image.key /mnt/store/plain.squashfs \
             /mnt/store/recovery.hri \

@@ -69,6 +69,9 @@ class Config:
     verdict_window: float
     verdict_on_isolated: Action
     verdict_on_undetermined: Action
+    verdict_wait: float
+    verdict_sample_above: int
+    verdict_sample_error: float
     boot_enabled: bool
     boot_mode: Mode
     boot_on_error: OnError

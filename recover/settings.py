@@ -157,6 +157,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def _error_rate(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 0.5:
+        raise ValueError(f"{text!r} must be in (0, 0.5)")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text, 0)
     if value < 0:
@@ -470,6 +484,28 @@ SETTINGS: tuple[Setting, ...] = (
         _choice(Action),
         "normal",
         "What to do when the evidence does not decide.",
+    ),
+    Setting(
+        "verdict.wait",
+        _non_negative_float,
+        "240",
+        "Seconds the boot payload keeps asking peers that have not answered (still in "
+        "POST, powered off, cut off), round after round, before it decides without them; "
+        "0 asks once. Capped at boot.timeout minus 60 s.",
+    ),
+    Setting(
+        "verdict.sample_above",
+        _non_negative_int,
+        "64",
+        "A failure domain with more peers than this is judged from a random sample of "
+        "them with a stated error rate (docs/verdict.md); 0 always asks every peer.",
+    ),
+    Setting(
+        "verdict.sample_error",
+        _error_rate,
+        "0.01",
+        "A sampled verdict's largest error rate: the chance of a correlated failure when "
+        "fewer than the quorum went down, or of an isolated one when the quorum did.",
     ),
     # --- boot ----------------------------------------------------------------------
     Setting(

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,6 +187,9 @@ def gather(
 log = logging.getLogger("recover.decide")
 
 
+BOOT_RESERVE = 60.0  # seconds of boot.timeout kept for unseal, image and lock after the wait
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     evidence: Evidence
@@ -194,6 +198,12 @@ class Decision:
     timings: dict[str, float]  # milliseconds per step
     inventory_version: int | None = None  # the signed inventory used (docs/inventory.md)
     witness: dict[str, Any] | None = None  # the witness's view (docs/witness.md), if read
+
+    @property
+    def convergence(self) -> verdict_mod.Convergence | None:
+        """How long the payload waited for its peers, in how many rounds, and why it
+        stopped (also in the verdict's JSON)."""
+        return self.verdict.convergence
 
     @property
     def peers_unavailable(self) -> bool:
@@ -224,6 +234,14 @@ def _need_peers(ev: Evidence, policy: Policy) -> str | None:
     return None
 
 
+def peer_wait(cfg: Config, policy: Policy, serve: bool) -> float:
+    """Seconds the payload keeps asking silent peers: ``verdict.wait``, capped so that
+    the payload still ends within ``boot.timeout``; a dry run (``decide``) asks once."""
+    if not serve:
+        return 0.0
+    return max(0.0, min(policy.wait, cfg.boot_timeout - BOOT_RESERVE))
+
+
 def run(
     cfg: Config,
     tpm: Tpm,
@@ -235,13 +253,15 @@ def run(
     timings: dict[str, float] = {}
     with step("evidence", timings):
         ev = gather(tpm, cfg, pstore_dir=pstore_dir, previous=previous)
+    read_at = time.monotonic()
     log.info("evidence: %s", ev.summary)
     if serve:  # the boot: the next boot must read the hybrid counter afresh
         rearm_orderly_counter(tpm, cfg)
     policy = Policy.from_config(cfg)
     skip = _need_peers(ev, policy)
     peers: PeerResults | None = None
-    witness = None
+    witness: WitnessRead | None = None
+    conv: verdict_mod.Convergence | None = None
     if skip:
         log.info("not asking peers: %s", skip)
     elif not inventory_store.configured(cfg):
@@ -252,7 +272,7 @@ def run(
             from recover.core import inventory
             from recover.peers import server
             from recover.peers.attestor import TpmAttestor
-            from recover.peers.client import query_all
+            from recover.peers.rounds import converge
 
             inv = _load_inventory(cfg, ev, serve)
         if serve and not cfg.peers_host_id:
@@ -279,8 +299,13 @@ def run(
             tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, threading.Lock(), lock_pcr=cfg.tpm_lock_pcr
         )
 
-        stop_early = verdict_mod.EarlyStop(ev.summary, ev.since_reset_s, len(domain), policy)
-        witness = None
+        sample = verdict_mod.sample_size(len(domain), policy)
+        judge = verdict_mod.Judge(
+            ev.summary, ev.since_reset_s, verdict_mod.Rule.of(len(domain), policy, sample), policy
+        )
+        wait = peer_wait(cfg, policy, serve)
+        if sample is not None:
+            log.info("asking a random sample of %d of %d peers", sample, len(domain))
         if cfg.witness_endpoints and domain:
             # This host's own last heartbeat is verified with its AK and the PCRs of this
             # boot when its inventory does not list it (docs/witness.md).
@@ -290,18 +315,22 @@ def run(
                     own_pcrs = tpm.pcr_read(cfg.tpm_pcrs)
                 except HostRecoverError as e:  # the witness is optional: no anchor then
                     log.warning("witness: cannot read this boot's PCRs: %s", e.message)
-            witness = _start_witness(cfg, inv, me, ak_pem, own_pcrs, _previous_boot(ev))
+            witness = WitnessRead(cfg, inv, me, ak_pem, own_pcrs, _previous_boot(ev))
+            judge.witness = witness.peek
 
-        def ask() -> PeerResults:
+        def ask() -> tuple[PeerResults, verdict_mod.Convergence]:
             with step("peers", timings):
-                return query_all(
+                return converge(
                     inv,
                     me,
                     attestor,
-                    cfg.peers_deadline,
-                    cfg.peers_timeout,
-                    cfg.peers_retries,
-                    stop_early,
+                    judge,
+                    deadline=cfg.peers_deadline,
+                    timeout=cfg.peers_timeout,
+                    retries=cfg.peers_retries,
+                    wait=wait,
+                    origin=read_at,
+                    sample=sample,
                 )
 
         with contextlib.ExitStack() as stack:
@@ -315,14 +344,22 @@ def run(
                         )
                 except ConfigError as e:  # cannot listen: still ask, peers may decide
                     log.warning("not answering peers: %s", e.message)
-            peers = ask()
+            peers, conv = ask()
             if srv is not None:
                 # Peers that booted later may still be asking us: answer a little longer,
-                # until every peer that may ask got its answer (at most one timeout).
+                # until every peer that may ask got its answer: a peer seen in its payload
+                # asks within its round (up to peers.deadline), any other within a timeout.
                 ids = may_still_ask({p.id for p in domain}, peers)
+                booting = in_payload(peers) & ids
                 with step("answer-wait", timings):
-                    until = time.monotonic() + cfg.peers_timeout
-                    while not ids <= srv.answered and time.monotonic() < until:
+                    now = time.monotonic()
+                    until = now + cfg.peers_timeout
+                    until_booting = now + max(cfg.peers_timeout, cfg.peers_deadline)
+                    while time.monotonic() < until_booting:
+                        if booting <= srv.answered and (
+                            ids <= srv.answered or time.monotonic() >= until
+                        ):
+                            break
                         time.sleep(0.02)
                 log.info(
                     "answered %d of %d peers that may ask (%d run their normal OS)",
@@ -331,15 +368,17 @@ def run(
                     len(domain) - len(ids),
                 )
         log.info(
-            "peers: %d of %d verified in %.0f ms%s",
+            "peers: %d of %d verified in %.0f ms, %d round%s (%s)",
             peers.verified,
             peers.domain_size,
             peers.elapsed_ms,
-            " (stopped early)" if peers.stopped_early else "",
+            conv.rounds,
+            "" if conv.rounds == 1 else "s",
+            conv.stopped,
         )
     view = witness() if witness is not None else None
     classes = view.classes if view is not None and not view.error else None
-    verdict = verdict_mod.decide(ev, peers, policy, witness=classes)
+    verdict = verdict_mod.decide(ev, peers, policy, classes, convergence=conv)
     if peers is not None:
         log.info("decide steps (ms): %s", " ".join(f"{k}={v:g}" for k, v in timings.items()))
     return Decision(
@@ -378,26 +417,35 @@ def _previous_boot(ev: Evidence) -> str | None:
     return None
 
 
-def _start_witness(
-    cfg: Config, inv: Any, me: str, own_ak: bytes, own_pcrs: Any, previous_boot: str | None
-) -> Any:
-    """Read the witness (etcd) in a thread while the peers are asked; returns a call that
-    gives its view, bounded by witness.deadline (docs/witness.md)."""
-    from recover.core.witness import unavailable
-    from recover.peers.witness import read_domain
+class WitnessRead:
+    """The witness (etcd) read in a thread while the peers are asked (docs/witness.md):
+    ``peek()`` its classes once read, without waiting; calling it waits at most until
+    witness.deadline and gives its view."""
 
-    out: list[Any] = []
-    t0 = time.monotonic()
-    th = threading.Thread(
-        target=lambda: out.append(read_domain(cfg, inv, me, own_ak, own_pcrs, previous_boot)),
-        name="host-recover-witness",
-    )
-    th.daemon = True
-    th.start()
+    def __init__(
+        self, cfg: Config, inv: Any, me: str, own_ak: bytes, own_pcrs: Any, previous: str | None
+    ) -> None:
+        from recover.peers.witness import read_domain
 
-    def result() -> Any:
-        th.join(max(0.0, cfg.witness_deadline + 1 - (time.monotonic() - t0)))
-        view = out[0] if out else unavailable("no answer within witness.deadline")
+        self._deadline = cfg.witness_deadline
+        self._out: list[Any] = []
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(
+            target=lambda: self._out.append(read_domain(cfg, inv, me, own_ak, own_pcrs, previous)),
+            name="host-recover-witness",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def peek(self) -> Mapping[str, str] | None:
+        view = self._out[0] if self._out else None
+        return None if view is None or view.error else view.classes
+
+    def __call__(self) -> Any:
+        from recover.core.witness import unavailable
+
+        self._thread.join(max(0.0, self._deadline + 1 - (time.monotonic() - self._t0)))
+        view = self._out[0] if self._out else unavailable("no answer within witness.deadline")
         if view.error:
             log.warning("witness: deciding without it: %s", view.error)
         else:
@@ -412,7 +460,17 @@ def _start_witness(
             )
         return view
 
-    return result
+
+def in_payload(peers: PeerResults) -> set[str]:
+    """The peers whose verified reply says they run their boot payload (role boot): they
+    ask this host in their own rounds."""
+    from recover.core.protocol import Outcome
+
+    return {
+        r.peer_id
+        for r in peers.results
+        if r.outcome is Outcome.VERIFIED and r.status is not None and r.status.role == "boot"
+    }
 
 
 def may_still_ask(domain_ids: set[str], peers: PeerResults) -> set[str]:

@@ -22,6 +22,8 @@ from recover.core.evidence import Evidence, Reading
 from recover.settings import Action, Mode
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from recover.config import Config
     from recover.core.protocol import PeerResult, PeerResults
 
@@ -57,11 +59,18 @@ class Policy:
     on_isolated: Action = Action.NORMAL
     on_undetermined: Action = Action.NORMAL
     mode: Mode = Mode.AUTO
+    wait: float = 240.0  # seconds to keep asking silent peers (verdict.wait)
+    sample_above: int = 64  # domains larger than this are sampled; 0: never
+    sample_error: float = 0.01  # a sampled verdict's error rate (per kind)
 
     def __post_init__(self) -> None:
         parse_quorum(self.quorum)
         if not self.window > 0:
             raise ValueError("window must be > 0")
+        if not self.wait >= 0:
+            raise ValueError("wait must be >= 0")
+        if not 0 < self.sample_error < 0.5:
+            raise ValueError("sample_error must be in (0, 0.5)")
         object.__setattr__(self, "on_isolated", Action(self.on_isolated))
         object.__setattr__(self, "on_undetermined", Action(self.on_undetermined))
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -74,6 +83,9 @@ class Policy:
             on_isolated=Action(cfg.verdict_on_isolated),
             on_undetermined=Action(cfg.verdict_on_undetermined),
             mode=Mode(cfg.boot_mode),
+            wait=float(cfg.verdict_wait),
+            sample_above=int(cfg.verdict_sample_above),
+            sample_error=float(cfg.verdict_sample_error),
         )
 
     def needed(self, domain_size: int) -> int:
@@ -94,14 +106,18 @@ class Verdict:
     action: Action
     reasons: tuple[str, ...]
     counts: Mapping[str, int]
+    convergence: Convergence | None = None  # how the answers were collected
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": str(self.kind),
             "action": str(self.action),
             "reasons": list(self.reasons),
             "counts": dict(self.counts),
         }
+        if self.convergence is not None:
+            out["convergence"] = self.convergence.to_json()
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,14 +150,24 @@ def _classify(own_since_reset: float | None, r: PeerResult, window: float) -> st
     return "unaffected" if st.summary == Reading.CLEAN else "unknown"
 
 
+def _shifted(own_since_reset: float | None, offset: float) -> float | None:
+    """This host's time since its TPM reset ``offset`` seconds after its evidence was read
+    (a peer asked in a later round answers that much later: docs/verdict.md)."""
+    return None if own_since_reset is None else own_since_reset + offset
+
+
 def _tally(
-    own_since_reset: float | None, results: Iterable[PeerResult], window: float
+    own_since_reset: float | None,
+    results: Iterable[PeerResult],
+    window: float,
+    offsets: Mapping[str, float] | None = None,
 ) -> tuple[_Tally, dict[str, int]]:
     n = dict.fromkeys(("same", "unknown", "unaffected", "outside", "normal-os", "unverified"), 0)
     outcomes: dict[str, int] = {}
     for r in results:
         outcomes[str(r.outcome)] = outcomes.get(str(r.outcome), 0) + 1
-        n[_classify(own_since_reset, r, window)] += 1
+        own = _shifted(own_since_reset, (offsets or {}).get(r.peer_id, 0.0))
+        n[_classify(own, r, window)] += 1
     tally = _Tally(
         same=n["same"],
         unknown=n["unknown"],
@@ -210,17 +236,269 @@ class EarlyStop:
         return _settled(self.own, self.same, self.undecided, pending, self.domain, self.need)
 
 
+# --- Large domains: a random sample, an exact one-sided test -------------------------
+
+SAMPLE_MARGIN = 0.25  # of the domain: the clear cases a sample must tell apart
+SAMPLE_POWER = 0.99  # ... with at least this probability (docs/verdict.md)
+MAX_SAMPLE = 1024  # larger samples save too little: ask every peer
+
+
+def _log_comb(a: int, b: int) -> float:
+    return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
+
+
+def hypergeom_pmf(domain: int, marked: int, n: int) -> list[float]:
+    """P(X = k) for k = 0..n: X marked peers in a uniform sample of n of ``domain`` peers
+    of which ``marked`` are marked (sampling without replacement)."""
+    lo, hi = max(0, n - (domain - marked)), min(n, marked)
+    total = _log_comb(domain, n)
+    out = [0.0] * (n + 1)
+    for k in range(lo, hi + 1):
+        out[k] = math.exp(_log_comb(marked, k) + _log_comb(domain - marked, n - k) - total)
+    return out
+
+
+def _thresholds(domain: int, n: int, need: int, error: float) -> tuple[int, int]:
+    """(corr, iso) for a sample of n: ``corr`` the fewest same-event peers that decide a
+    correlated failure, P(X >= corr | need - 1 of the domain went down) <= error (n + 1:
+    never); ``iso`` the most same-event-or-undecided peers that still decide an isolated
+    one, P(X <= iso | need went down) <= error (-1: never)."""
+    below = hypergeom_pmf(domain, need - 1, n)
+    corr, tail = n + 1, 0.0
+    for k in range(n, -1, -1):
+        tail += below[k]
+        if tail > error:
+            break
+        corr = k
+    corr = max(corr, min(need, MIN_PERCENT_QUORUM))
+    at = hypergeom_pmf(domain, need, n)
+    iso, head = -1, 0.0
+    for k in range(n + 1):
+        head += at[k]
+        if head > error:
+            break
+        iso = k
+    return corr, iso
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """How the counts become a kind. Every peer asked (``asked == domain``): the exact
+    table. A uniform random sample of ``asked`` peers of a larger domain: an exact
+    one-sided test (hypergeometric, i.e. a Clopper-Pearson-style bound for sampling
+    without replacement) of the number of same-event peers in the domain against the
+    quorum, each wrong kind at most ``error`` likely (docs/verdict.md)."""
+
+    domain: int
+    asked: int
+    need: int
+    error: float = 0.01
+    corr: int = dataclasses.field(default=0, compare=False)
+    iso: int = dataclasses.field(default=-1, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.sampled and self.need <= self.domain:
+            corr, iso = _thresholds(self.domain, self.asked, self.need, self.error)
+            object.__setattr__(self, "corr", corr)
+            object.__setattr__(self, "iso", iso)
+
+    @classmethod
+    def of(cls, domain: int, policy: Policy, asked: int | None = None) -> Rule:
+        asked = domain if asked is None else asked
+        return cls(domain, asked, policy.needed(domain), policy.sample_error)
+
+    @property
+    def sampled(self) -> bool:
+        return self.asked < self.domain
+
+    def kind(self, own: Reading, same: int, undecided: int) -> Kind:
+        if not self.sampled:
+            return _kind(own, same, undecided, self.need, self.domain)
+        if own == Reading.CLEAN:
+            return Kind.CLEAN
+        if self.need > self.domain:
+            return Kind.UNDETERMINED
+        if same >= self.corr:
+            return Kind.CORRELATED
+        if same + undecided <= self.iso:
+            return Kind.ISOLATED if own == Reading.ABNORMAL else Kind.UNDETERMINED
+        return Kind.UNDETERMINED
+
+    def settled(self, own: Reading, same: int, undecided: int, pending: int) -> bool:
+        # Monotone in both counts, like the exact table (see _settled).
+        return self.kind(own, same + pending, undecided) == self.kind(own, same, undecided)
+
+
+def sample_size(domain: int, policy: Policy) -> int | None:
+    """How many peers of a domain of ``domain`` to ask, or None: ask every one (the domain
+    is at most ``verdict.sample_above``, or no sample smaller than half of it meets the
+    rule). The rule: the smallest n whose test decides a clear case right with probability
+    >= SAMPLE_POWER: correlated when ``needed + SAMPLE_MARGIN * domain`` peers went down,
+    isolated when ``needed - SAMPLE_MARGIN * domain`` did, every sampled peer answering."""
+    if policy.sample_above <= 0 or domain <= policy.sample_above:
+        return None
+    need = policy.needed(domain)
+    if need > domain:
+        return None
+    margin = math.ceil(SAMPLE_MARGIN * domain)
+    high, low = min(domain, need + margin), max(0, need - margin)
+
+    def good(n: int) -> bool:
+        corr, iso = _thresholds(domain, n, need, policy.sample_error)
+        if corr > n or iso < 0:
+            return False
+        p_corr = sum(hypergeom_pmf(domain, high, n)[corr:])
+        p_iso = sum(hypergeom_pmf(domain, low, n)[: iso + 1])
+        return p_corr >= SAMPLE_POWER and p_iso >= SAMPLE_POWER
+
+    limit = min(domain // 2, MAX_SAMPLE)
+    n = MIN_PERCENT_QUORUM
+    while n <= limit and not good(n):  # doubling, then the smallest in the last step
+        n *= 2
+    if n > limit:
+        if not good(limit):
+            return None
+        n = limit
+    start = max(MIN_PERCENT_QUORUM, n // 2 + 1)
+    return next(k for k in range(start, n + 1) if good(k))
+
+
+# --- Staggered boots: rounds until the peers answer or the wait ends -----------------
+
+SILENT = frozenset({"timeout", "unreachable", "busy"})  # a later round may change these
+
+
+def silent(r: PeerResult) -> bool:
+    """The peer gave no answer (yet): in POST, powered off, busy, cut off. Asked again in
+    the next round; after the last one undecided, never counted as fine."""
+    return str(r.outcome) in SILENT
+
+
+class Judge:
+    """The verdict's running view of a query in rounds (recover.peers.rounds): each
+    peer's final class, taken with this host's time since reset at the round that asked
+    it (``offset``: seconds after the evidence was read). Silent peers stay pending."""
+
+    def __init__(
+        self, own: Reading, own_since_reset: float | None, rule: Rule, policy: Policy
+    ) -> None:
+        self.own, self.since, self.rule, self.policy = own, own_since_reset, rule, policy
+        self.final: dict[str, float] = {}  # peer id → offset of its final result
+        self.same = self.undecided = 0
+        self.silent_ids: set[str] = set()  # asked, no answer yet
+        # The witness's classes once read (recover.boot.gather): a silent peer it saw stop
+        # with this host lets the rounds stop as soon as that makes the kind correlated.
+        self.witness: Callable[[], Mapping[str, str] | None] | None = None
+
+    def add(self, r: PeerResult, offset: float) -> bool:
+        """Take a result; False (and nothing counted) when the peer was silent."""
+        if r.peer_id in self.final:
+            return False
+        if silent(r):
+            self.silent_ids.add(r.peer_id)
+            return False
+        self.silent_ids.discard(r.peer_id)
+        c = _classify(_shifted(self.since, offset), r, self.policy.window)
+        self.same += c == "same"
+        self.undecided += c in ("unknown", "unverified")
+        self.final[r.peer_id] = offset
+        return True
+
+    def settled(self, pending: int, undecided: int = 0) -> bool:
+        """No answer from ``pending`` peers can change the kind (``undecided``: silent
+        peers that will not be asked again)."""
+        if self.policy.mode is not Mode.AUTO:
+            return True
+        witnessed = self.witnessed()
+        if (
+            witnessed
+            and self.rule.kind(self.own, self.same + witnessed, self.undecided + undecided)
+            is Kind.CORRELATED
+        ):
+            return True  # more answers cannot undo it; decide() re-checks contradictions
+        return self.rule.settled(self.own, self.same, self.undecided + undecided, pending)
+
+    def witnessed(self) -> int:
+        """Silent peers the witness saw stop heartbeating with this host (0: no witness)."""
+        classes = self.witness() if self.witness is not None else None
+        if not classes:
+            return 0
+        return sum(1 for i in self.silent_ids if classes.get(i) == "same")
+
+    def round_stop(self, offset: float, last: bool) -> Callable[[Sequence[PeerResult], int], bool]:
+        """The ``stop_early`` callback of one round: its silent peers count as pending
+        when another round follows, as undecided after the ``last``."""
+        seen, quiet = [0], [0]
+
+        def stop(done: Sequence[PeerResult], pending: int) -> bool:
+            for r in done[seen[0] :]:
+                if not self.add(r, offset):
+                    quiet[0] += 1
+            seen[0] = len(done)
+            if last:
+                return self.settled(pending, quiet[0])
+            return self.settled(pending + quiet[0])
+
+        return stop
+
+
+_STOP_WHY = {
+    "settled": "stopped once no pending answer could change the kind",
+    "answered": "every peer asked answered",
+    "window-closed": "the wait ran out",
+    "round-limit": "the bound on rounds was reached",
+}
+
+
+class Stop(enum.StrEnum):
+    """Why the rounds ended."""
+
+    SETTLED = "settled"  # no pending answer could change the kind
+    ANSWERED = "answered"  # every peer asked gave a final answer
+    WINDOW = "window-closed"  # verdict.wait ran out with peers still silent
+    ROUNDS = "round-limit"  # the bound on rounds (never reached with sane settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Convergence:
+    """How the peers' answers were collected (the decision record's ``convergence``)."""
+
+    rounds: int
+    waited_s: float  # from the first request to the end of the last round
+    wait_s: float  # the wait allowed (verdict.wait, capped by boot.timeout)
+    stopped: Stop
+    domain: int  # peers in the failure domain
+    asked: int  # peers asked: the domain, or a random sample of it
+    silent: tuple[str, ...] = ()  # asked, never answered
+    offsets: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "waited_s": round(self.waited_s, 1),
+            "wait_s": self.wait_s,
+            "stopped": str(self.stopped),
+            "domain": self.domain,
+            "asked": self.asked,
+            "silent": list(self.silent[:32]),
+            "silent_count": len(self.silent),
+        }
+
+
 def decide(
     evidence: Evidence,
     peers: PeerResults | None,
     policy: Policy,
     witness: Mapping[str, str] | None = None,
+    *,
+    convergence: Convergence | None = None,
 ) -> Verdict:
     """The verdict from this host's evidence, its peers' results and the policy.
 
     ``peers`` is None when no peers are configured (a failure domain of one). Peers that
     were never asked (the query stopped early) count as unverified. ``witness``: peer id
     → recover.core.witness.WitnessClass, for peers the witness (etcd) knows about.
+    ``convergence``: how the results were collected (rounds, a sample of a large domain).
     """
     if peers is None:
         return decide_counts(evidence.summary, evidence.since_reset_s, (), 0, policy)
@@ -231,6 +509,7 @@ def decide(
         peers.domain_size,
         policy,
         witness,
+        convergence=convergence,
     )
 
 
@@ -240,6 +519,7 @@ def _apply_witness(
     results: Sequence[PeerResult],
     witness: Mapping[str, str],
     window: float,
+    offsets: Mapping[str, float] | None = None,
 ) -> tuple[_Tally, dict[str, int], list[str]]:
     """Fold the witness into the tally (docs/verdict.md, "Witnessed peers").
 
@@ -260,7 +540,7 @@ def _apply_witness(
         and r.status is not None
         and witness.get(r.peer_id) == "same"
         and own_since_reset is not None
-        and r.status.since_reset_s - own_since_reset > window
+        and r.status.since_reset_s - own_since_reset - (offsets or {}).get(r.peer_id, 0.0) > window
     ]
     if contra:
         counts["witness_contradicted"] = len(contra)
@@ -313,20 +593,29 @@ def decide_counts(
     domain_size: int,
     policy: Policy,
     witness: Mapping[str, str] | None = None,
+    *,
+    convergence: Convergence | None = None,
 ) -> Verdict:
-    """:func:`decide` on plain values (``domain_size``: peers of the domain, self excluded)."""
+    """:func:`decide` on plain values (``domain_size``: peers asked, self excluded; the
+    whole domain is ``convergence.domain`` when a sample was asked)."""
     results = tuple(results)
-    t, outcomes = _tally(own_since_reset, results, policy.window)
+    conv = convergence
+    offsets = conv.offsets if conv is not None else None
+    t, outcomes = _tally(own_since_reset, results, policy.window, offsets)
     witness_counts: dict[str, int] = {}
     witness_reasons: list[str] = []
     answered_same = t.same  # the reason line below counts answers; witnessed have their own
     if witness is not None:
         t, witness_counts, witness_reasons = _apply_witness(
-            t, own_since_reset, results, witness, policy.window
+            t, own_since_reset, results, witness, policy.window, offsets
         )
-    need = policy.needed(domain_size)
+    asked = domain_size
+    if conv is not None and conv.domain > asked:
+        domain_size = conv.domain
+    rule = Rule.of(domain_size, policy, asked)
+    need = rule.need
     undecided = t.unknown + t.unverified
-    kind = _kind(own, t.same, undecided, need, domain_size)
+    kind = rule.kind(own, t.same, undecided)
     counts = {
         "domain": domain_size,
         "needed": need,
@@ -339,17 +628,40 @@ def decide_counts(
         **witness_counts,
         **{f"outcome.{k}": v for k, v in sorted(outcomes.items())},
     }
+    if rule.sampled:
+        counts["sampled"] = asked
+    if conv is not None:
+        counts["rounds"] = conv.rounds
     reasons: list[str] = [f"local evidence: {own}"]
     if own == Reading.CLEAN:
         reasons.append("the previous shutdown was orderly: nothing to recover")
     elif domain_size == 0:
         reasons.append("no peers in this host's failure domain: correlation cannot be judged")
+    elif rule.sampled:
+        reasons.append(
+            f"{answered_same} of {asked} peers sampled at random from {domain_size} went down "
+            f"abnormally within {policy.window:g} s of this host's TPM reset (quorum {need} "
+            f"of {domain_size}: correlated from {rule.corr} of the sample, isolated up to "
+            f"{rule.iso}; each wrong at most {policy.sample_error:g} likely)"
+        )
     else:
         reasons.append(
             f"{answered_same} of {domain_size} peers went down abnormally within "
             f"{policy.window:g} s of this host's TPM reset (quorum {need})"
         )
+    if own != Reading.CLEAN and domain_size:
         reasons.extend(witness_reasons)
+        if conv is not None:
+            reasons.append(
+                f"asked in {conv.rounds} round{'s' if conv.rounds != 1 else ''} over "
+                f"{conv.waited_s:.0f} s (wait up to {conv.wait_s:g} s): "
+                f"{_STOP_WHY[conv.stopped]}"
+            )
+        if conv is not None and conv.silent and conv.stopped is not Stop.SETTLED:
+            reasons.append(
+                f"{len(conv.silent)} peers never answered within the wait (in POST, powered "
+                "off or cut off): undecided, never counted as fine"
+            )
         if t.outside:
             reasons.append(f"{t.outside} abnormal peers reset outside the window (other events)")
         if t.normal_os:
@@ -391,4 +703,4 @@ def decide_counts(
     elif policy.mode is Mode.NEVER:
         action = Action.NORMAL
         reasons.insert(0, "boot.mode=never: never recover")
-    return Verdict(kind, action, tuple(reasons), counts)
+    return Verdict(kind, action, tuple(reasons), counts, conv)

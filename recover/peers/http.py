@@ -65,7 +65,9 @@ async def read_http_message(
             head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
         raise Rejected(Outcome.MALFORMED, "headers too large", 431) from None
-    except asyncio.IncompleteReadError:
+    except asyncio.IncompleteReadError as e:
+        if response and not e.partial:  # not a word: nobody there (e.g. behind a NAT/proxy)
+            raise ConnectionResetError("connection closed without a reply") from None
         raise Rejected(Outcome.MALFORMED, "connection closed before the headers ended") from None
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
