@@ -120,11 +120,14 @@ def test_witness_unreachable_decides_as_today(fleet: dict[str, Host], etcd: Etcd
     heartbeat_all(fleet, etcd)
     power_loss(fleet, etcd)
     etcd.stop()  # the witness is down too
-    d = run_self(fleet, witness_endpoints=etcd.endpoints_setting, witness_prefix=PREFIX)
+    # Every peer stays dark: the rounds would go on for verdict.wait (240 s); 2 s will do.
+    d = run_self(
+        fleet, witness_endpoints=etcd.endpoints_setting, witness_prefix=PREFIX, verdict_wait=2.0
+    )
     assert d.witness is not None and d.witness["error"], d.witness
     assert str(d.verdict.kind) == "undetermined", d.verdict.reasons
     assert "witnessed" not in d.verdict.counts
-    without = run_self(fleet, witness_endpoints="")
+    without = run_self(fleet, witness_endpoints="", verdict_wait=2.0)
     assert without.verdict.kind == d.verdict.kind
     assert without.verdict.counts == d.verdict.counts
 
@@ -248,7 +251,9 @@ def test_host_not_in_its_own_inventory_anchors_with_its_own_ak(
     assert str(d.verdict.kind) == "correlated-failure", d.verdict.reasons
     # Another boot chain (PCR 9 changed since the heartbeat): the anchor is not believed.
     fleet["self"].extend_pcr9()
-    d = run_self(fleet, witness_endpoints=etcd.endpoints_setting, witness_prefix=PREFIX)
+    d = run_self(  # no anchor: the dark peers would be asked for verdict.wait (240 s)
+        fleet, witness_endpoints=etcd.endpoints_setting, witness_prefix=PREFIX, verdict_wait=2.0
+    )
     assert d.witness is not None and "unexpected-pcrs" in d.witness["anchor_problem"], d.witness
     assert {p["class"] for p in d.witness["peers"].values()} == {"no-anchor"}
     assert str(d.verdict.kind) == "undetermined", d.verdict.reasons
