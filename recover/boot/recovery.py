@@ -41,6 +41,7 @@ class Recovery:
     master: bytearray = dataclasses.field(default_factory=bytearray)
     image_path: str = ""
     creds_path: str = ""
+    image_device: str = ""  # what ``rootfs`` mounts: the dm-crypt device or the v1 plaintext
     cmdline: str = ""  # the kernel command line's text (/proc/cmdline)
 
     def wipe(self) -> None:
@@ -104,22 +105,35 @@ def _store(r: Recovery) -> None:
 
 
 def _image(r: Recovery) -> None:
-    from recover.core import keys
+    """Authenticate the image (key id, MAC, anti-rollback, size). v2: map it through
+    dm-verity and dm-crypt (the kernel decrypts on demand; recover.boot.dmimage); v1:
+    decrypt it whole into a tmpfs sized for it."""
+    from recover.core import imageformat, keys
     from recover.store import image
 
     header = image.read_header(r.image_path)
     min_version = r.tpm.counter_read(r.cfg.tpm_rollback_nv)
     r.outcome.image = {
         "path": r.image_path,
+        "format": header.version,
         "version": header.image_version,
         "payload_type": header.payload_type,
         "size": header.plaintext_length,
         "min_version": min_version,
     }
-    plain_dir = Path(r.cfg.boot_state_dir) / "image"
-    rootfs.tmpfs(plain_dir, size_bytes=header.plaintext_length + (1 << 20))
     image_key = keys.image_root_key(bytes(r.master))
-    image.decrypt_file(r.image_path, plain_dir / "root.img", image_key, min_version=min_version)
+    if isinstance(header, imageformat.HeaderV2):
+        from recover.boot import dmimage
+
+        header, data_key = image.open_v2(r.image_path, image_key, min_version=min_version)
+        mapping = dmimage.map_image(r.image_path, header, bytearray(data_key))
+        r.image_device = mapping.device
+        r.outcome.image.update(key_passing=mapping.key_passing, steps_ms=mapping.steps_ms)
+    else:
+        plain_dir = Path(r.cfg.boot_state_dir) / "image"
+        rootfs.tmpfs(plain_dir, size_bytes=header.plaintext_length + (1 << 20))
+        image.decrypt_file(r.image_path, plain_dir / "root.img", image_key, min_version=min_version)
+        r.image_device = os.fspath(plain_dir / "root.img")
     if header.image_version > min_version:
         # The rollback counter is owner-write only: with an empty owner auth the boot may
         # still raise it; once an owner auth is set only `image floor --owner-auth` can.
@@ -137,9 +151,8 @@ def _image(r: Recovery) -> None:
 
 
 def _rootfs(r: Recovery) -> None:
-    plain = Path(r.cfg.boot_state_dir) / "image" / "root.img"
     payload_type = (r.outcome.image or {}).get("payload_type", "auto")
-    rootfs.mount_image(plain, payload_type, Path(r.cfg.boot_state_dir), r.newroot)
+    rootfs.mount_image(Path(r.image_device), payload_type, Path(r.cfg.boot_state_dir), r.newroot)
 
 
 def _credentials(r: Recovery) -> None:

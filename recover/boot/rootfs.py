@@ -97,11 +97,14 @@ def tmpfs(path: Path, size_bytes: int | None = None, mode: str = "0700") -> None
 
 
 def mount_image(plain: Path, payload_type: str, work: Path, newroot: str) -> None:
-    """The decrypted image read-only, under a tmpfs overlay, on ``newroot``."""
+    """The decrypted image (a block device: the dm-crypt target of a v2 image; or a
+    file: a v1 image decrypted into a tmpfs) read-only, under a tmpfs overlay, on
+    ``newroot``."""
     lower, upper = work / "lower", work / "overlay"
     lower.mkdir(parents=True, exist_ok=True)
     fstype = {"squashfs": "squashfs", "erofs": "erofs"}.get(payload_type, "auto")
-    run_cmd(["mount", "-t", fstype, "-o", "ro,loop,nodev", os.fspath(plain), os.fspath(lower)])
+    opts = "ro,nodev" if plain.is_block_device() else "ro,loop,nodev"
+    run_cmd(["mount", "-t", fstype, "-o", opts, os.fspath(plain), os.fspath(lower)])
     tmpfs(upper, mode="0755")
     (upper / "upper").mkdir(exist_ok=True)
     (upper / "work").mkdir(exist_ok=True)
@@ -118,6 +121,9 @@ def cleanup(newroot: str, cfg: Config) -> None:
         with contextlib.suppress(OSError, SystemFault):
             if is_mounted(path):
                 run_cmd(["umount", "-l", os.fspath(path)])
+    from recover.boot import dmimage
+
+    dmimage.unmap()  # a v2 image's mappings: the image key leaves the kernel with them
     if cred.is_dir():
         for f in cred.iterdir():
             with contextlib.suppress(OSError):
