@@ -171,16 +171,23 @@ class Lab:
         grub: bool = False,
         tpm_pcrs: str | None = None,
         control_extra: dict[str, str] | None = None,
+        recovery_root: Path | None = None,
+        master: bytes | None = None,
     ) -> None:
         """``grub``: OVMF boots GRUB (harness.grub_efi) instead of the kernel directly;
         ``tpm_pcrs``: baked into the host's configuration; ``control_extra``: lines for
-        the guest's control disk on every boot (qemu-env/guest-normal-init.sh)."""
+        the guest's control disk on every boot (qemu-env/guest-normal-init.sh);
+        ``recovery_root``: the plain recovery image to provision (default: the lab's);
+        ``master``: the master secret the guest seals (default: a random one of its own),
+        so the host can make recovery images for it."""
         self.dir = workdir.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.init = init
         self.grub = grub
         self.tpm_pcrs = tpm_pcrs
         self.control_extra = dict(control_extra or {})
+        self.recovery_root = recovery_root
+        self.master = master
         self.provision_result: BootResult | None = None
         self.peers = [
             PeerAgent(self.dir, f"peer{i + 1}", f"10.0.2.{101 + i}") for i in range(n_peers)
@@ -221,15 +228,21 @@ class Lab:
         entries = [p.provision() for p in self.peers]
         self.write_host_config(entries)
         self.art = harness.build_all(self.confdir, init=self.init)
-        store = harness.store_disk(
-            self.dir / "store.img",
-            {
-                "plain.squashfs": self.art.recovery_root,
-                "service-hmac.in": self.credential.encode(),
-            },
-        )
+        plain = self.recovery_root or self.art.recovery_root
+        files: dict[str, Path | bytes] = {
+            "plain.squashfs": plain,
+            "service-hmac.in": self.credential.encode(),
+        }
+        if self.master is not None:
+            files["master.in"] = self.master
+        # room for the plain image and the container made from it
+        size_mb = max(96, (plain.stat().st_size >> 19) + 64)
+        store = harness.store_disk(self.dir / "store.img", files, size_mb=size_mb)
         self.control = self.dir / "control.ctl"
-        harness.control_disk(self.control, "provision", "-", self.control_extra)
+        extra = dict(self.control_extra)
+        if self.master is not None:
+            extra["masterfrom"] = "/mnt/store/master.in"
+        harness.control_disk(self.control, "provision", "-", extra)
         self.vm = vmmod.Vm(
             self.dir / "host",
             self.art.kernel.vmlinuz,
