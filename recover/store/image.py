@@ -418,13 +418,8 @@ def _scan_v2(
     stored = memoryview(bytearray(len(area)))
     _pread_exact(fd, stored, header.hash_offset)
     if stored != area:
-        bad = next(
-            i
-            for i in range(0, len(area), V2_BLOCK)
-            if stored[i : i + V2_BLOCK] != area[i : i + V2_BLOCK]
-        )
         raise IntegrityError(
-            f"hash tree block {bad // V2_BLOCK} differs from the recomputed tree",
+            _first_difference(header, stored, area, level0),
             hint="the image is tampered or corrupted (data or hash area)",
         )
     if not hmac.compare_digest(root, header.root_hash):
@@ -432,3 +427,23 @@ def _scan_v2(
             "the data area does not match the authenticated root hash",
             hint="the image is tampered or corrupted",
         )
+
+
+def _first_difference(
+    header: HeaderV2, stored: memoryview, area: bytes, level0: list[bytes]
+) -> str:
+    """Name what differs, from the data blocks up: a data block whose stored digest is
+    not its own, else the lowest tree level that is not what the level below gives."""
+    bs, size = header.hash_block_size, verity.DIGEST_SIZE
+    for level, (start, count) in enumerate(header.geometry.levels):
+        lo, hi = start * bs, (start + count) * bs
+        if stored[lo:hi] == area[lo:hi]:
+            continue
+        if level == 0:
+            per = verity.per_block(bs)
+            for i, digest in enumerate(level0):
+                at = lo + (i // per) * bs + (i % per) * size
+                if stored[at : at + size] != digest:
+                    return f"data block {i} (offset {header.data_offset + i * bs}) does not match the hash tree"
+        return f"hash tree level {level} differs from the recomputed tree"
+    return "the hash tree differs from the recomputed tree"

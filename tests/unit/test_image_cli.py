@@ -76,7 +76,7 @@ def test_integrity_failures_exit_5(setup: dict[str, Any]) -> None:
     data[len(data) // 2] ^= 1
     s["img"].write_bytes(bytes(data))
     r = run("image", "decrypt", s["img"], out, "--key-file", s["key"])
-    assert r.returncode == 5 and re.search("failed authentication|differs from", r.stderr)
+    assert r.returncode == 5 and re.search("failed authentication|does not match", r.stderr)
     assert not out.exists()
     r = run("image", "verify", s["img"], "--key-file", s["key"])
     assert r.returncode == 5 and "tampered" in r.stderr, r.stderr
