@@ -167,4 +167,4 @@ def _credentials(r: Recovery) -> None:
     cred_dir = Path(r.cfg.boot_credentials_dir)
     cred_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # /run: tmpfs
     r.outcome.credentials = credentials.write_to_dir(store, cred_dir)
-    rootfs.unmount_store(r.cfg)
+    rootfs.unmount_store(r.cfg, in_use=r.image_device.startswith("/dev/mapper/"))

@@ -82,10 +82,13 @@ def _fstype(device: str) -> str:
     return proc.stdout.strip()
 
 
-def unmount_store(cfg: Config) -> None:
-    """The store is not left mounted inside the recovery root (nor the normal one)."""
+def unmount_store(cfg: Config, *, in_use: bool = False) -> None:
+    """The store is not left mounted inside the recovery root (nor the normal one).
+    ``in_use``: a v2 image on it is mapped (its loop device holds the file open), so the
+    mount is detached (``umount -l``): gone from every mount table, alive until the
+    mapping goes."""
     if cfg.store_device and is_mounted(store_dir(cfg)):
-        run_cmd(["umount", os.fspath(store_dir(cfg))])
+        run_cmd(["umount", *(["-l"] if in_use else []), os.fspath(store_dir(cfg))])
 
 
 def tmpfs(path: Path, size_bytes: int | None = None, mode: str = "0700") -> None:
