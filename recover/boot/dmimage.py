@@ -190,6 +190,12 @@ def _ms(t: float) -> float:
     return round((time.monotonic() - t) * 1000, 1)
 
 
+def corrupted() -> bool:
+    """dm-verity has seen a block that does not match the tree (status ``C``)."""
+    status = _quiet(["dmsetup", "status", VERITY_NAME]) or ""
+    return status.split()[-1:] == ["C"]
+
+
 def _quiet(argv: list[str]) -> str | None:
     """Run a cleanup command: its stdout, or None on failure (logged under debug)."""
     import subprocess

@@ -20,7 +20,7 @@ from recover.boot import lock, rootfs
 from recover.boot.record import Outcome, record_nv
 from recover.config import Config
 from recover.core.plan import Step
-from recover.errors import HostRecoverError
+from recover.errors import HostRecoverError, IntegrityError, SystemFault
 from recover.log import step
 from recover.settings import PolicyKind
 
@@ -152,7 +152,19 @@ def _image(r: Recovery) -> None:
 
 def _rootfs(r: Recovery) -> None:
     payload_type = (r.outcome.image or {}).get("payload_type", "auto")
-    rootfs.mount_image(Path(r.image_device), payload_type, Path(r.cfg.boot_state_dir), r.newroot)
+    try:
+        rootfs.mount_image(
+            Path(r.image_device), payload_type, Path(r.cfg.boot_state_dir), r.newroot
+        )
+    except SystemFault:
+        from recover.boot import dmimage
+
+        if r.image_device.startswith("/dev/mapper/") and dmimage.corrupted():
+            raise IntegrityError(
+                "the recovery image failed dm-verity while mounting (a corrupted block)",
+                hint="the image on the store is tampered or damaged; `image verify` names the block",
+            ) from None
+        raise
 
 
 def _credentials(r: Recovery) -> None:

@@ -102,11 +102,16 @@ def test_flipped_ciphertext_byte_is_an_io_error_never_other_data(lab: Lab) -> No
     assert res.console.find(r"device-mapper: verity: .*is corrupted"), res.console.text()[-3000:]
 
 
-@pytest.mark.parametrize("how", ["header", "truncate"])
-def test_tampered_v2_header_or_size_is_refused_before_mapping(lab: Lab, how: str) -> None:
+@pytest.mark.parametrize("how", ["header", "truncate", "superblock"])
+def test_tampered_v2_header_size_or_mount_block_is_refused(lab: Lab, how: str) -> None:
+    """header/truncate: refused by the payload's checks before any mapping; superblock:
+    the mount's first read fails dm-verity, which the payload reports as integrity."""
+
     def change(data: bytearray) -> None:
         if how == "header":
             data[104] ^= 0x01  # a byte of the root hash: the MAC fails
+        elif how == "superblock":
+            data[4096 + 8] ^= 0x01  # the squashfs superblock's ciphertext
         else:
             del data[-100:]
 
