@@ -17,7 +17,7 @@ from pathlib import Path
 
 from testing.qemu import harness
 
-PROBE = (b"host-recover v2 probe block\n" * 4096)[: 256 * 1024]
+PROBE = (b"host-recover v2 probe block\n" * 10_000)[: 256 * 1024]  # two squashfs blocks
 PROBE_SHA256 = hashlib.sha256(PROBE).hexdigest()
 
 PROBE_INIT = """#!/bin/sh
@@ -61,7 +61,9 @@ def probe_root(out: Path | None = None) -> Path:
         dest = tree / (text[1:] if text.startswith(("/usr/", "/lib64/")) else "usr" + text)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(lib.resolve(), dest)
-    harness.sh("mksquashfs", tree, out, "-noappend", "-all-root", "-noD", "-noF", "-quiet",
+    # uncompressed data, no fragments: the probe's bytes are in the image as they are,
+    # and no other file's tail shares its blocks
+    harness.sh("mksquashfs", tree, out, "-noappend", "-all-root", "-noD", "-no-fragments", "-quiet",
                "-no-progress", "-mkfs-time", harness.SOURCE_DATE_EPOCH, "-all-time",
                harness.SOURCE_DATE_EPOCH)  # fmt: skip
     shutil.rmtree(tree)
