@@ -213,7 +213,7 @@ def _valid_header() -> bytes:
     ).raw  # fmt: skip
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pos=st.integers(0, imageformat.V2_HEADER_SIZE - 1), bit=st.integers(0, 7))
 def test_any_header_bit_flip_is_rejected(pos: int, bit: int) -> None:
     data = bytearray(_valid_header())
@@ -222,7 +222,7 @@ def test_any_header_bit_flip_is_rejected(pos: int, bit: int) -> None:
         imageformat.authenticate(imageformat.parse_header(bytes(data)), KEY)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(tail=st.binary(min_size=0, max_size=imageformat.V2_HEADER_SIZE))
 def test_random_v2_headers_raise_only_typed_errors(tail: bytes) -> None:
     data = imageformat.MAGIC + struct.pack(">H", 2) + tail
