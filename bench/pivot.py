@@ -34,7 +34,7 @@ from bench import perfdoc
 from bench.boot import revision
 
 CACHE = Path(os.environ.get("HOST_RECOVER_CACHE", "/var/cache/host-recover")) / "bench-images"
-FORMATS = (1, 2)
+FORMATS = (2, 1)  # v2 first: a v1 boot that runs out of memory may take long
 TITLE = "## Time to pivot against image size (container v1 against v2)"
 
 
@@ -122,14 +122,22 @@ def one_boot(lab: labmod.Lab, store: Path, timeout: float) -> dict[str, Any]:
     return out
 
 
-def measure(sizes: list[int], timeout: float) -> dict[str, Any]:
+def measure(sizes: list[int], timeout: float, json_out: Path | None = None) -> dict[str, Any]:
+    """The whole matrix; with ``json_out`` the measurement so far is written after each
+    boot."""
+    from recover.core import imageformat, keys
+
     master = secrets.token_bytes(32)
+    kid = imageformat.key_id(keys.image_root_key(master)).hex()
     lab = labmod.Lab(harness.BUILD / "bench-pivot-lab", n_peers=3, master=master)
     results: dict[str, dict[str, Any]] = {}
     work = harness.BUILD / "bench-pivot"
     work.mkdir(parents=True, exist_ok=True)
     try:
         lab.setup()
+        assert lab.provision_result is not None
+        if lab.provision_result.console.find(f"image key id {kid}") is None:
+            raise RuntimeError("the guest did not seal the bench's master (key id differs)")
         lab.prepare("provisioned", peers_cut=0)
         lab.boot("hold")
         lab.power_cut(peers=0)
@@ -145,8 +153,14 @@ def measure(sizes: list[int], timeout: float) -> dict[str, Any]:
                 r["plain_bytes"] = plain.stat().st_size
                 results[f"v{fmt} {label(size)}"] = r
                 print(f"v{fmt} {label(size)}: {json.dumps(r)}", file=sys.stderr, flush=True)
+                if json_out is not None:
+                    json_out.write_text(json.dumps(summary(sizes, results), indent=1) + "\n")
     finally:
         lab.close()
+    return summary(sizes, results)
+
+
+def summary(sizes: list[int], results: dict[str, Any]) -> dict[str, Any]:
     return {"accel": vmmod.accel(), "memory_mib": int(vmmod.MEMORY), "revision": revision(),
             "sizes": [label(s) for s in sizes], "results": results}  # fmt: skip
 
@@ -214,9 +228,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    m = measure(sizes, args.timeout)
-    if args.json:
-        Path(args.json).write_text(json.dumps(m, indent=1) + "\n")
+    m = measure(sizes, args.timeout, Path(args.json) if args.json else None)
     text = section(m, args.sizes)
     print(text)
     if args.write:

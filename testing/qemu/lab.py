@@ -188,6 +188,8 @@ class Lab:
         self.control_extra = dict(control_extra or {})
         self.recovery_root = recovery_root
         self.master = master
+        if master is not None:  # the provisioning boot seals it (the store carries it)
+            self.control_extra["masterfrom"] = "/mnt/store/master.in"
         self.provision_result: BootResult | None = None
         self.peers = [
             PeerAgent(self.dir, f"peer{i + 1}", f"10.0.2.{101 + i}") for i in range(n_peers)
@@ -239,10 +241,7 @@ class Lab:
         size_mb = max(96, (plain.stat().st_size >> 19) + 64)
         store = harness.store_disk(self.dir / "store.img", files, size_mb=size_mb)
         self.control = self.dir / "control.ctl"
-        extra = dict(self.control_extra)
-        if self.master is not None:
-            extra["masterfrom"] = "/mnt/store/master.in"
-        harness.control_disk(self.control, "provision", "-", extra)
+        harness.control_disk(self.control, "provision", "-", self.control_extra)
         self.vm = vmmod.Vm(
             self.dir / "host",
             self.art.kernel.vmlinuz,
