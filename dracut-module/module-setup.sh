@@ -31,6 +31,11 @@ installkernel() {
     # systems, the overlay for the writable recovery root, virtio for VMs.
     hostonly='' instmods -o tpm_crb tpm_tis tpm_tis_core squashfs erofs overlay loop \
         ext4 virtio_blk virtio_pci virtio_net af_packet
+    # Image container v2 (docs/image-format.md): dm-verity under dm-crypt aes-xts-plain64,
+    # and the crypto the kernel loads for them by name (xts(aes) = xts + ecb + aes).
+    hostonly='' instmods dm_mod dm_verity dm_crypt
+    hostonly='' instmods -o dm_bufio xts ecb aes aesni_intel aes_generic sha256 \
+        sha256_ssse3 sha256_generic
 }
 
 _hr_bundle() {
@@ -89,7 +94,7 @@ install() {
 
     _hr_install_config "$confdir" || return 1
 
-    inst_multiple mount umount mkdir cat sed grep head sync losetup env
+    inst_multiple mount umount mkdir cat sed grep head sync losetup env dmsetup
     inst_multiple -o ip blkid
     inst_simple "$moddir/host-recover-lib.sh" /lib/host-recover-lib.sh
 

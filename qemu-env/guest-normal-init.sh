@@ -22,6 +22,10 @@ hrargs=$(echo "$ctl" | sed -n 's/^hrargs=//p')
 refuse=$(echo "$ctl" | sed -n 's/^refuse=//p')
 witnessargs=$(echo "$ctl" | sed -n 's/^witnessargs=//p')
 provargs=$(echo "$ctl" | sed -n 's/^provargs=//p')
+# imageformat= container version of the provisioned image (default 1: the labs' tamper
+# tests expect v1's reject-before-mount); masterfrom= seal this master (on the store).
+imageformat=$(echo "$ctl" | sed -n 's/^imageformat=//p')
+masterfrom=$(echo "$ctl" | sed -n 's/^masterfrom=//p')
 hr() {
     # shellcheck disable=SC2086 # hrargs is a list of arguments
     host-recover $hrargs "$@"
@@ -47,12 +51,12 @@ if [ "$action" = provision ]; then
     # shellcheck disable=SC2086 # provargs is a list of arguments
     mount -t ext4 /dev/disk/by-id/virtio-hrstore /mnt/store \
         && hr provision --no-owner-auth $provargs --export-image-key /tmp/image.key \
-            --export-master /tmp/master.key \
-        && hr image create --key-file /tmp/image.key /mnt/store/plain.squashfs \
-            /mnt/store/recovery.hri \
+            --export-master /tmp/master.key ${masterfrom:+--master-from "$masterfrom"} \
+        && hr image create --key-file /tmp/image.key --format "${imageformat:-1}" \
+            /mnt/store/plain.squashfs /mnt/store/recovery.hri \
         && hr credential add --key-file /tmp/master.key service-hmac \
             /mnt/store/service-hmac.in \
-        && rm -f /mnt/store/plain.squashfs /mnt/store/service-hmac.in \
+        && rm -f /mnt/store/plain.squashfs /mnt/store/service-hmac.in "$masterfrom" \
         && echo "HR-ATTEST $(hr attest --address 10.0.2.15:7469 \
             --failure-domain rack-1 | tr -d '\n')"
     echo "HR-PROVISIONED rc=$?"

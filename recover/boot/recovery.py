@@ -20,7 +20,7 @@ from recover.boot import lock, rootfs
 from recover.boot.record import Outcome, record_nv
 from recover.config import Config
 from recover.core.plan import Step
-from recover.errors import HostRecoverError
+from recover.errors import HostRecoverError, IntegrityError, SystemFault
 from recover.log import step
 from recover.settings import PolicyKind
 
@@ -41,6 +41,7 @@ class Recovery:
     master: bytearray = dataclasses.field(default_factory=bytearray)
     image_path: str = ""
     creds_path: str = ""
+    image_device: str = ""  # what ``rootfs`` mounts: the dm-crypt device or the v1 plaintext
     cmdline: str = ""  # the kernel command line's text (/proc/cmdline)
 
     def wipe(self) -> None:
@@ -104,22 +105,35 @@ def _store(r: Recovery) -> None:
 
 
 def _image(r: Recovery) -> None:
-    from recover.core import keys
+    """Authenticate the image (key id, MAC, anti-rollback, size). v2: map it through
+    dm-verity and dm-crypt (the kernel decrypts on demand; recover.boot.dmimage); v1:
+    decrypt it whole into a tmpfs sized for it."""
+    from recover.core import imageformat, keys
     from recover.store import image
 
     header = image.read_header(r.image_path)
     min_version = r.tpm.counter_read(r.cfg.tpm_rollback_nv)
     r.outcome.image = {
         "path": r.image_path,
+        "format": header.version,
         "version": header.image_version,
         "payload_type": header.payload_type,
         "size": header.plaintext_length,
         "min_version": min_version,
     }
-    plain_dir = Path(r.cfg.boot_state_dir) / "image"
-    rootfs.tmpfs(plain_dir, size_bytes=header.plaintext_length + (1 << 20))
     image_key = keys.image_root_key(bytes(r.master))
-    image.decrypt_file(r.image_path, plain_dir / "root.img", image_key, min_version=min_version)
+    if isinstance(header, imageformat.HeaderV2):
+        from recover.boot import dmimage
+
+        header, data_key = image.open_v2(r.image_path, image_key, min_version=min_version)
+        mapping = dmimage.map_image(r.image_path, header, bytearray(data_key))
+        r.image_device = mapping.device
+        r.outcome.image.update(key_passing=mapping.key_passing, steps_ms=mapping.steps_ms)
+    else:
+        plain_dir = Path(r.cfg.boot_state_dir) / "image"
+        rootfs.tmpfs(plain_dir, size_bytes=header.plaintext_length + (1 << 20))
+        image.decrypt_file(r.image_path, plain_dir / "root.img", image_key, min_version=min_version)
+        r.image_device = os.fspath(plain_dir / "root.img")
     if header.image_version > min_version:
         # The rollback counter is owner-write only: with an empty owner auth the boot may
         # still raise it; once an owner auth is set only `image floor --owner-auth` can.
@@ -137,9 +151,20 @@ def _image(r: Recovery) -> None:
 
 
 def _rootfs(r: Recovery) -> None:
-    plain = Path(r.cfg.boot_state_dir) / "image" / "root.img"
     payload_type = (r.outcome.image or {}).get("payload_type", "auto")
-    rootfs.mount_image(plain, payload_type, Path(r.cfg.boot_state_dir), r.newroot)
+    try:
+        rootfs.mount_image(
+            Path(r.image_device), payload_type, Path(r.cfg.boot_state_dir), r.newroot
+        )
+    except SystemFault:
+        from recover.boot import dmimage
+
+        if r.image_device.startswith("/dev/mapper/") and dmimage.corrupted():
+            raise IntegrityError(
+                "the recovery image failed dm-verity while mounting (a corrupted block)",
+                hint="the image on the store is tampered or damaged; `image verify` names the block",
+            ) from None
+        raise
 
 
 def _credentials(r: Recovery) -> None:
@@ -154,4 +179,4 @@ def _credentials(r: Recovery) -> None:
     cred_dir = Path(r.cfg.boot_credentials_dir)
     cred_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # /run: tmpfs
     r.outcome.credentials = credentials.write_to_dir(store, cred_dir)
-    rootfs.unmount_store(r.cfg)
+    rootfs.unmount_store(r.cfg, in_use=r.image_device.startswith("/dev/mapper/"))

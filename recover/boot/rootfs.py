@@ -82,10 +82,13 @@ def _fstype(device: str) -> str:
     return proc.stdout.strip()
 
 
-def unmount_store(cfg: Config) -> None:
-    """The store is not left mounted inside the recovery root (nor the normal one)."""
+def unmount_store(cfg: Config, *, in_use: bool = False) -> None:
+    """The store is not left mounted inside the recovery root (nor the normal one).
+    ``in_use``: a v2 image on it is mapped (its loop device holds the file open), so the
+    mount is detached (``umount -l``): gone from every mount table, alive until the
+    mapping goes."""
     if cfg.store_device and is_mounted(store_dir(cfg)):
-        run_cmd(["umount", os.fspath(store_dir(cfg))])
+        run_cmd(["umount", *(["-l"] if in_use else []), os.fspath(store_dir(cfg))])
 
 
 def tmpfs(path: Path, size_bytes: int | None = None, mode: str = "0700") -> None:
@@ -97,11 +100,14 @@ def tmpfs(path: Path, size_bytes: int | None = None, mode: str = "0700") -> None
 
 
 def mount_image(plain: Path, payload_type: str, work: Path, newroot: str) -> None:
-    """The decrypted image read-only, under a tmpfs overlay, on ``newroot``."""
+    """The decrypted image (a block device: the dm-crypt target of a v2 image; or a
+    file: a v1 image decrypted into a tmpfs) read-only, under a tmpfs overlay, on
+    ``newroot``."""
     lower, upper = work / "lower", work / "overlay"
     lower.mkdir(parents=True, exist_ok=True)
     fstype = {"squashfs": "squashfs", "erofs": "erofs"}.get(payload_type, "auto")
-    run_cmd(["mount", "-t", fstype, "-o", "ro,loop,nodev", os.fspath(plain), os.fspath(lower)])
+    opts = "ro,nodev" if plain.is_block_device() else "ro,loop,nodev"
+    run_cmd(["mount", "-t", fstype, "-o", opts, os.fspath(plain), os.fspath(lower)])
     tmpfs(upper, mode="0755")
     (upper / "upper").mkdir(exist_ok=True)
     (upper / "work").mkdir(exist_ok=True)
@@ -118,6 +124,9 @@ def cleanup(newroot: str, cfg: Config) -> None:
         with contextlib.suppress(OSError, SystemFault):
             if is_mounted(path):
                 run_cmd(["umount", "-l", os.fspath(path)])
+    from recover.boot import dmimage
+
+    dmimage.unmap()  # a v2 image's mappings: the image key leaves the kernel with them
     if cred.is_dir():
         for f in cred.iterdir():
             with contextlib.suppress(OSError):

@@ -26,7 +26,7 @@ _MIN_VERSION_HELP = "reject images older than this (with the TPM: at least its r
 
 
 def register(sub: Any) -> None:
-    img = sub.add_parser("image", help="Encrypted recovery images (container v1).")
+    img = sub.add_parser("image", help="Encrypted recovery images (containers v2 and v1).")
     imgsub = img.add_subparsers(dest="image_verb", metavar="ACTION", required=True)
     p = imgsub.add_parser("create", help="Encrypt a file system image into a recovery image.")
     p.set_defaults(handler=cmd_create)
@@ -39,7 +39,15 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--image-version", type=int, default=1, help="anti-rollback version")
     p.add_argument("--payload-type", default="squashfs", choices=["squashfs", "erofs", "raw"])
-    p.add_argument("--chunk-size", type=int, default=1 << 20)
+    p.add_argument(
+        "--format",
+        type=int,
+        default=2,
+        choices=[1, 2],
+        help="container version: 2 (dm-verity + dm-crypt, mapped by the kernel) or 1 "
+        "(AES-GCM chunks, decrypted whole into RAM at boot)",
+    )
+    p.add_argument("--chunk-size", type=int, default=1 << 20, help="format 1 only")
     p = imgsub.add_parser(
         "inspect", help="Print the header of a recovery image (authenticated with --key-file)."
     )
@@ -49,7 +57,8 @@ def register(sub: Any) -> None:
     p.add_argument("--key-file", metavar="FILE", help="image key: also check key id and header MAC")
     p = imgsub.add_parser(
         "verify",
-        help="Authenticate every chunk of a recovery image without writing plaintext.",
+        help="Authenticate every chunk (v2: recompute the whole dm-verity tree) of a "
+        "recovery image without writing plaintext.",
     )
     p.set_defaults(handler=cmd_verify)
     p.add_argument("image")
@@ -134,6 +143,13 @@ def _run_with_progress(label: str, fn: Any, *a: Any, **kw: Any) -> Any:
             progress.end()
 
 
+def _units(header: Any) -> str:
+    """What was checked: v1 chunks, or v2 data blocks under a verity tree."""
+    if header.version == 1:
+        return f"{header.chunks} chunks"
+    return f"{header.data_blocks} blocks under a {header.hash_blocks}-block verity tree"
+
+
 def cmd_create(args: argparse.Namespace, cfg: Config) -> int:
     from recover.store import image
 
@@ -145,10 +161,11 @@ def cmd_create(args: argparse.Namespace, cfg: Config) -> int:
         image_version=args.image_version,
         payload_type=args.payload_type,
         chunk_size=args.chunk_size,
+        format_version=args.format,
     )
     print(
-        f"{args.output}: image version {header.image_version}, {header.plaintext_length} bytes "
-        f"in {header.chunks} chunks, key id {header.key_id.hex()}"
+        f"{args.output}: format {header.version}, image version {header.image_version}, "
+        f"{header.plaintext_length} bytes in {_units(header)}, key id {header.key_id.hex()}"
     )
     return 0
 
@@ -181,7 +198,10 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     header = _run_with_progress(
         "verify", image.verify_file, args.image, key, min_version=min_version
     )
-    print(f"{args.image}: OK (image version {header.image_version}, {header.chunks} chunks)")
+    print(
+        f"{args.image}: OK (format {header.version}, image version {header.image_version}, "
+        f"{_units(header)})"
+    )
     return 0
 
 

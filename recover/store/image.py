@@ -1,6 +1,9 @@
-"""Recovery image files: encrypt, verify and decrypt container v1 (recover.core.imageformat).
+"""Recovery image files: encrypt, verify and decrypt containers v1 and v2
+(recover.core.imageformat).
 
-Nothing unauthenticated reaches a caller: ``decrypt_file`` writes into an anonymous
+Version 2 (the default) is made here and checked offline here, in Python, on any host:
+``verify_file`` recomputes the whole dm-verity tree; the boot maps it through the kernel
+instead (recover.boot.dmimage). Nothing unauthenticated reaches a caller: ``decrypt_file`` writes into an anonymous
 (O_TMPFILE) or hidden temporary file in the target's directory and links it into place
 only after every chunk verified; on any failure the temporary file is dropped. Workers
 (one per core) handle alternating chunks with pread → decrypt_into → pwrite; the
@@ -9,25 +12,39 @@ cipher releases the GIL, so threads scale.
 
 from __future__ import annotations
 
+import hmac
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from recover.atomicfile import AtomicFile, atomic_output
+from recover.core import verity
 from recover.core.imageformat import (
     DEFAULT_CHUNK,
+    DEFAULT_FORMAT,
+    FORMAT_V2,
+    FORMATS,
     HEADER_SIZE,
     MAX_CHUNK,
     MAX_CHUNKS,
     MIN_CHUNK,
     TAG_SIZE,
+    V2_BLOCK,
+    V2_HEADER_SIZE,
+    AnyHeader,
     Header,
+    HeaderV2,
     PayloadType,
     _build_header,
     _check_key,
     authenticate,
+    build_header_v2,
     chunk_nonce,
+    new_v2_keys,
     parse_header,
+    v2_data_blocks,
+    xts_tweak,
 )
 from recover.errors import IntegrityError, SystemFault, UsageError
 from recover.store.safefile import open_read
@@ -75,10 +92,10 @@ def _pread_exact(fd: int, buf: memoryview, offset: int) -> None:
         got += n
 
 
-def read_header(path: str | os.PathLike[str]) -> Header:
+def read_header(path: str | os.PathLike[str]) -> AnyHeader:
     fd = _open_read(path)
     try:
-        return parse_header(os.pread(fd, HEADER_SIZE, 0))
+        return parse_header(os.pread(fd, V2_HEADER_SIZE, 0))
     finally:
         os.close(fd)
 
@@ -162,11 +179,11 @@ def _run_chunks(
 
 def _open_authenticated(
     src: str | os.PathLike[str], root_key: bytes, min_version: int
-) -> tuple[int, Header, bytes]:
+) -> tuple[int, AnyHeader, bytes]:
     _check_key(root_key)
     fd = _open_read(src)
     try:
-        header = parse_header(os.pread(fd, HEADER_SIZE, 0))
+        header = parse_header(os.pread(fd, V2_HEADER_SIZE, 0))
         data_key = authenticate(header, root_key, min_version=min_version)
         size = _size(fd)
         if size != header.container_length:
@@ -180,6 +197,19 @@ def _open_authenticated(
     return fd, header, data_key
 
 
+def open_v2(
+    src: str | os.PathLike[str], key: bytes, *, min_version: int = 0
+) -> tuple[HeaderV2, bytes]:
+    """What the boot checks of a v2 image before mapping it: key id, header MAC,
+    anti-rollback and the exact file size; returns (header, AES-XTS key). The blocks
+    are checked by the kernel (dm-verity) as they are read."""
+    fd, header, data_key = _open_authenticated(src, key, min_version)
+    os.close(fd)
+    if not isinstance(header, HeaderV2):
+        raise IntegrityError(f"{os.fspath(src)} is a format {header.version} image, not 2")
+    return header, data_key
+
+
 def verify_file(
     src: str | os.PathLike[str],
     key: bytes,
@@ -187,11 +217,15 @@ def verify_file(
     min_version: int = 0,
     workers: int = 0,
     progress: ProgressFn | None = None,
-) -> Header:
-    """Authenticate the header and every chunk; write no plaintext anywhere."""
+) -> AnyHeader:
+    """Authenticate the header and every chunk (v2: recompute the whole verity tree);
+    write no plaintext anywhere."""
     fd, header, data_key = _open_authenticated(src, key, min_version)
     try:
-        _run_chunks(header, data_key, fd, None, workers, progress)
+        if isinstance(header, HeaderV2):
+            _scan_v2(header, fd, None, None, progress)
+        else:
+            _run_chunks(header, data_key, fd, None, workers, progress)
     finally:
         os.close(fd)
     return header
@@ -206,7 +240,7 @@ def decrypt_file(
     workers: int = 0,
     progress: ProgressFn | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
-) -> Header:
+) -> AnyHeader:
     """Verify and decrypt ``src`` to ``dst_path``, which appears only if all verified.
 
     The plaintext goes to an unnamed temporary file (O_TMPFILE, else a hidden 0600 file)
@@ -218,7 +252,10 @@ def decrypt_file(
     try:
         with atomic_output(dst_path, tmp_dir) as out:
             os.ftruncate(out.fd, header.plaintext_length)
-            _run_chunks(header, data_key, fd, out, workers, progress)
+            if isinstance(header, HeaderV2):
+                _scan_v2(header, fd, data_key, out, progress)
+            else:
+                _run_chunks(header, data_key, fd, out, workers, progress)
             out.commit()
     finally:
         os.close(fd)
@@ -244,13 +281,20 @@ def encrypt_file(
     image_version: int,
     payload_type: PayloadType | str = PayloadType.SQUASHFS,
     chunk_size: int = DEFAULT_CHUNK,
-) -> Header:
-    """Encrypt ``src`` into a container at ``dst`` (written atomically)."""
+    format_version: int = DEFAULT_FORMAT,
+) -> AnyHeader:
+    """Encrypt ``src`` into a container at ``dst`` (written atomically): format v2 (the
+    default; ``chunk_size`` is unused) or v1."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     _check_key(key)
     if isinstance(payload_type, str):
         payload_type = PayloadType.from_name(payload_type)
+    if format_version not in FORMATS:
+        raise UsageError(
+            f"unknown image format version {format_version}",
+            hint=f"one of {', '.join(map(str, FORMATS))}",
+        )
     if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
         raise UsageError(f"chunk size must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_size}")
     if not 0 <= image_version < 1 << 64:
@@ -260,6 +304,8 @@ def encrypt_file(
     try:
         length = _size(fd)
         _check_payload(fd, payload_type, os.fspath(src))
+        if format_version == FORMAT_V2:
+            return _encrypt_v2(fd, dst, key, length, payload_type, image_version)
         if length > chunk_size * MAX_CHUNKS:
             raise UsageError("input too large for this chunk size")
         header, k = _build_header(key, payload_type, chunk_size, length, image_version)
@@ -278,3 +324,126 @@ def encrypt_file(
     finally:
         os.close(fd)
     return header
+
+
+# --- container v2 -------------------------------------------------------------------
+
+#: Data blocks per read in the v2 passes (1 MiB).
+_BATCH = 256
+
+
+def _xts(key: bytes) -> Callable[[int, bool], Any]:
+    """A factory of per-sector AES-XTS contexts (tweak = the 4 KiB sector number)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    alg = algorithms.AES(key)
+
+    def ctx(sector: int, encrypt: bool) -> Any:
+        c = Cipher(alg, modes.XTS(xts_tweak(sector)))
+        return c.encryptor() if encrypt else c.decryptor()
+
+    return ctx
+
+
+def _encrypt_v2(
+    fd: int,
+    dst: str | os.PathLike[str],
+    key: bytes,
+    length: int,
+    payload: PayloadType,
+    image_version: int,
+) -> HeaderV2:
+    """Header block ‖ AES-XTS ciphertext (the plaintext zero-padded to 4 KiB blocks) ‖
+    the dm-verity tree over the ciphertext; the header, which needs the root hash, is
+    written last, and the file appears only complete (atomic_output)."""
+    salt, verity_salt, xts_key = new_v2_keys(key)
+    blocks = v2_data_blocks(length)
+    hasher = verity.Hasher(verity_salt, V2_BLOCK)
+    ctx = _xts(xts_key)
+    level0: list[bytes] = []
+    buf = memoryview(bytearray(_BATCH * V2_BLOCK))
+    with atomic_output(dst) as out:
+        for first in range(0, blocks, _BATCH):
+            n = min(_BATCH, blocks - first)
+            want = max(0, min(n * V2_BLOCK, length - first * V2_BLOCK))
+            buf[want : n * V2_BLOCK] = bytes(n * V2_BLOCK - want)  # zero padding
+            _pread_exact(fd, buf[:want], first * V2_BLOCK)
+            ct = bytearray()
+            for j in range(n):
+                c = ctx(first + j, True).update(buf[j * V2_BLOCK : (j + 1) * V2_BLOCK])
+                level0.append(hasher.digest(c))
+                ct += c
+            out.write_all(memoryview(ct), V2_HEADER_SIZE + first * V2_BLOCK)
+        area, root = verity.build_tree(hasher, verity.geometry(blocks, V2_BLOCK), level0)
+        header = build_header_v2(
+            key, payload=payload, length=length, image_version=image_version, salt=salt,
+            verity_salt=verity_salt, root_hash=root,
+        )  # fmt: skip
+        out.write_all(area, header.hash_offset)
+        out.write_all(header.raw, 0)
+        out.commit()
+    return header
+
+
+def _scan_v2(
+    header: HeaderV2,
+    fd: int,
+    xts_key: bytes | None,
+    out: AtomicFile | None,
+    progress: ProgressFn | None,
+) -> None:
+    """Recompute the dm-verity tree over the ciphertext and compare it with the stored
+    tree and the authenticated root hash (with ``out``: decrypt into it on the way; the
+    caller commits only if this returns)."""
+    blocks = header.data_blocks
+    hasher = verity.Hasher(header.verity_salt, header.hash_block_size)
+    ctx = _xts(xts_key) if xts_key is not None else None
+    level0: list[bytes] = []
+    buf = memoryview(bytearray(_BATCH * V2_BLOCK))
+    for first in range(0, blocks, _BATCH):
+        n = min(_BATCH, blocks - first)
+        _pread_exact(fd, buf[: n * V2_BLOCK], header.data_offset + first * V2_BLOCK)
+        pt = bytearray()
+        for j in range(n):
+            block = buf[j * V2_BLOCK : (j + 1) * V2_BLOCK]
+            level0.append(hasher.digest(block))
+            if ctx is not None:
+                pt += ctx(first + j, False).update(block)
+        if out is not None:
+            keep = max(0, min(n * V2_BLOCK, header.plaintext_length - first * V2_BLOCK))
+            out.write_all(memoryview(pt)[:keep], first * V2_BLOCK)
+        if progress is not None:
+            progress(min(header.plaintext_length, (first + n) * V2_BLOCK), header.plaintext_length)
+    area, root = verity.build_tree(hasher, header.geometry, level0)
+    stored = memoryview(bytearray(len(area)))
+    _pread_exact(fd, stored, header.hash_offset)
+    if stored != area:
+        raise IntegrityError(
+            _first_difference(header, stored, area, level0),
+            hint="the image is tampered or corrupted (data or hash area)",
+        )
+    if not hmac.compare_digest(root, header.root_hash):
+        raise IntegrityError(
+            "the data area does not match the authenticated root hash",
+            hint="the image is tampered or corrupted",
+        )
+
+
+def _first_difference(
+    header: HeaderV2, stored: memoryview, area: bytes, level0: list[bytes]
+) -> str:
+    """Name what differs, from the data blocks up: a data block whose stored digest is
+    not its own, else the lowest tree level that is not what the level below gives."""
+    bs, size = header.hash_block_size, verity.DIGEST_SIZE
+    for level, (start, count) in enumerate(header.geometry.levels):
+        lo, hi = start * bs, (start + count) * bs
+        if stored[lo:hi] == area[lo:hi]:
+            continue
+        if level == 0:
+            per = verity.per_block(bs)
+            for i, digest in enumerate(level0):
+                at = lo + (i // per) * bs + (i % per) * size
+                if stored[at : at + size] != digest:
+                    return f"data block {i} (offset {header.data_offset + i * bs}) does not match the hash tree"
+        return f"hash tree level {level} differs from the recomputed tree"
+    return "the hash tree differs from the recomputed tree"

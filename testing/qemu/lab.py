@@ -173,12 +173,17 @@ class Lab:
         control_extra: dict[str, str] | None = None,
         host_conf_extra: str = "",
         guestfwd: list[tuple[str, int, int]] | None = None,
+        recovery_root: Path | None = None,
+        master: bytes | None = None,
     ) -> None:
         """``grub``: OVMF boots GRUB (harness.grub_efi) instead of the kernel directly;
         ``tpm_pcrs``: baked into the host's configuration; ``control_extra``: lines for
         the guest's control disk on every boot (qemu-env/guest-normal-init.sh);
         ``host_conf_extra``: appended to the host's (measured) configuration;
-        ``guestfwd``: more (guest ip, guest port, host port) forwards (e.g. a witness)."""
+        ``guestfwd``: more (guest ip, guest port, host port) forwards (e.g. a witness);
+        ``recovery_root``: the plain recovery image to provision (default: the lab's);
+        ``master``: the master secret the guest seals (default: a random one of its own),
+        so the host can make recovery images for it."""
         self.dir = workdir.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.init = init
@@ -188,6 +193,10 @@ class Lab:
         self.host_conf_extra = host_conf_extra
         self.extra_guestfwd = list(guestfwd or [])
         self.control_attachment = b""  # after the control block (harness.control_disk)
+        self.recovery_root = recovery_root
+        self.master = master
+        if master is not None:  # the provisioning boot seals it (the store carries it)
+            self.control_extra["masterfrom"] = "/mnt/store/master.in"
         self.provision_result: BootResult | None = None
         self.peers = [
             PeerAgent(self.dir, f"peer{i + 1}", f"10.0.2.{101 + i}") for i in range(n_peers)
@@ -228,13 +237,16 @@ class Lab:
         entries = [p.provision() for p in self.peers]
         self.write_host_config(entries)
         self.art = harness.build_all(self.confdir, init=self.init)
-        store = harness.store_disk(
-            self.dir / "store.img",
-            {
-                "plain.squashfs": self.art.recovery_root,
-                "service-hmac.in": self.credential.encode(),
-            },
-        )
+        plain = self.recovery_root or self.art.recovery_root
+        files: dict[str, Path | bytes] = {
+            "plain.squashfs": plain,
+            "service-hmac.in": self.credential.encode(),
+        }
+        if self.master is not None:
+            files["master.in"] = self.master
+        # room for the plain image and the container made from it
+        size_mb = max(96, (plain.stat().st_size >> 19) + 64)
+        store = harness.store_disk(self.dir / "store.img", files, size_mb=size_mb)
         self.control = self.dir / "control.ctl"
         harness.control_disk(self.control, "provision", "-", self.control_extra)
         self.vm = vmmod.Vm(

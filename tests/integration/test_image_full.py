@@ -41,7 +41,9 @@ def test_full_target_is_a_system_fault_and_leaves_nothing(
 ) -> None:
     src, img = tmp_path / "img.raw", tmp_path / "img.hri"
     src.write_bytes(os.urandom(50 * CS))
-    image.encrypt_file(src, img, KEY, image_version=5, payload_type="raw", chunk_size=CS)
+    image.encrypt_file(
+        src, img, KEY, image_version=5, payload_type="raw", chunk_size=CS, format_version=1
+    )
     with pytest.raises(SystemFault, match="No space left"):
         image.decrypt_file(img, small_tmpfs / "root.img", KEY, workers=2)
     assert list(small_tmpfs.iterdir()) == []

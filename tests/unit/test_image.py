@@ -25,7 +25,9 @@ def _make(tmp_path: Path, size: int, *, version: int = 5, name: str = "img") -> 
     src = tmp_path / f"{name}.raw"
     src.write_bytes(plain)
     dst = tmp_path / f"{name}.hri"
-    image.encrypt_file(src, dst, KEY, image_version=version, payload_type="raw", chunk_size=CS)
+    image.encrypt_file(
+        src, dst, KEY, image_version=version, payload_type="raw", chunk_size=CS, format_version=1
+    )
     return dst, plain
 
 
@@ -231,7 +233,9 @@ def test_payload_magic_checked_on_create(tmp_path: Path) -> None:
         image.encrypt_file(src, tmp_path / "x.hri", KEY, image_version=1)
     assert not (tmp_path / "x.hri").exists()
     src.write_bytes(b"hsqs" + os.urandom(2000))
-    h = image.encrypt_file(src, tmp_path / "x.hri", KEY, image_version=1, chunk_size=1024)
+    h = image.encrypt_file(
+        src, tmp_path / "x.hri", KEY, image_version=1, chunk_size=1024, format_version=1
+    )
     assert h.payload_type == "squashfs" and image.read_header(tmp_path / "x.hri") == h
 
 
@@ -256,7 +260,9 @@ _SMALL_SRC = os.urandom(3 * 512 + 100)
 def small_image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     d = tmp_path_factory.mktemp("small")
     (d / "p").write_bytes(_SMALL_SRC)
-    image.encrypt_file(d / "p", d / "i", KEY, image_version=1, payload_type="raw", chunk_size=512)
+    image.encrypt_file(
+        d / "p", d / "i", KEY, image_version=1, payload_type="raw", chunk_size=512, format_version=1
+    )
     return (d / "i").read_bytes()
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,24 +26,27 @@ def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> dict[str, Path]:
+@pytest.fixture(params=["1", "2"], ids=["v1", "v2"])
+def setup(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
     key = tmp_path / "image.key"
     key.write_bytes(os.urandom(32))
     plain = tmp_path / "root.squashfs"
     plain.write_bytes(b"hsqs" + os.urandom(50_000))
-    return {"key": key, "plain": plain, "img": tmp_path / "root.hri", "dir": tmp_path}
+    return {"key": key, "plain": plain, "img": tmp_path / "root.hri", "dir": tmp_path,
+            "fmt": request.param}  # fmt: skip
 
 
-def test_create_inspect_verify_decrypt(setup: dict[str, Path]) -> None:
+def test_create_inspect_verify_decrypt(setup: dict[str, Any]) -> None:
     s = setup
     r = run("image", "create", s["plain"], s["img"], "--key-file", s["key"],
-            "--image-version", "7", "--chunk-size", "4096")  # fmt: skip
+            "--image-version", "7", "--chunk-size", "4096", "--format", s["fmt"])  # fmt: skip
     assert r.returncode == 0, r.stderr
     r = run("image", "inspect", s["img"], "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    assert info["image_version"] == 7 and info["chunks"] == 13
+    units = "chunks" if s["fmt"] == "1" else "data_blocks"  # 4096-byte chunks or blocks
+    assert info["image_version"] == 7 and info[units] == 13
+    assert info["format_version"] == int(s["fmt"])
     assert info["header_authenticated"] is False
     r = run("image", "inspect", s["img"], "--json", "--key-file", s["key"])
     assert r.returncode == 0 and json.loads(r.stdout)["header_authenticated"] is True
@@ -54,10 +59,10 @@ def test_create_inspect_verify_decrypt(setup: dict[str, Path]) -> None:
     assert out.read_bytes() == s["plain"].read_bytes()
 
 
-def test_integrity_failures_exit_5(setup: dict[str, Path]) -> None:
+def test_integrity_failures_exit_5(setup: dict[str, Any]) -> None:
     s = setup
     assert run("image", "create", s["plain"], s["img"], "--key-file", s["key"],
-               "--chunk-size", "4096").returncode == 0  # fmt: skip
+               "--chunk-size", "4096", "--format", s["fmt"]).returncode == 0  # fmt: skip
     out = s["dir"] / "out.img"
     wrong = s["dir"] / "wrong.key"
     wrong.write_bytes(os.urandom(32))
@@ -71,14 +76,16 @@ def test_integrity_failures_exit_5(setup: dict[str, Path]) -> None:
     data[len(data) // 2] ^= 1
     s["img"].write_bytes(bytes(data))
     r = run("image", "decrypt", s["img"], out, "--key-file", s["key"])
-    assert r.returncode == 5 and "failed authentication" in r.stderr
+    assert r.returncode == 5 and re.search("failed authentication|does not match", r.stderr)
     assert not out.exists()
+    r = run("image", "verify", s["img"], "--key-file", s["key"])
+    assert r.returncode == 5 and "tampered" in r.stderr, r.stderr
     assert sorted(p.name for p in s["dir"].iterdir()) == sorted(
         ["image.key", "root.squashfs", "root.hri", "wrong.key"]
     )
 
 
-def test_usage_errors_exit_2(setup: dict[str, Path]) -> None:
+def test_usage_errors_exit_2(setup: dict[str, Any]) -> None:
     s = setup
     r = run("image", "inspect", s["dir"] / "missing.hri")
     assert r.returncode == 2 and "cannot open" in r.stderr
@@ -95,10 +102,10 @@ def test_usage_errors_exit_2(setup: dict[str, Path]) -> None:
     assert not s["img"].exists()
 
 
-def test_progress_only_on_a_terminal(setup: dict[str, Path]) -> None:
+def test_progress_only_on_a_terminal(setup: dict[str, Any]) -> None:
     s = setup
     assert run("image", "create", s["plain"], s["img"], "--key-file", s["key"],
-               "--chunk-size", "4096").returncode == 0  # fmt: skip
+               "--chunk-size", "4096", "--format", s["fmt"]).returncode == 0  # fmt: skip
     argv = [sys.executable, "-m", "recover", "image", "verify", str(s["img"]),
             "--key-file", str(s["key"])]  # fmt: skip
     r = run(*argv[3:])

@@ -25,12 +25,23 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def _round_trip(tmp_path: Path, fs: Path, payload: str) -> Path:
-    img = tmp_path / "root.hri"
-    image.encrypt_file(fs, img, KEY, image_version=2, payload_type=payload, chunk_size=65536)
-    assert image.read_header(img).payload_type == payload
     out = tmp_path / "decrypted"
-    image.decrypt_file(img, out, KEY)
-    assert out.read_bytes() == fs.read_bytes()
+    for fmt in (1, 2):  # both container versions hold real file systems
+        img = tmp_path / f"root-v{fmt}.hri"
+        image.encrypt_file(
+            fs,
+            img,
+            KEY,
+            image_version=2,
+            payload_type=payload,
+            chunk_size=65536,
+            format_version=fmt,
+        )
+        header = image.read_header(img)
+        assert header.payload_type == payload and header.version == fmt
+        out.unlink(missing_ok=True)
+        image.decrypt_file(img, out, KEY)
+        assert out.read_bytes() == fs.read_bytes()
     return out
 
 

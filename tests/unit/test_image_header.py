@@ -96,7 +96,7 @@ def test_truncated_header_rejected(n: int) -> None:
 @pytest.mark.parametrize(
     ("offset", "fmt", "value", "message"),
     [
-        (8, ">H", 2, "format version 2"),
+        (8, ">H", 3, "format version 3"),
         (10, ">H", 9, "cipher suite"),
         (12, ">B", 0, "payload type"),
         (13, ">B", 1, "reserved"),

@@ -1,0 +1,228 @@
+"""Map a v2 recovery image for the kernel to decrypt on demand (docs/image-format.md).
+
+    container file ─ loop (read-only, from the data offset) ─ dm-verity ─ dm-crypt ─ mount
+
+The header was authenticated in Python (key id, MAC, anti-rollback, size); the tables
+are built from its fields only. The AES-XTS key goes to dm-crypt through the kernel
+keyring as a ``logon`` key (the kernel reads it, user space cannot) in a session keyring
+of this process's own, and is invalidated as soon as the table is loaded: the table then
+names the key (``:64:logon:host-recover:…``) instead of holding it, so ``dmsetup table
+--showkeys`` shows no key. Without a usable keyring (unknown architecture, no
+CONFIG_KEYS) the key is put into the table, handed to dmsetup on stdin (never argv, never
+a file), and root can read it back with ``--showkeys`` while the mapping exists.
+
+No plaintext copy: RAM and time do not depend on the image size. A block whose hash does
+not match is an I/O error at read time (no corruption-mode argument: EIO).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+
+from recover.core.imageformat import HeaderV2, crypt_table, verity_table
+from recover.errors import SystemFault
+
+log = logging.getLogger(__name__)
+
+VERITY_NAME = "host-recover-verity"
+CRYPT_NAME = "host-recover-root"
+KEY_DESCRIPTION = "host-recover:image-xts"
+
+#: (add_key, keyctl) system call numbers.
+_SYSCALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+_KEYCTL_INVALIDATE = 21
+_KEY_SPEC_SESSION_KEYRING = -3
+
+
+@dataclasses.dataclass
+class Mapping:
+    loop: str = ""
+    device: str = ""  # /dev/mapper/host-recover-root once mapped
+    key_passing: str = ""  # "keyring" | "table"
+    steps_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def _run(argv: list[str], stdin: bytes | None = None, timeout: float = 60) -> str:
+    import subprocess
+
+    log.debug("+ %s", " ".join(argv))
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SystemFault(
+            f"{argv[0]} could not run: {e}",
+            hint="the initramfs needs dmsetup, losetup and the dm_verity/dm_crypt modules",
+        ) from None
+    if proc.returncode != 0:
+        msg = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise SystemFault(
+            f"{' '.join(argv[:2])} failed ({proc.returncode}): {msg[-1] if msg else 'no output'}",
+            hint="the initramfs needs the dm_verity, dm_crypt, xts and loop modules",
+        )
+    return proc.stdout.decode(errors="replace").strip()
+
+
+class _Keyring:
+    """add_key/keyctl through libc's syscall(2) (no keyutils needed)."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import platform
+
+        nrs = _SYSCALLS.get(platform.machine())
+        if nrs is None:
+            raise OSError(f"no keyring system call numbers for {platform.machine()}")
+        self._ctypes = ctypes
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.syscall.restype = ctypes.c_long
+        self._add, self._keyctl = nrs
+
+    def _check(self, r: int, what: str) -> int:
+        if r < 0:
+            err = self._ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+        return r
+
+    def join_session(self) -> None:
+        """A new anonymous session keyring for this process (its children inherit it):
+        the key is found by dmsetup, and by nothing started before."""
+        c = self._ctypes
+        self._check(
+            self._libc.syscall(c.c_long(self._keyctl), c.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
+                               c.c_void_p(None)), "join session keyring")  # fmt: skip
+
+    def add_logon(self, description: str, payload: bytearray) -> int:
+        c = self._ctypes
+        buf = (c.c_char * len(payload)).from_buffer(payload)
+        return self._check(
+            self._libc.syscall(c.c_long(self._add), c.c_char_p(b"logon"),
+                               c.c_char_p(description.encode()), buf, c.c_size_t(len(payload)),
+                               c.c_long(_KEY_SPEC_SESSION_KEYRING)), "add_key")  # fmt: skip
+
+    def invalidate(self, serial: int) -> None:
+        c = self._ctypes
+        self._check(
+            self._libc.syscall(c.c_long(self._keyctl), c.c_long(_KEYCTL_INVALIDATE),
+                               c.c_long(serial)), "invalidate key")  # fmt: skip
+
+
+def _dm_create(name: str, table: str) -> None:
+    """A read-only mapping, its table on stdin; the node made by dmsetup itself (the
+    initramfs may run no udev rules for device-mapper)."""
+    _run(["dmsetup", "create", name, "--readonly", "--noudevsync"], stdin=table.encode())
+    _run(["dmsetup", "mknodes", name])
+
+
+def _wait_node(path: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):  # bounded: dmsetup mknodes made it, udev may re-make it
+        if time.monotonic() > deadline:
+            raise SystemFault(f"{path} did not appear", hint="dmsetup mknodes failed?")
+        time.sleep(0.05)
+
+
+def map_image(path: str, header: HeaderV2, xts_key: bytearray) -> Mapping:
+    """Set up loop → verity → crypt for the authenticated ``header`` of ``path``; the
+    key bytes are wiped before this returns. On failure nothing is left mapped."""
+    m = Mapping()
+    try:
+        t = time.monotonic()
+        m.loop = _run(
+            ["losetup", "--find", "--show", "--read-only", "--offset", str(header.data_offset),
+             "--sizelimit", str(header.container_length - header.data_offset), path]
+        )  # fmt: skip
+        m.steps_ms["loop"] = _ms(t)
+        t = time.monotonic()
+        _dm_create(VERITY_NAME, verity_table(header, m.loop))
+        m.steps_ms["verity"] = _ms(t)
+        t = time.monotonic()
+        _map_crypt(header, xts_key, m)
+        m.steps_ms["crypt"] = _ms(t)
+        m.device = f"/dev/mapper/{CRYPT_NAME}"
+        _wait_node(m.device)
+    except BaseException:
+        unmap(m.loop)
+        raise
+    finally:
+        for i in range(len(xts_key)):
+            xts_key[i] = 0
+    return m
+
+
+def _map_crypt(header: HeaderV2, xts_key: bytearray, m: Mapping) -> None:
+    verity_dev = f"/dev/mapper/{VERITY_NAME}"
+    _wait_node(verity_dev)
+    try:
+        ring = _Keyring()
+        ring.join_session()
+        serial = ring.add_logon(KEY_DESCRIPTION, xts_key)
+    except OSError as e:
+        log.warning(
+            "kernel keyring unusable (%s): the image key goes into the dm-crypt table "
+            "(root can read it with dmsetup table --showkeys)",
+            e,
+        )
+        table = bytearray(crypt_table(header, verity_dev, xts_key.hex()).encode())
+        try:
+            _run(
+                ["dmsetup", "create", CRYPT_NAME, "--readonly", "--noudevsync"], stdin=bytes(table)
+            )
+        finally:
+            table[:] = bytes(len(table))
+        _run(["dmsetup", "mknodes", CRYPT_NAME])
+        m.key_passing = "table"
+        return
+    try:
+        key_ref = f":{len(xts_key)}:logon:{KEY_DESCRIPTION}"
+        _dm_create(CRYPT_NAME, crypt_table(header, verity_dev, key_ref))
+    finally:
+        with contextlib.suppress(OSError):
+            ring.invalidate(serial)  # dm-crypt holds its own copy once the table is loaded
+    m.key_passing = "keyring"
+
+
+def _ms(t: float) -> float:
+    return round((time.monotonic() - t) * 1000, 1)
+
+
+def corrupted() -> bool:
+    """dm-verity has seen a block that does not match the tree (status ``C``)."""
+    status = _quiet(["dmsetup", "status", VERITY_NAME]) or ""
+    return status.split()[-1:] == ["C"]
+
+
+def _quiet(argv: list[str]) -> str | None:
+    """Run a cleanup command: its stdout, or None on failure (logged under debug)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("%s: %s", argv[0], e)
+        return None
+    if proc.returncode != 0:
+        log.debug("%s: %s", " ".join(argv), proc.stderr.decode(errors="replace").strip())
+        return None
+    return proc.stdout.decode(errors="replace")
+
+
+def unmap(loop: str = "") -> None:
+    """Remove the crypt and verity mappings (the key leaves the kernel with the crypt
+    target) and detach their loop device (``loop``, else the verity target's backing
+    device); nothing raises (a cleanup path)."""
+    if not loop:
+        import re
+
+        found = re.search(
+            r"\((loop\d+)\)", _quiet(["dmsetup", "deps", "-o", "devname", VERITY_NAME]) or ""
+        )
+        loop = f"/dev/{found.group(1)}" if found else ""
+    _quiet(["dmsetup", "remove", "--retry", "--noudevsync", CRYPT_NAME])
+    _quiet(["dmsetup", "remove", "--retry", "--noudevsync", VERITY_NAME])
+    if loop.startswith("/dev/loop"):
+        _quiet(["losetup", "--detach", loop])
