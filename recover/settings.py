@@ -157,6 +157,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"{text!r} must be >= 0")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text, 0)
     if value < 0:
@@ -395,6 +402,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("peers.timeout", _positive_float, "1.5", "Seconds per request to one peer."),
     Setting("peers.retries", _non_negative_int, "2", "Retries per peer within the deadline."),
+    Setting(
+        "peers.network_wait",
+        _non_negative_float,
+        "15",
+        "Seconds the boot payload waits, only when it is about to ask peers, for a route to "
+        "them (dracut brings the network up from ip=, docs/boot.md#network); then it asks "
+        "anyway. 0: no wait.",
+    ),
     # --- verdict -------------------------------------------------------------------
     Setting(
         "verdict.quorum",
@@ -481,4 +496,13 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: Mapping[str, Setting] = {
     **{alias: s for s in SETTINGS for alias in s.aliases},
     **{s.name: s for s in SETTINGS},
+}
+
+#: Kernel options that are no longer read, with what replaces them: the payload warns
+#: (recover.config.retired_kernel_options), never fails, on an old command line.
+RETIRED_KERNEL_OPTIONS: Mapping[str, str] = {
+    "rd.host_recover.net": (
+        "rd.host_recover.net= is no longer read: use dracut's ip= (ip=dhcp, or "
+        "ip=ADDR::GATEWAY:NETMASK::IFACE:none), docs/boot.md#network"
+    ),
 }

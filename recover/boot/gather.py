@@ -206,7 +206,7 @@ class Decision:
             "verdict": self.verdict.to_json(),
             "evidence": self.evidence.to_json(),
             "peers": self.peers.to_json() if self.peers is not None else None,
-            "timings_ms": dict(self.timings),
+            "timeline_ms": dict(self.timings),  # the name the decision record uses
         }
 
 
@@ -276,6 +276,11 @@ def run(
         stop_early = verdict_mod.EarlyStop(ev.summary, ev.since_reset_s, len(domain), policy)
 
         def ask() -> PeerResults:
+            if serve and domain and cfg.peers_network_wait > 0:
+                from recover.boot.network import wait_for_routes
+
+                with step("network-wait", timings):  # dracut's ip=: docs/boot.md#network
+                    wait_for_routes((p.host for p in domain), cfg.peers_network_wait)
             with step("peers", timings):
                 return query_all(
                     inv,

@@ -1,0 +1,99 @@
+"""End-to-end: the peer query over dracut's own network (its network module, ``ip=``).
+
+The lab's guest boots with ``ip=dhcp``: QEMU's user network (restrict=on) serves DHCP
+(10.0.2.15), the module bakes ``rd.neednet=1`` in because the configuration names peers,
+and the payload waits for a route to its peers only when it asks them. One boot uses a
+static ``ip=`` form instead (the command line is measured in PCR 9, so that boot cannot
+unseal: it shows the peers were asked over the static address, and that the binding
+refuses before anything unseals). Judged by the decision record, the hook's phase lines
+and what the normal root finds on its NIC (``HR-NORMAL-NET``). docs/boot.md#network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from test_e2e import _record
+
+from testing.qemu import harness
+from testing.qemu.lab import HOST_IP_STATIC, BootResult, Lab
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def net_lab() -> Iterator[Lab]:
+    missing = harness.missing_tools()
+    if missing or os.geteuid() != 0:
+        pytest.skip(f"needs root and {', '.join(missing) or 'the QEMU toolchain'} (make deps)")
+    lab = Lab(harness.BUILD / "e2e-lab-net", n_peers=3, init="shell", ip="dhcp")
+    try:
+        lab.setup()
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="module")
+def net_clean_boot(net_lab: Lab) -> BootResult:
+    """The first boot after provisioning, peers up, held; then the host alone loses power
+    (saved as "cut")."""
+    net_lab.prepare("provisioned", peers_cut=0)
+    res = net_lab.boot("hold")
+    net_lab.power_cut(peers=0)
+    net_lab.save_host("cut")
+    return res
+
+
+@pytest.fixture
+def lab(net_lab: Lab) -> Iterator[Lab]:
+    yield net_lab
+    assert net_lab.vm is not None
+    net_lab.vm.power_cut()  # a held guest does not outlive its test
+
+
+def _normal_net(res: BootResult) -> str:
+    hit = res.console.find(r"^HR-NORMAL-NET")
+    assert hit is not None, res.console.text()[-3000:]
+    return str(hit[1])
+
+
+def test_clean_boot_asks_no_one_and_leaves_no_address(net_clean_boot: BootResult) -> None:
+    res = net_clean_boot
+    rec = _record(res)
+    assert res.root == "normal" and rec["verdict"]["kind"] == "clean"
+    assert "decide.network-wait" not in rec["timeline_ms"], rec["timeline_ms"]
+    # dracut brought eth0 up from ip=dhcp; the normal boot continues without it
+    assert res.console.find(r"^HR-PHASE network-down eth0"), res.console.text()[-3000:]
+    assert _normal_net(res).endswith(" routes=0"), _normal_net(res)
+    assert "eth0=down" in _normal_net(res)
+
+
+def test_dhcp_correlated_power_loss_asks_peers_and_recovers(
+    lab: Lab, net_clean_boot: BootResult
+) -> None:
+    lab.prepare("cut", peers_cut=2)
+    res = lab.boot("hold")
+    rec = _record(res)
+    assert rec["verdict"]["kind"] == "correlated-failure", rec["verdict"]
+    assert rec["verdict"]["counts"]["same_event"] >= 2, rec["verdict"]
+    assert "decide.network-wait" in rec["timeline_ms"], rec["timeline_ms"]
+    assert res.root == "recovery" and rec["exit_code"] == 10
+    assert res.proof_ok is True
+    # the recovery root keeps the network (its services restore the host over it)
+    assert res.console.find(r"^HR-PHASE network-down") is None
+
+
+def test_static_ip_asks_peers_then_binding_refuses(lab: Lab, net_clean_boot: BootResult) -> None:
+    lab.prepare("cut", peers_cut=2)
+    res = lab.boot("hold", ip=HOST_IP_STATIC)
+    rec = _record(res)
+    # the peers answered over the static address ...
+    assert rec["verdict"]["kind"] == "correlated-failure", rec["verdict"]
+    assert rec["verdict"]["counts"]["same_event"] >= 2, rec["verdict"]
+    # ... and the changed (measured) command line is refused before anything unseals
+    assert rec["exit_code"] == 4 and res.root == "normal", rec
+    assert rec["credentials"] == [] and rec["image"] is None
+    assert _normal_net(res).endswith(" routes=0"), _normal_net(res)
