@@ -19,9 +19,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _lines(tag: str) -> list[str]:
+    """The kernel log's lines with ``tag``, as ``dmesg -x`` shows them (``user  :err   : …``)."""
+    out = subprocess.run(["dmesg", "-x"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if tag in line]
+
+
 def _count(tag: str) -> int:
-    out = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
-    return sum(tag in line for line in out.splitlines())
+    return len(_lines(tag))
 
 
 def test_every_line_reaches_the_kernel_log() -> None:
@@ -43,8 +48,29 @@ def test_every_line_reaches_the_kernel_log() -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        for i in range(15):
+        for i in range(50):  # a boot writes about that many; 10 per 5 s is the limit
             log.info("%s %d", tag, i)
     finally:
         log.removeHandler(handler)
-    assert _count(tag) == 15
+    got = _lines(tag)
+    assert [line.rsplit(" ", 1)[1] for line in got] == [str(i) for i in range(50)]
+    assert all(line.split(":")[1].strip() == "info" for line in got), got[:3]
+
+
+def test_kernel_log_lines_carry_the_records_priority() -> None:
+    tag = f"kmsg-prio-{uuid.uuid4().hex[:8]}"
+    handler = KmsgHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger(f"test.kmsg.{tag}")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        log.error("%s error", tag)
+        log.warning("%s warning", tag)
+        log.info("%s info", tag)
+        log.debug("%s debug", tag)
+    finally:
+        log.removeHandler(handler)
+    levels = {line.rsplit(" ", 1)[1]: line.split(":")[1].strip() for line in _lines(tag)}
+    assert levels == {"error": "err", "warning": "warn", "info": "info", "debug": "debug"}
