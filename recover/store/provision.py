@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recover.config import Config
+from recover.core.evidence import clock_fields
 from recover.core.keys import MASTER_SIZE, image_root_key
 from recover.core.pcrsel import parse_selection
 from recover.errors import HostRecoverError, PolicyMismatch, TpmUnavailable, UsageError
@@ -231,7 +232,7 @@ def provision(
                 "`host-recover provision --export-owner-auth FILE` and keep the file offline"
             )
     report["policy"] = str(cfg.tpm_policy)
-    report["pcrs"] = cfg.tpm_pcrs
+    report["selection"] = cfg.tpm_pcrs
     report["lock_pcr"] = cfg.tpm_lock_pcr
     report["exported"] = [p for p in exports if report["secret"] != "kept"]
     if export_owner_auth:
@@ -278,7 +279,8 @@ def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
     bank = parse_selection(cfg.tpm_pcrs)[0][0]
     lock = t.pcr_read(f"{bank}:{cfg.tpm_lock_pcr}")
     lock_zero = all(v == bytes(len(v)) for bank in lock.values() for v in bank.values())
-    out["lock_pcr"] = {"pcr": cfg.tpm_lock_pcr, "reset": lock_zero}
+    out["lock_pcr"] = cfg.tpm_lock_pcr
+    out["lock_pcr_extended"] = not lock_zero
     try:
         pubkey = read_pubkey(cfg) if cfg.tpm_policy == "signed" else None
     except UsageError as e:
@@ -291,7 +293,7 @@ def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
         except PolicyMismatch as e:
             out.update(satisfied=False, reason=e.message)
             return out
-        out["pcrs"] = signed.selection
+        out["selection"] = signed.selection
         out["policy_version"] = signed.policy_version
         current = t.pcr_read(signed.selection)
         ok = pol.expected_values(signed.selection, current, None) == pol.expected_values(
@@ -302,7 +304,7 @@ def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
         current = t.pcr_read(cfg.tpm_pcrs)
         ok = sealed == pol.policy_pcr_digest(cfg.tpm_pcrs, current, cfg.tpm_lock_pcr)
         out["policy"] = "pcr" if ok or cfg.tpm_policy == "pcr" else "unknown"
-        out["pcrs"] = cfg.tpm_pcrs
+        out["selection"] = cfg.tpm_pcrs
         reason = "" if ok else "current values of tpm.pcrs do not give the sealed policy digest"
     out["pcrs_match"] = ok  # the policy's PCRs, apart from the lock PCR
     if not lock_zero:
@@ -366,7 +368,7 @@ def status(cfg: Config) -> dict[str, Any]:
             doc["orderly"] = t.orderly()
             doc["tpm"]["reachable"] = True
             doc["lockout"] = t.lockout()
-            doc["clock"] = t.clock()
+            doc["clock"] = clock_fields(t.clock())  # the names `evidence` uses
             persistent = t.persistent_handles()
             nv = t.nv_indices()
             doc["handles"] = {

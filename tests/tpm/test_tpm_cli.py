@@ -103,10 +103,10 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     doc = json.loads(out)
     assert doc.pop("pinned") == str(host.root / "host-recover.conf.d" / "50-provisioned.conf")
     assert set(doc.pop("pins")) == {"srk_name", "image_key_id"}
-    assert doc | {"pcrs": None} == {
+    assert doc | {"selection": None} == {
         "srk_created": False, "secret": "kept", "counters_created": [],
         "counters_migrated": [], "owner_auth_set": False,
-        "policy": "pcr", "pcrs": None, "lock_pcr": 14,
+        "policy": "pcr", "selection": None, "lock_pcr": 14,
     }  # fmt: skip
     # Exports only when a secret is created now: refuse, write nothing.
     rc, _, err = host.run(
@@ -136,6 +136,9 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     _extend(host.tcti, 16)
     rc, out, _ = host.run(capsys, "status", "--json")
     assert json.loads(out)["sealed"]["satisfied"] is False
+    assert rc == 4  # status's exit code: the secret cannot be unsealed (PCR mismatch)
+    rc, out, err = host.run(capsys, "status")
+    assert rc == 4 and "cannot be unsealed" in err and "None" not in out
     rc, out, err = host.run(capsys, "unseal", "--check")
     assert rc == 4 and "do not satisfy" in err and out == ""
 
@@ -143,6 +146,8 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     _extend(host.tcti, 14)  # the lock PCR: already unsealed this boot
     rc, out, _ = host.run(capsys, "status", "--json")
     assert "lock PCR 14" in json.loads(out)["sealed"]["reason"]
+    # the policy's PCRs match: a boot like this one unseals (its lock PCR starts at 0)
+    assert rc == 0 and json.loads(out)["sealed"]["pcrs_match"] is True
     assert host.run(capsys, "unseal", "--check")[0] == 4
 
 
