@@ -16,7 +16,7 @@ from recover.core.keys import MASTER_SIZE, image_root_key
 from recover.core.pcrsel import parse_selection
 from recover.errors import HostRecoverError, PolicyMismatch, TpmUnavailable, UsageError
 from recover.store import binding, credentials
-from recover.store.keyfile import read_key_file
+from recover.store.keyfile import KeyKind, encode_key_file, read_key_file
 from recover.store.owner import OWNER_AUTH_SIZE
 from recover.store.unseal import load_signed_policy, open_tpm, policy_floor, read_pubkey
 
@@ -129,9 +129,12 @@ def provision(
             secret = given if given is not None else os.urandom(MASTER_SIZE)
             # Exports are complete on disk before the TPM changes, so that neither an
             # interruption nor a power loss can leave a sealed secret nobody has a copy of.
-            for path, data in ((export_image_key, image_root_key), (export_master, None)):
+            for path, kind, data in (
+                (export_image_key, KeyKind.IMAGE_KEY, image_root_key(secret)),
+                (export_master, KeyKind.MASTER_SECRET, secret),
+            ):
                 if path:
-                    outs[path].write_all(data(secret) if data else secret, 0)
+                    outs[path].write_all(encode_key_file(kind, data), 0)
                     outs[path].commit()
             try:
                 t.seal_master(
@@ -194,7 +197,7 @@ def provision(
             report["counters_migrated"].append("record_nv")
         if auth_out is not None:
             new = os.urandom(OWNER_AUTH_SIZE)
-            auth_out.write_all(new, 0)
+            auth_out.write_all(encode_key_file(KeyKind.OWNER_AUTH, new), 0)
             auth_out.commit()  # on disk before the TPM changes
             try:
                 t.change_owner_auth(new)

@@ -18,6 +18,7 @@ from recover import config
 from recover.cli import main
 from recover.core import keys
 from recover.store import unseal
+from recover.store.keyfile import read_key_file
 from recover.tpm import Tpm
 
 # provision on a test TPM: no event log, and the owner auth left empty on purpose
@@ -94,8 +95,9 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     assert doc["secret"] in ("sealed", "replaced")
     for f in (image_key, master):
         assert f.stat().st_mode & 0o777 == 0o600
-    assert image_key.read_bytes() == keys.image_root_key(master.read_bytes())
-    assert unseal.unseal_master(host.cfg()) == master.read_bytes()
+    secret = read_key_file(master, "master secret")  # exported with its kind
+    assert read_key_file(image_key, "image key") == keys.image_root_key(secret)
+    assert unseal.unseal_master(host.cfg()) == secret
 
     # Idempotent: a second run keeps the secret and creates nothing.
     rc, out, _ = host.run(capsys, *PROVISION, "--json")
@@ -131,7 +133,7 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
 
     rc, out, err = host.run(capsys, "unseal", "--check")
     assert rc == 0
-    assert master.read_bytes().hex() not in out + err
+    assert read_key_file(master, "master secret").hex() not in out + err
 
     _extend(host.tcti, 16)
     rc, out, _ = host.run(capsys, "status", "--json")
