@@ -189,6 +189,8 @@ def _print_status(doc: dict[str, Any]) -> None:
         return
     sealed = doc["sealed"]
     verdict = {True: "yes", False: "NO", None: "unknown"}[sealed.get("satisfied")]
+    if sealed.get("pcrs_match") and sealed.get("lock_pcr_extended"):
+        verdict = "at boot, not now"  # the payload extended the lock PCR, as on every boot
     lines = [
         f"tpm:        {tpm['tcti']}",
         f"orderly:    {'yes' if doc['orderly'] else 'NO (previous power cycle was not shut down)'}",

@@ -1,56 +1,32 @@
 """End-to-end: the peer query over dracut's own network (its network module, ``ip=``).
 
-The lab's guest boots with ``ip=dhcp``: QEMU's user network (restrict=on) serves DHCP
+The labs' guests (tests/e2e/conftest.py, shared with the other e2e tests) boot with
+``ip=dhcp`` (testing.qemu.lab.HOST_IP): QEMU's user network (restrict=on) serves DHCP
 (10.0.2.15), the module bakes ``rd.neednet=1`` in because the configuration names peers,
 and the payload waits for a route to its peers only when it asks them. One boot uses a
 static ``ip=`` form instead: the peers answer it over the static address (refusing, as
-the changed command line moved the host's PCR 9 away from what they know). Judged by the decision record, the hook's phase lines
-and what the normal root finds on its NIC (``HR-NORMAL-NET``). docs/boot.md#network.
+the changed command line moved the host's PCR 9 away from what they know). A systemd
+initrd recovers over DHCP too. Judged by the decision record, the hook's phase lines and
+what the normal root finds on its NIC (``HR-NORMAL-NET``). docs/boot.md#network.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 from test_e2e import _record
 
-from testing.qemu import harness
 from testing.qemu.lab import HOST_IP_STATIC, BootResult, Lab
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def net_lab() -> Iterator[Lab]:
-    missing = harness.missing_tools()
-    if missing or os.geteuid() != 0:
-        pytest.skip(f"needs root and {', '.join(missing) or 'the QEMU toolchain'} (make deps)")
-    lab = Lab(harness.BUILD / "e2e-lab-net", n_peers=3, init="shell", ip="dhcp")
-    try:
-        lab.setup()
-        yield lab
-    finally:
-        lab.close()
-
-
-@pytest.fixture(scope="module")
-def net_clean_boot(net_lab: Lab) -> BootResult:
-    """The first boot after provisioning, peers up, held; then the host alone loses power
-    (saved as "cut")."""
-    net_lab.prepare("provisioned", peers_cut=0)
-    res = net_lab.boot("hold")
-    net_lab.power_cut(peers=0)
-    net_lab.save_host("cut")
-    return res
-
-
 @pytest.fixture
-def lab(net_lab: Lab) -> Iterator[Lab]:
-    yield net_lab
-    assert net_lab.vm is not None
-    net_lab.vm.power_cut()  # a held guest does not outlive its test
+def lab(shell_lab: Lab) -> Iterator[Lab]:
+    yield shell_lab
+    assert shell_lab.vm is not None
+    shell_lab.vm.power_cut()  # a held guest does not outlive its test
 
 
 def _normal_net(res: BootResult) -> str:
@@ -59,8 +35,8 @@ def _normal_net(res: BootResult) -> str:
     return str(hit[1])
 
 
-def test_clean_boot_asks_no_one_and_leaves_no_address(net_clean_boot: BootResult) -> None:
-    res = net_clean_boot
+def test_clean_boot_asks_no_one_and_leaves_no_address(shell_clean_boot: BootResult) -> None:
+    res = shell_clean_boot
     rec = _record(res)
     assert res.root == "normal" and rec["verdict"]["kind"] == "clean"
     assert "decide.network-wait" not in rec["timeline_ms"], rec["timeline_ms"]
@@ -71,7 +47,7 @@ def test_clean_boot_asks_no_one_and_leaves_no_address(net_clean_boot: BootResult
 
 
 def test_dhcp_correlated_power_loss_asks_peers_and_recovers(
-    lab: Lab, net_clean_boot: BootResult
+    lab: Lab, shell_clean_boot: BootResult
 ) -> None:
     lab.prepare("cut", peers_cut=2)
     res = lab.boot("hold")
@@ -85,7 +61,7 @@ def test_dhcp_correlated_power_loss_asks_peers_and_recovers(
     assert res.console.find(r"^HR-PHASE network-down") is None
 
 
-def test_static_ip_reaches_the_peers(lab: Lab, net_clean_boot: BootResult) -> None:
+def test_static_ip_reaches_the_peers(lab: Lab, shell_clean_boot: BootResult) -> None:
     lab.prepare("cut", peers_cut=2)
     res = lab.boot("hold", ip=HOST_IP_STATIC)
     rec = _record(res)
@@ -101,3 +77,24 @@ def test_static_ip_reaches_the_peers(lab: Lab, net_clean_boot: BootResult) -> No
     assert rec["credentials"] == [] and rec["image"] is None
     assert res.console.find(r"^HR-PHASE network-down eth0")
     assert _normal_net(res).endswith(" routes=0"), _normal_net(res)
+
+
+def test_systemd_initrd_dhcp_correlated_power_loss_recovers(
+    systemd_lab: Lab, systemd_clean_boot: BootResult
+) -> None:
+    """network-legacy under dracut-initqueue.service while host-recover.service runs: the
+    payload waits for the route itself, only when it asks peers."""
+    rec = _record(systemd_clean_boot)
+    assert systemd_clean_boot.root == "normal" and rec["verdict"]["kind"] == "clean"
+    assert "decide.network-wait" not in rec["timeline_ms"], rec["timeline_ms"]
+    assert systemd_lab.vm is not None
+    try:
+        systemd_lab.prepare("cut", peers_cut=2)
+        res = systemd_lab.boot("hold")
+        rec = _record(res)
+        assert "decide.network-wait" in rec["timeline_ms"], rec["timeline_ms"]
+        assert rec["verdict"]["kind"] == "correlated-failure", rec["verdict"]
+        assert res.root == "recovery" and rec["exit_code"] == 10
+        assert res.proof_ok is True
+    finally:
+        systemd_lab.vm.power_cut()

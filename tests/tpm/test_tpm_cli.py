@@ -150,6 +150,8 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     assert "lock PCR 14" in json.loads(out)["sealed"]["reason"]
     # the policy's PCRs match: a boot like this one unseals (its lock PCR starts at 0)
     assert rc == 0 and json.loads(out)["sealed"]["pcrs_match"] is True
+    rc, out, _ = host.run(capsys, "status")
+    assert rc == 0 and "unsealable: at boot, not now (lock PCR 14" in out
     assert host.run(capsys, "unseal", "--check")[0] == 4
 
 
