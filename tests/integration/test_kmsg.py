@@ -4,10 +4,12 @@ lines suppressed" were exactly the lines the operator guide points to)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,21 @@ def _count(tag: str) -> int:
     return len(_lines(tag))
 
 
+@contextlib.contextmanager
+def _kmsg_logger(tag: str) -> Iterator[logging.Logger]:
+    """A logger of its own that writes only through a KmsgHandler, at every level."""
+    handler = KmsgHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger(f"test.kmsg.{tag}")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield log
+    finally:
+        log.removeHandler(handler)
+
+
 def test_every_line_reaches_the_kernel_log() -> None:
     ratelimited = Path("/proc/sys/kernel/printk_devkmsg").read_text().strip() == "ratelimit"
     if ratelimited:  # the limit is real here: one open file loses lines
@@ -41,17 +58,9 @@ def test_every_line_reaches_the_kernel_log() -> None:
             os.close(fd)
         assert _count(tag) < 15
     tag = f"kmsg-handler-{uuid.uuid4().hex[:8]}"
-    handler = KmsgHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger(f"test.kmsg.{tag}")
-    log.propagate = False
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
+    with _kmsg_logger(tag) as log:
         for i in range(50):  # a boot writes about that many; 10 per 5 s is the limit
             log.info("%s %d", tag, i)
-    finally:
-        log.removeHandler(handler)
     got = _lines(tag)
     assert [line.rsplit(" ", 1)[1] for line in got] == [str(i) for i in range(50)]
     assert all(line.split(":")[1].strip() == "info" for line in got), got[:3]
@@ -59,18 +68,10 @@ def test_every_line_reaches_the_kernel_log() -> None:
 
 def test_kernel_log_lines_carry_the_records_priority() -> None:
     tag = f"kmsg-prio-{uuid.uuid4().hex[:8]}"
-    handler = KmsgHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger(f"test.kmsg.{tag}")
-    log.propagate = False
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    try:
+    with _kmsg_logger(tag) as log:
         log.error("%s error", tag)
         log.warning("%s warning", tag)
         log.info("%s info", tag)
         log.debug("%s debug", tag)
-    finally:
-        log.removeHandler(handler)
     levels = {line.rsplit(" ", 1)[1]: line.split(":")[1].strip() for line in _lines(tag)}
     assert levels == {"error": "err", "warning": "warn", "info": "info", "debug": "debug"}
