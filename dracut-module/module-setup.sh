@@ -118,6 +118,7 @@ install() {
         mkdir -p "$initdir/etc/cmdline.d"
         echo "rd.neednet=1" > "$initdir/etc/cmdline.d/90host-recover-net.conf"
         inst_hook pre-udev 61 "$moddir/host-recover-net.sh"
+        inst_hook pre-pivot 90 "$moddir/host-recover-net-down.sh"
     fi
 
     if dracut_module_included "systemd"; then

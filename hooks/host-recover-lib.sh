@@ -28,8 +28,8 @@ hr_print_record() {
     hr_say "HR-DECISION-END"
 }
 
-# hr_net_down: the normal boot continues, so the network dracut brought up for the peer
-# query (ip=, docs/boot.md#network) goes: its DHCP client stops, its addresses and routes
+# hr_net_down (pre-pivot, hooks/host-recover-net-down.sh): the normal boot continues, so the
+# network dracut brought up for the peer query (ip=, docs/boot.md#network) goes: its DHCP client stops, its addresses and routes
 # are flushed and the links are down, as before this boot's initramfs touched them. A
 # root on the network ($netroot) and a recovery root (its services may restore the
 # host over the network) keep it.
@@ -77,7 +77,6 @@ hr_run() {
         # Never boot a half-prepared recovery root by accident.
         umount -R "$1" 2> /dev/null || umount -l "$1"
     fi
-    [ "$HR_ACTION" != normal ] || hr_net_down
     hr_say "HR-ACTION $HR_ACTION rc=$HR_RC"
 }
 

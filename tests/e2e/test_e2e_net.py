@@ -87,6 +87,10 @@ def test_systemd_initrd_dhcp_correlated_power_loss_recovers(
     rec = _record(systemd_clean_boot)
     assert systemd_clean_boot.root == "normal" and rec["verdict"]["kind"] == "clean"
     assert "decide.network-wait" not in rec["timeline_ms"], rec["timeline_ms"]
+    # DHCP may finish after the payload here: the pre-pivot hook flushes it all the same
+    assert systemd_clean_boot.console.find(r"^HR-PHASE network-down ")
+    net = _normal_net(systemd_clean_boot)
+    assert net.endswith(" routes=0") and "=up" not in net, net
     assert systemd_lab.vm is not None
     try:
         systemd_lab.prepare("cut", peers_cut=2)
