@@ -11,7 +11,7 @@ VPY          := $(VENV)/bin/python
 WHEELS       := /var/cache/host-recover/wheels-nofapi
 PCDIR        := /var/cache/host-recover/pkgconfig-nofapi
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev python3-venv python3-dev \
-                pkg-config build-essential qemu-system-x86 ovmf dracut-core zstd \
+                pkg-config build-essential qemu-system-x86 ovmf dracut-core dracut-network zstd \
                 squashfs-tools erofs-utils cpio shellcheck kmod openssl iproute2 \
                 e2fsprogs busybox-static
 

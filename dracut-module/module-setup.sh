@@ -19,9 +19,28 @@ check() {
     return 255
 }
 
+# _hr_has_peers: the configuration to bake in names peers (its inventory, installed
+# under its default name), so the payload may ask them over the network.
+_hr_has_peers() {
+    [[ -f ${HOST_RECOVER_CONFDIR:-/etc/host-recover}/peers.json ]]
+}
+
 # called by dracut
 depends() {
-    echo base fs-lib
+    local handler
+    if _hr_has_peers; then
+        # dracut's own networking (ip=, rd.route=, vlan=, bond=, ...): the handler an
+        # operator added (--add network-manager, ...) or else network-legacy, which works
+        # under both dracut's shell init and a systemd initrd (40network alone would pick
+        # systemd-networkd wherever systemd is installed, even for a shell init).
+        for handler in network-manager systemd-networkd network-wicked connman network-legacy; do
+            dracut_module_included "$handler" && break
+            handler=network-legacy
+        done
+        echo base fs-lib "$handler" network
+    else
+        echo base fs-lib
+    fi
     return 0
 }
 
@@ -97,6 +116,16 @@ install() {
     inst_multiple mount umount mkdir cat sed grep head sync losetup env dmsetup
     inst_multiple -o ip blkid
     inst_simple "$moddir/host-recover-lib.sh" /lib/host-recover-lib.sh
+
+    if _hr_has_peers; then
+        # ip=dhcp without an interface brings nothing up unless rd.neednet=1; the payload,
+        # not dracut's initqueue, waits for the network, and only when it asks peers
+        # (peers.network_wait): pre-udev/61 drops dracut's wait (docs/boot.md#network).
+        mkdir -p "$initdir/etc/cmdline.d"
+        echo "rd.neednet=1" > "$initdir/etc/cmdline.d/90host-recover-net.conf"
+        inst_hook pre-udev 61 "$moddir/host-recover-net.sh"
+        inst_hook pre-pivot 90 "$moddir/host-recover-net-down.sh"
+    fi
 
     if dracut_module_included "systemd"; then
         inst_simple "$moddir/host-recover-systemd.sh" /usr/lib/host-recover/host-recover-systemd.sh

@@ -28,37 +28,34 @@ hr_print_record() {
     hr_say "HR-DECISION-END"
 }
 
-# hr_net_up: static network for the peer query, from rd.host_recover.net=ADDR/PREFIX,GW
-# (no DHCP client needed in the initramfs). Uses the first interface other than lo.
-hr_net_up() {
-    _hr_net=""
-    read -r _hr_cl < /proc/cmdline
-    for _hr_w in $_hr_cl; do
-        case "$_hr_w" in rd.host_recover.net=*) _hr_net=${_hr_w#*=} ;; esac
+# hr_net_down (pre-pivot, hooks/host-recover-net-down.sh): the normal boot continues, so the
+# network dracut brought up for the peer query (ip=, docs/boot.md#network) goes: its DHCP client stops, its addresses and routes
+# are flushed and the links are down, as before this boot's initramfs touched them. A
+# root on the network ($netroot) and a recovery root (its services may restore the
+# host over the network) keep it.
+hr_net_down() {
+    [ -z "${netroot:-}" ] || return 0
+    for _hr_f in /tmp/dhclient.*.pid; do
+        [ -r "$_hr_f" ] || continue
+        read -r _hr_pid < "$_hr_f" && kill "$_hr_pid" 2> /dev/null
+        rm -f -- "$_hr_f"
     done
-    [ -n "$_hr_net" ] || return 0
-    _hr_if=""
-    _hr_i=0
-    while [ -z "$_hr_if" ] && [ $_hr_i -lt 100 ]; do
-        for _hr_d in /sys/class/net/*; do
-            [ "${_hr_d##*/}" = lo ] || [ ! -e "$_hr_d" ] || { _hr_if=${_hr_d##*/} && break; }
-        done
-        [ -n "$_hr_if" ] || sleep 0.1
-        _hr_i=$((_hr_i + 1))
+    for _hr_f in /tmp/net.*.did-setup; do
+        [ -e "$_hr_f" ] || continue
+        _hr_if=${_hr_f#/tmp/net.}
+        _hr_if=${_hr_if%.did-setup}
+        rm -f -- "$_hr_f"
+        [ -e "/sys/class/net/$_hr_if" ] || continue # a MAC address form
+        ip link set "$_hr_if" down
+        ip addr flush dev "$_hr_if"
+        hr_say "HR-PHASE network-down $_hr_if"
     done
-    [ -n "$_hr_if" ] || { hr_say "host-recover: no network interface"; return 1; }
-    ip link set lo up
-    ip link set "$_hr_if" up
-    ip addr add "${_hr_net%%,*}" dev "$_hr_if"
-    case "$_hr_net" in *,*) ip route add default via "${_hr_net#*,}" dev "$_hr_if" ;; esac
-    hr_say "HR-PHASE network-up $_hr_if ${_hr_net%%,*}"
 }
 
 # hr_run NEWROOT → sets HR_RC and HR_ACTION (normal | recover | halt | shell)
 hr_run() {
     mkdir -p "$HR_STATE"
     rm -f "$HR_STATE/action"
-    hr_net_up
     # The TPM event log is on securityfs, which dracut's shell init does not mount
     # (systemd does); the payload compares a measured command line with /proc/cmdline.
     [ -e "$HR_SECURITYFS/tpm0" ] || mount -t securityfs securityfs "$HR_SECURITYFS" 2> /dev/null

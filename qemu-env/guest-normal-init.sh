@@ -34,6 +34,12 @@ echo "HR-NORMAL-ROOT up"
 if [ -r /run/host-recover/decision.json ]; then
     echo "HR-NORMAL-RECORD $(tr -d '\n' < /run/host-recover/decision.json)"
 fi
+# What the initramfs left on the NICs (docs/boot.md#network): link state and IPv4 routes.
+net=""
+for d in /sys/class/net/*; do
+    [ "${d##*/}" = lo ] || net="$net ${d##*/}=$(cat "$d/operstate")"
+done
+echo "HR-NORMAL-NET${net} routes=$(grep -vc '^Iface' /proc/net/route 2>&1)"
 if [ -n "$(ls /run/credentials/host-recover 2> /dev/null)" ]; then
     echo "HR-NORMAL-CREDENTIALS-PRESENT"
 fi

@@ -20,6 +20,7 @@ from recover.errors import ConfigError
 from recover.settings import (
     BY_NAME,
     DEFAULT_PATH,
+    RETIRED_KERNEL_OPTIONS,
     SETTINGS,
     Action,
     LockWhen,
@@ -65,6 +66,7 @@ class Config:
     inventory_key: str
     inventory_file: str
     inventory_min_version: int
+    peers_network_wait: float
     verdict_quorum: str
     verdict_window: float
     verdict_on_isolated: Action
@@ -186,6 +188,13 @@ def parse_kernel_cmdline(cmdline: str) -> dict[str, str]:
         if name is not None:
             out[name] = value if sep else "1"
     return out
+
+
+def retired_kernel_options(cmdline: str) -> list[str]:
+    """One warning per retired kernel option on ``cmdline`` (settings.RETIRED_KERNEL_OPTIONS;
+    ``-`` and ``_`` equal in the name)."""
+    seen = {w.partition("=")[0].replace("-", "_") for w in cmdline.split()}
+    return [msg for opt, msg in RETIRED_KERNEL_OPTIONS.items() if opt.replace("-", "_") in seen]
 
 
 def load(

@@ -2,7 +2,10 @@
 
 In the initramfs (``kmsg=True``) lines go to /dev/kmsg with ``<N>host-recover:`` priority
 prefixes (and stderr, which is the console, unless quiet). On a terminal a plain
-coloured formatter is used. Never log secrets.
+coloured formatter is used. Under systemd, when stderr is the journal (``JOURNAL_STREAM``
+names it), every line starts with its syslog priority ``<N>`` (journald's
+``SyslogLevelPrefix=``, on by default): errors land at ``err``, warnings at ``warning``.
+Never log secrets.
 """
 
 from __future__ import annotations
@@ -47,6 +50,26 @@ class KmsgHandler(logging.Handler):
             pass
 
 
+def journal_stream(stream: Any) -> bool:
+    """Whether ``stream`` is the journal: systemd sets ``JOURNAL_STREAM=DEV:INODE`` of the
+    stdout/stderr it connected to journald (a redirect or a pipe keeps the variable but
+    not the inode, so plain lines go there)."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return bool(want) and want == f"{st.st_dev}:{st.st_ino}"
+
+
+class _PriorityFormatter(logging.Formatter):
+    """``<N>`` (syslog priority) before every line, for journald's SyslogLevelPrefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _KMSG_PRIO.get(record.levelno, 6)
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time of the record (not at setup)."""
 
@@ -87,7 +110,12 @@ def setup(debug: bool = False, kmsg: bool = False, quiet: bool = False) -> None:
     if not quiet or not kmsg:
         sh = _StderrHandler()
         fmt = "host-recover: %(message)s" if not debug else "host-recover: %(name)s: %(message)s"
-        sh.setFormatter(_TtyFormatter(fmt) if sys.stderr.isatty() else logging.Formatter(fmt))
+        if journal_stream(sys.stderr):
+            sh.setFormatter(_PriorityFormatter(fmt))
+        elif sys.stderr.isatty():
+            sh.setFormatter(_TtyFormatter(fmt))
+        else:
+            sh.setFormatter(logging.Formatter(fmt))
         root.addHandler(sh)
     # libtss2 prints WARNING:esys on every TPM error; we translate errors ourselves.
     os.environ.setdefault("TSS2_LOG", "all+none")

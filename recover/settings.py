@@ -459,6 +459,14 @@ SETTINGS: tuple[Setting, ...] = (
         "refuses a version below the newest it accepted before, kept in the TPM decision "
         "record (written only before the lock).",
     ),
+    Setting(
+        "peers.network_wait",
+        _non_negative_float,
+        "15",
+        "Seconds the boot payload waits, only when it is about to ask peers, for a route to "
+        "them (dracut brings the network up from ip=, docs/boot.md#network); then it asks "
+        "anyway. 0: no wait.",
+    ),
     # --- verdict -------------------------------------------------------------------
     Setting(
         "verdict.quorum",
@@ -601,4 +609,13 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: Mapping[str, Setting] = {
     **{alias: s for s in SETTINGS for alias in s.aliases},
     **{s.name: s for s in SETTINGS},
+}
+
+#: Kernel options that are no longer read, with what replaces them: the payload warns
+#: (recover.config.retired_kernel_options), never fails, on an old command line.
+RETIRED_KERNEL_OPTIONS: Mapping[str, str] = {
+    "rd.host_recover.net": (
+        "rd.host_recover.net= is no longer read: use dracut's ip= (ip=dhcp, or "
+        "ip=ADDR::GATEWAY:NETMASK::IFACE:none), docs/boot.md#network"
+    ),
 }

@@ -220,7 +220,7 @@ class Decision:
             "verdict": self.verdict.to_json(),
             "evidence": self.evidence.to_json(),
             "peers": self.peers.to_json() if self.peers is not None else None,
-            "timings_ms": dict(self.timings),
+            "timeline_ms": dict(self.timings),  # the name the decision record uses
             "witness": self.witness,
         }
 
@@ -319,6 +319,11 @@ def run(
             judge.witness = witness.peek
 
         def ask() -> tuple[PeerResults, verdict_mod.Convergence]:
+            if serve and domain and cfg.peers_network_wait > 0:
+                from recover.boot.network import wait_for_routes
+
+                with step("network-wait", timings):  # dracut's ip=: docs/boot.md#network
+                    wait_for_routes((p.host for p in domain), cfg.peers_network_wait)
             with step("peers", timings):
                 return converge(
                     inv,

@@ -44,6 +44,8 @@ def apply_kernel_options(cfg: Config, cmdline: str) -> Config:
     """The baked-in configuration with the kernel options applied, under the rule
     that they may only make the boot safer."""
     changes: dict[str, Any] = {}
+    for warning in config_mod.retired_kernel_options(cmdline):
+        log.warning("%s", warning)
     for name, raw in config_mod.parse_kernel_cmdline(cmdline).items():
         setting = BY_NAME[name]
         try:

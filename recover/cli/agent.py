@@ -37,7 +37,8 @@ def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
     me = inventory.self_id(cfg)
     entry = inv.get(me)
     host, port = parse_listen(args.listen or cfg.peers_listen)
-    with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout) as tpm:
+    # a service started at boot: the device may still be probing (tpm.timeout)
+    with Tpm.open(cfg.tpm_tcti, timeout=cfg.tpm_timeout, device_wait=cfg.tpm_timeout) as tpm:
         ev = gather.gather(tpm, cfg)
         tpm.ensure_ak(cfg.tpm_ak_handle)
         attestor = TpmAttestor(tpm, cfg.tpm_ak_handle, cfg.tpm_pcrs, lock_pcr=cfg.tpm_lock_pcr)

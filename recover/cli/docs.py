@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from recover.cli.jsonfields import JSON_FIELDS
 from recover.cli.main import build_parser
 from recover.errors import EXIT_CODES
 from recover.settings import DEFAULT_PATH, SETTINGS, Setting
@@ -37,6 +38,16 @@ def render_cli_docs() -> str:
         "",
         "Expected failures print one line `host-recover: error: ...` and one line",
         "`host-recover: hint: ...` on stderr; nothing is left half-written.",
+        "",
+        "## JSON field names",
+        "",
+        "The `--json` outputs (and the boot's decision record) use one snake_case name per",
+        "thing, the same in every verb (recover/cli/jsonfields.py; checked against every",
+        "verb's output in tests/tpm/test_json_fields.py):",
+        "",
+        "| field | what it is | where |",
+        "|---|---|---|",
+        *[f"| `{n}` | {what} | {where} |" for n, (what, where) in sorted(JSON_FIELDS.items())],
         "",
     ]
 

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from recover.config import Config
-from recover.errors import TpmUnavailable, report
+from recover.errors import HostRecoverError, PolicyMismatch, TpmUnavailable, report
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ def register(sub: Any) -> None:
         "status",
         help="Report TPM reachability, orderly bit, lockout counter, handles and whether "
         "the current PCRs satisfy the sealed policy.",
+        description="Exit code: 0 the sealed secret can be unsealed on a boot like this one "
+        "(the policy's PCRs match; the lock PCR, which the payload extends on every boot, is "
+        "reported, not counted); 3 the TPM is unreachable or holds no sealed secret; 4 the "
+        "PCRs (or the signed policy) do not satisfy the sealed policy.",
     )
     p.set_defaults(handler=cmd_status)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -148,13 +152,33 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         print(json.dumps(doc, indent=2))
     else:
         _print_status(doc)
-    if not doc["tpm"]["reachable"]:
-        e = TpmUnavailable(
-            doc["tpm"].get("error", "the TPM is unreachable"), doc["tpm"].get("hint")
-        )
+    e = status_error(doc)
+    if e is not None:
         report(e, log)
         return int(e.exit_code)
     return 0
+
+
+def status_error(doc: dict[str, Any]) -> HostRecoverError | None:
+    """Why the status document says the sealed secret cannot be unsealed (None: it can, on
+    a boot like this one): the exit code of ``status``."""
+    if not doc["tpm"]["reachable"]:
+        return TpmUnavailable(
+            doc["tpm"].get("error", "the TPM is unreachable"), doc["tpm"].get("hint")
+        )
+    sealed = doc["sealed"]
+    if not sealed["present"]:
+        return TpmUnavailable(
+            f"no sealed secret at {sealed['handle']}", hint="run `host-recover provision`"
+        )
+    if not sealed.get("pcrs_match"):
+        return PolicyMismatch(
+            "the sealed secret cannot be unsealed: "
+            + (sealed.get("reason") or "the PCRs do not satisfy the sealed policy"),
+            hint="re-seal for this boot chain (`host-recover provision --force`) or, with a "
+            "signed policy, sign and install one for it (`policy sign`, `policy install`)",
+        )
+    return None
 
 
 def _print_status(doc: dict[str, Any]) -> None:
@@ -165,6 +189,8 @@ def _print_status(doc: dict[str, Any]) -> None:
         return
     sealed = doc["sealed"]
     verdict = {True: "yes", False: "NO", None: "unknown"}[sealed.get("satisfied")]
+    if sealed.get("pcrs_match") and sealed.get("lock_pcr_extended"):
+        verdict = "at boot, not now"  # the payload extended the lock PCR, as on every boot
     lines = [
         f"tpm:        {tpm['tcti']}",
         f"orderly:    {'yes' if doc['orderly'] else 'NO (previous power cycle was not shut down)'}",
@@ -173,12 +199,13 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"nv:         {' '.join(doc['handles']['nv']) or '-'}",
         f"sealed:     {sealed['handle']} {'present' if sealed['present'] else 'MISSING'}"
         + (
-            f", {sealed.get('policy')} policy over {sealed.get('pcrs')}"
+            f", {sealed.get('policy')} policy over {sealed.get('selection')}"
             if sealed["present"]
             else ""
         ),
         f"unsealable: {verdict}" + (f" ({sealed['reason']})" if sealed.get("reason") else ""),
-        f"rollback:   {doc['rollback_counter']}",
+        "rollback:   "
+        + (str(doc["rollback_counter"]) if doc["rollback_counter"] is not None else "not defined"),
         "credentials floor: "
         + (
             str(doc["credentials_floor"])

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recover.config import Config
+from recover.core.evidence import clock_fields
 from recover.core.keys import MASTER_SIZE, image_root_key
 from recover.core.pcrsel import parse_selection
 from recover.errors import HostRecoverError, PolicyMismatch, TpmUnavailable, UsageError
 from recover.store import binding, credentials
-from recover.store.keyfile import read_key_file
+from recover.store.keyfile import KeyKind, encode_key_file, read_key_file
 from recover.store.owner import OWNER_AUTH_SIZE
 from recover.store.unseal import load_signed_policy, open_tpm, policy_floor, read_pubkey
 
@@ -128,9 +129,12 @@ def provision(
             secret = given if given is not None else os.urandom(MASTER_SIZE)
             # Exports are complete on disk before the TPM changes, so that neither an
             # interruption nor a power loss can leave a sealed secret nobody has a copy of.
-            for path, data in ((export_image_key, image_root_key), (export_master, None)):
+            for path, kind, data in (
+                (export_image_key, KeyKind.IMAGE_KEY, image_root_key(secret)),
+                (export_master, KeyKind.MASTER_SECRET, secret),
+            ):
                 if path:
-                    outs[path].write_all(data(secret) if data else secret, 0)
+                    outs[path].write_all(encode_key_file(kind, data), 0)
                     outs[path].commit()
             try:
                 t.seal_master(
@@ -193,7 +197,7 @@ def provision(
             report["counters_migrated"].append("record_nv")
         if auth_out is not None:
             new = os.urandom(OWNER_AUTH_SIZE)
-            auth_out.write_all(new, 0)
+            auth_out.write_all(encode_key_file(KeyKind.OWNER_AUTH, new), 0)
             auth_out.commit()  # on disk before the TPM changes
             try:
                 t.change_owner_auth(new)
@@ -231,7 +235,7 @@ def provision(
                 "`host-recover provision --export-owner-auth FILE` and keep the file offline"
             )
     report["policy"] = str(cfg.tpm_policy)
-    report["pcrs"] = cfg.tpm_pcrs
+    report["selection"] = cfg.tpm_pcrs
     report["lock_pcr"] = cfg.tpm_lock_pcr
     report["exported"] = [p for p in exports if report["secret"] != "kept"]
     if export_owner_auth:
@@ -278,7 +282,8 @@ def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
     bank = parse_selection(cfg.tpm_pcrs)[0][0]
     lock = t.pcr_read(f"{bank}:{cfg.tpm_lock_pcr}")
     lock_zero = all(v == bytes(len(v)) for bank in lock.values() for v in bank.values())
-    out["lock_pcr"] = {"pcr": cfg.tpm_lock_pcr, "reset": lock_zero}
+    out["lock_pcr"] = cfg.tpm_lock_pcr
+    out["lock_pcr_extended"] = not lock_zero
     try:
         pubkey = read_pubkey(cfg) if cfg.tpm_policy == "signed" else None
     except UsageError as e:
@@ -291,7 +296,7 @@ def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
         except PolicyMismatch as e:
             out.update(satisfied=False, reason=e.message)
             return out
-        out["pcrs"] = signed.selection
+        out["selection"] = signed.selection
         out["policy_version"] = signed.policy_version
         current = t.pcr_read(signed.selection)
         ok = pol.expected_values(signed.selection, current, None) == pol.expected_values(
@@ -302,7 +307,7 @@ def _policy_state(t: Tpm, cfg: Config) -> dict[str, Any]:
         current = t.pcr_read(cfg.tpm_pcrs)
         ok = sealed == pol.policy_pcr_digest(cfg.tpm_pcrs, current, cfg.tpm_lock_pcr)
         out["policy"] = "pcr" if ok or cfg.tpm_policy == "pcr" else "unknown"
-        out["pcrs"] = cfg.tpm_pcrs
+        out["selection"] = cfg.tpm_pcrs
         reason = "" if ok else "current values of tpm.pcrs do not give the sealed policy digest"
     out["pcrs_match"] = ok  # the policy's PCRs, apart from the lock PCR
     if not lock_zero:
@@ -366,7 +371,7 @@ def status(cfg: Config) -> dict[str, Any]:
             doc["orderly"] = t.orderly()
             doc["tpm"]["reachable"] = True
             doc["lockout"] = t.lockout()
-            doc["clock"] = t.clock()
+            doc["clock"] = clock_fields(t.clock())  # the names `evidence` uses
             persistent = t.persistent_handles()
             nv = t.nv_indices()
             doc["handles"] = {

@@ -210,8 +210,10 @@ class TpmCore:
     # --- connection -----------------------------------------------------------------
 
     @classmethod
-    def open(cls, tcti: str, timeout: float = 30) -> Self:
-        """Connect to the TPM behind ``tcti``, waiting up to ``timeout`` s for a device."""
+    def open(cls, tcti: str, timeout: float = 30, *, device_wait: float = 0.0) -> Self:
+        """Connect to the TPM behind ``tcti``. A missing device fails at once unless
+        ``device_wait`` > 0 (the boot path: the driver may still be probing); ``timeout``
+        bounds the retries of a busy device or a starting simulator."""
         os.environ.setdefault("TSS2_LOG", "all+none")
         with _import_quietly():
             from tpm2_pytss import ESAPI, TSS2_Exception
@@ -219,12 +221,14 @@ class TpmCore:
         name, _, conf = tcti.partition(":")
         if name == "device":
             path = conf or "/dev/tpmrm0"
-            deadline = time.monotonic() + timeout
-            while not os.path.exists(path) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            if device_wait > 0:
+                deadline = time.monotonic() + device_wait
+                while not os.path.exists(path) and time.monotonic() < deadline:
+                    time.sleep(0.05)
             if not os.path.exists(path):
+                waited = f" after {device_wait:g} s" if device_wait > 0 else ""
                 raise TpmUnavailable(
-                    f"no TPM device {path} after {timeout:g} s",
+                    f"no TPM device {path}{waited}",
                     hint="check the firmware TPM setting, the tpm_tis/tpm_crb drivers and "
                     "tpm.tcti (--tcti)",
                 )

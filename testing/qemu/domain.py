@@ -34,7 +34,7 @@ from typing import Any
 
 from testing.qemu import harness
 from testing.qemu import vm as vmmod
-from testing.qemu.lab import HOST_NET, PEER_PORT
+from testing.qemu.lab import HOST_IP, PEER_PORT
 
 GUEST_PCRS = "sha256:0,2,7"
 
@@ -183,7 +183,7 @@ class DomainLab:
                 initrd,
                 [self.art.normal_root, store, g.control],
             )
-            g.vm.cmdline += f" rd.host_recover.net={HOST_NET}"
+            g.vm.cmdline += f" ip={HOST_IP}"
             g.vm.hostfwd.append((g.port, PEER_PORT))
             for other in self.guests:
                 if other is not g:

@@ -44,7 +44,10 @@ from testing.qemu import vm as vmmod
 from testing.swtpm import SwTpm, die_with_parent
 
 HOST_CLI = [sys.executable, "-m", "recover"]
-HOST_NET = "10.0.2.15/24,10.0.2.2"
+#: The guest's network for the peer query, as dracut's ip= (docs/boot.md#network): QEMU's
+#: user network serves DHCP (10.0.2.15, gateway 10.0.2.2); a static form of the same.
+HOST_IP = "dhcp"
+HOST_IP_STATIC = "10.0.2.15::10.0.2.2:255.255.255.0::eth0:none"
 PEER_PORT = 7469
 
 
@@ -175,6 +178,7 @@ class Lab:
         guestfwd: list[tuple[str, int, int]] | None = None,
         recovery_root: Path | None = None,
         master: bytes | None = None,
+        ip: str = HOST_IP,
     ) -> None:
         """``grub``: OVMF boots GRUB (harness.grub_efi) instead of the kernel directly;
         ``tpm_pcrs``: baked into the host's configuration; ``control_extra``: lines for
@@ -183,7 +187,8 @@ class Lab:
         ``guestfwd``: more (guest ip, guest port, host port) forwards (e.g. a witness);
         ``recovery_root``: the plain recovery image to provision (default: the lab's);
         ``master``: the master secret the guest seals (default: a random one of its own),
-        so the host can make recovery images for it."""
+        so the host can make recovery images for it; ``ip``: the kernel's ``ip=``
+        (dracut's network, for the peer query)."""
         self.dir = workdir.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.init = init
@@ -197,6 +202,7 @@ class Lab:
         self.master = master
         if master is not None:  # the provisioning boot seals it (the store carries it)
             self.control_extra["masterfrom"] = "/mnt/store/master.in"
+        self.ip = ip
         self.provision_result: BootResult | None = None
         self.peers = [
             PeerAgent(self.dir, f"peer{i + 1}", f"10.0.2.{101 + i}") for i in range(n_peers)
@@ -255,7 +261,7 @@ class Lab:
             self.art.initramfs,
             [self.art.normal_root, store, self.control],
         )
-        self.vm.cmdline += f" rd.host_recover.net={HOST_NET}"
+        self.vm.cmdline += f" ip={self.ip}"
         for p in self.peers:
             self.vm.guestfwd.append((p.guest_ip, PEER_PORT, p.port))
         self.vm.guestfwd.extend(self.extra_guestfwd)
@@ -324,17 +330,22 @@ class Lab:
         initrd: Path | None = None,
         until: str | None = None,
         timeout: float = 300,
+        ip: str | None = None,
     ) -> BootResult:
         """Boot once; ``action`` for the root that comes up (poweroff | hold | provision).
         With hold (or ``until``: return once a console line matches) the guest stays up:
         call ``power_cut``. ``extra_cmdline``, ``store``, ``initrd`` and
-        ``normal_root=False`` (the normal root disk is gone) change this boot only."""
+        ``normal_root=False`` (the normal root disk is gone) change this boot only; so
+        does ``ip`` (this boot's ``ip=`` instead of the lab's: PCR 9 moves with it)."""
         assert self.vm is not None
         challenge = secrets.token_hex(16)
         harness.control_disk(
             self.control, action, challenge, self.control_extra, self.control_attachment
         )
         base_cmdline, base_disks, base_initrd = self.vm.cmdline, list(self.vm.disks), self.vm.initrd
+        if ip is not None:
+            assert self.vm.esp is None, "GRUB's configuration holds the command line"
+            self.vm.cmdline = self.vm.cmdline.replace(f" ip={self.ip}", f" ip={ip}")
         if initrd is not None:
             assert self.vm.esp is None, "GRUB boots the initrd on its ESP"
             self.vm.initrd = initrd

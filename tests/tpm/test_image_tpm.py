@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from recover.store import image
+from recover.store.keyfile import read_key_file
 
 pytestmark = pytest.mark.tpm
 
@@ -50,7 +51,7 @@ def test_tpm_key_path(swtpm, tmp_path: Path) -> None:  # type: ignore[no-untyped
     img = tmp_path / "a.hri"
     r = run("image", "create", plain, img, "--image-version", "3", "--chunk-size", "4096")
     assert r.returncode == 0, r.stderr
-    assert image.verify_file(img, ik.read_bytes()).image_version == 3
+    assert image.verify_file(img, read_key_file(ik, "image key")).image_version == 3
     img2 = tmp_path / "b.hri"
     assert run("image", "create", plain, img2, "--key-file", ik).returncode == 0
     out = tmp_path / "out"

@@ -18,6 +18,7 @@ from recover import config
 from recover.cli import main
 from recover.core import keys
 from recover.store import unseal
+from recover.store.keyfile import read_key_file
 from recover.tpm import Tpm
 
 # provision on a test TPM: no event log, and the owner auth left empty on purpose
@@ -94,8 +95,9 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     assert doc["secret"] in ("sealed", "replaced")
     for f in (image_key, master):
         assert f.stat().st_mode & 0o777 == 0o600
-    assert image_key.read_bytes() == keys.image_root_key(master.read_bytes())
-    assert unseal.unseal_master(host.cfg()) == master.read_bytes()
+    secret = read_key_file(master, "master secret")  # exported with its kind
+    assert read_key_file(image_key, "image key") == keys.image_root_key(secret)
+    assert unseal.unseal_master(host.cfg()) == secret
 
     # Idempotent: a second run keeps the secret and creates nothing.
     rc, out, _ = host.run(capsys, *PROVISION, "--json")
@@ -103,10 +105,10 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     doc = json.loads(out)
     assert doc.pop("pinned") == str(host.root / "host-recover.conf.d" / "50-provisioned.conf")
     assert set(doc.pop("pins")) == {"srk_name", "image_key_id"}
-    assert doc | {"pcrs": None} == {
+    assert doc | {"selection": None} == {
         "srk_created": False, "secret": "kept", "counters_created": [],
         "counters_migrated": [], "owner_auth_set": False,
-        "policy": "pcr", "pcrs": None, "lock_pcr": 14,
+        "policy": "pcr", "selection": None, "lock_pcr": 14,
     }  # fmt: skip
     # Exports only when a secret is created now: refuse, write nothing.
     rc, _, err = host.run(
@@ -131,11 +133,14 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
 
     rc, out, err = host.run(capsys, "unseal", "--check")
     assert rc == 0
-    assert master.read_bytes().hex() not in out + err
+    assert read_key_file(master, "master secret").hex() not in out + err
 
     _extend(host.tcti, 16)
     rc, out, _ = host.run(capsys, "status", "--json")
     assert json.loads(out)["sealed"]["satisfied"] is False
+    assert rc == 4  # status's exit code: the secret cannot be unsealed (PCR mismatch)
+    rc, out, err = host.run(capsys, "status")
+    assert rc == 4 and "cannot be unsealed" in err and "None" not in out
     rc, out, err = host.run(capsys, "unseal", "--check")
     assert rc == 4 and "do not satisfy" in err and out == ""
 
@@ -143,6 +148,10 @@ def test_provision_status_unseal(host: Host, capsys) -> None:
     _extend(host.tcti, 14)  # the lock PCR: already unsealed this boot
     rc, out, _ = host.run(capsys, "status", "--json")
     assert "lock PCR 14" in json.loads(out)["sealed"]["reason"]
+    # the policy's PCRs match: a boot like this one unseals (its lock PCR starts at 0)
+    assert rc == 0 and json.loads(out)["sealed"]["pcrs_match"] is True
+    rc, out, _ = host.run(capsys, "status")
+    assert rc == 0 and "unsealable: at boot, not now (lock PCR 14" in out
     assert host.run(capsys, "unseal", "--check")[0] == 4
 
 

@@ -17,6 +17,7 @@ import pytest
 from recover.core import policy as pol
 from recover.errors import PolicyMismatch, TpmUnavailable, UsageError
 from recover.store import unseal
+from recover.store.keyfile import read_key_file
 from recover.tpm import Tpm
 from recover.tpm.nv import NV_BASE
 from tests.tpm.test_tpm_cli import PROVISION, Host
@@ -146,7 +147,8 @@ def test_owner_auth_protects_the_policy_counter(host: Host, capsys) -> None:
     )
     assert rc == 0, err
     assert json.loads(out)["owner_auth_set"] is True
-    assert auth.stat().st_mode & 0o777 == 0o600 and len(auth.read_bytes()) == 32
+    assert auth.stat().st_mode & 0o777 == 0o600 and len(read_key_file(auth, "owner auth")) == 32
+    assert auth.read_bytes().startswith(b"-----BEGIN HOST-RECOVER OWNER AUTH-----\n")
     with Tpm.open(host.tcti) as t:
         assert t.owner_auth_set()
         attrs = t.nv_attributes(POLICY_NV)
@@ -262,7 +264,7 @@ def test_provision_pins_the_srk_the_sealed_object_and_the_key_id(host: Host, cap
     with Tpm.open(host.tcti) as t:
         assert cfg.tpm_srk_name == t.object_name(0x81000001).hex()
         assert cfg.tpm_seal_name == t.object_name(0x81000002).hex()
-    kid = imageformat.key_id(keys.image_root_key(master.read_bytes())).hex()
+    kid = imageformat.key_id(keys.image_root_key(read_key_file(master, "master secret"))).hex()
     assert cfg.tpm_image_key_id == kid
     _sign(host, capsys, priv, host.root / "policy.json", 1)
     assert host.run(capsys, "unseal", "--check")[0] == 0
@@ -337,7 +339,7 @@ def test_status_shows_owner_auth_and_pins(host: Host, capsys) -> None:
     doc = json.loads(out)
     assert rc == 0 and doc["owner_auth_set"] is True
     assert doc["pins"]["srk_name"] == "match" and doc["pins"]["seal_name"] == "not pinned"
-    _replace_srk(host.tcti, (host.root / "o").read_bytes())
+    _replace_srk(host.tcti, read_key_file(host.root / "o", "owner auth"))
     rc, out, _ = host.run(capsys, "status")
     assert rc == 0 and "owner auth: set" in out and "srk_name MISMATCH" in out
     assert "orderly_nv protected, record_nv protected" in out
