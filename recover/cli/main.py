@@ -16,7 +16,18 @@ import traceback
 from collections.abc import Sequence
 
 from recover import __version__
-from recover.cli import agent, boot, config, credential, decision, enrol, image, policy, store
+from recover.cli import (
+    agent,
+    boot,
+    config,
+    credential,
+    decision,
+    deprovision,
+    enrol,
+    image,
+    policy,
+    store,
+)
 from recover.config import Config
 from recover.errors import ExitCode, HostRecoverError, UsageError, epilog, report
 from recover.settings import SETTINGS
@@ -25,7 +36,7 @@ log = logging.getLogger("recover")
 
 
 #: Verb groups in the order --help lists them.
-GROUPS = (store, policy, image, credential, decision, agent, enrol, boot, config)
+GROUPS = (store, policy, image, credential, decision, agent, enrol, boot, config, deprovision)
 
 
 def build_parser() -> argparse.ArgumentParser:

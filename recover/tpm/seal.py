@@ -340,6 +340,15 @@ class SealOps(TpmCore):
             return False
         return True
 
+    def evict(self, handle: int, what: str = "object") -> None:
+        """EvictControl(OWNER): remove the persistent object at ``handle`` (deprovision;
+        the owner auth, if set, through use_owner_auth)."""
+        from tpm2_pytss import ESYS_TR
+
+        obj = self._tr(handle, what)
+        with translate(f"removing the {what} 0x{handle:08x} (owner auth)"):
+            self.ectx.evict_control(ESYS_TR.OWNER, obj, handle)
+
 
 def _keyedhash_public(attrs: int, auth_policy: bytes) -> bytes:
     """TPMT_PUBLIC of a sealed data object (keyedhash, NULL scheme, SHA-256 name)."""
