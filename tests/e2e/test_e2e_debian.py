@@ -194,3 +194,42 @@ def test_6_power_cut_after_the_update_still_recovers(guest: Guest) -> None:
     guest.need("reseal")
     guest.boot_and_recover()
     guest.stages.append("recover-after-update")
+
+
+def test_purge_removes_what_the_package_installed(tmp_path: Path) -> None:
+    """In a chroot of the same stock root: install, use (byte code, pins, store), purge:
+    nothing of the package is left but the operator's own configuration file."""
+    if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
+        pytest.skip("needs root and mmdebstrap")
+    tree = tmp_path / "root"
+    tree.mkdir()
+    harness.sh("tar", "-xpf", debian.root_tar(), "--numeric-owner", "-C", tree)
+    deb = debian.build_deb()
+    shutil.copy2(deb, tree / "root" / deb.name)
+    try:
+        debian._chroot(
+            tree,
+            f"apt-get install -y ./{deb.name} > /dev/null; "
+            "dpkg -L host-recover > /root/installed; "
+            "host-recover --version; "
+            "cp /usr/share/doc/host-recover/examples/host-recover.conf.example "
+            "/etc/host-recover/host-recover.conf; "
+            "echo '[tpm]' > /etc/host-recover/host-recover.conf.d/50-provisioned.conf; "
+            "touch /var/lib/host-recover/recovery.hri; "
+            "apt-get purge -y host-recover > /dev/null",
+        )
+        left = [
+            p
+            for p in (tree / "root/installed").read_text().split()
+            if p != "/." and (tree / p.lstrip("/")).exists() and not (tree / p.lstrip("/")).is_dir()
+        ]
+        assert left == [], left
+        for gone in ("usr/lib/host-recover", "var/lib/host-recover", "usr/sbin/host-recover"):
+            assert not (tree / gone).exists(), gone
+        assert not (tree / "etc/host-recover/host-recover.conf.d").exists()
+        # the operator's own file stays (and nothing else in /etc/host-recover)
+        assert sorted(p.name for p in (tree / "etc/host-recover").iterdir()) == [
+            "host-recover.conf"
+        ]
+    finally:
+        harness.sh("rm", "-rf", "--one-file-system", tree)
