@@ -31,17 +31,22 @@ def register(sub: Any) -> None:
         help="really remove them: the recovery image and credential store of this host "
         "can then never be opened with this TPM again",
     )
-    p.add_argument(
-        "--owner-auth",
-        metavar="FILE",
-        help="the owner hierarchy auth (from provision --export-owner-auth); needed when set",
-    )
+    add_owner_auth(p)
     p.add_argument(
         "--keep-owner-auth",
         action="store_true",
         help="leave the owner hierarchy auth as it is (default: back to empty)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_owner_auth(p: Any) -> None:
+    """--owner-auth FILE of the verbs that change owner-authorised TPM objects."""
+    p.add_argument(
+        "--owner-auth",
+        metavar="FILE",
+        help="the owner hierarchy auth (from provision --export-owner-auth); needed when set",
+    )
 
 
 def cmd_deprovision(args: argparse.Namespace, cfg: Config) -> int:

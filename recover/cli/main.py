@@ -26,6 +26,7 @@ from recover.cli import (
     enrol,
     image,
     policy,
+    reseal,
     store,
 )
 from recover.config import Config
@@ -36,7 +37,19 @@ log = logging.getLogger("recover")
 
 
 #: Verb groups in the order --help lists them.
-GROUPS = (store, policy, image, credential, decision, agent, enrol, boot, config, deprovision)
+GROUPS = (
+    store,
+    policy,
+    image,
+    credential,
+    decision,
+    agent,
+    enrol,
+    boot,
+    config,
+    deprovision,
+    reseal,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,8 +79,10 @@ class SealOps(TpmCore):
         policy: str,
         policy_pubkey_pem: bytes | None,
         force: bool,
+        values: pol.PcrValues | None = None,
     ) -> None:
-        """Seal ``secret`` under a PCR (or signed) policy and persist it at ``seal_handle``."""
+        """Seal ``secret`` under a PCR (or signed) policy and persist it at ``seal_handle``;
+        a PCR policy over ``values`` (predicted: ``reseal``) or else the current ones."""
         from tpm2_pytss import (
             ESYS_TR,
             TPM2B_PUBLIC,
@@ -92,7 +94,7 @@ class SealOps(TpmCore):
         if not 1 <= len(secret) <= 128:
             raise UsageError(f"a sealed secret must be 1..128 bytes, got {len(secret)}")
         if policy == "pcr":
-            values = self.pcr_read(selection)
+            values = values if values is not None else self.pcr_read(selection)
             auth_policy = pol.policy_pcr_digest(selection, values, lock_pcr)
         elif policy == "signed":
             if not policy_pubkey_pem:
