@@ -12,6 +12,9 @@
 #   reseal     the README's re-seal block with the keys brought back onto a tmpfs; hold
 set -u
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# Straight to the serial console: marker lines start the line (the journal's console
+# forwarding would prefix them), and the journal keeps nothing the test needs.
+exec > /dev/console 2>&1
 ctl=$(dd if=/dev/disk/by-id/virtio-hrcontrol bs=4096 count=1 2> /dev/null | tr -d '\000')
 action=$(sed -n 's/^action=//p' <<< "$ctl")
 echo "HR-NORMAL-ROOT up kernel=$(uname -r) action=$action"

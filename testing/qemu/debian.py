@@ -78,8 +78,6 @@ Wants=systemd-udev-settle.service
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/hr-e2e-stage
-StandardOutput=journal+console
-StandardError=journal+console
 
 [Install]
 WantedBy=multi-user.target
