@@ -197,8 +197,9 @@ def test_6_power_cut_after_the_update_still_recovers(guest: Guest) -> None:
 
 
 def test_purge_removes_what_the_package_installed(tmp_path: Path) -> None:
-    """In a chroot of the same stock root: install, use (byte code, pins, store), purge:
-    nothing of the package is left but the operator's own configuration file."""
+    """In a chroot of the same stock root: install (the agent unit verifies: its
+    ExecStart exists), use (byte code, pins, store), purge: nothing of the package is
+    left but the operator's own configuration file."""
     if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
         pytest.skip("needs root and mmdebstrap")
     tree = tmp_path / "root"
@@ -212,6 +213,8 @@ def test_purge_removes_what_the_package_installed(tmp_path: Path) -> None:
             f"apt-get install -y ./{deb.name} > /dev/null; "
             "dpkg -L host-recover > /root/installed; "
             "host-recover --version; "
+            "systemd-analyze verify /usr/lib/systemd/system/host-recover-agent.service; "
+            "man -w host-recover 2> /dev/null || test -f /usr/share/man/man8/host-recover.8.gz; "
             "cp /usr/share/doc/host-recover/examples/host-recover.conf.example "
             "/etc/host-recover/host-recover.conf; "
             "echo '[tpm]' > /etc/host-recover/host-recover.conf.d/50-provisioned.conf; "
