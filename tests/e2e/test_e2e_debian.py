@@ -213,7 +213,7 @@ def test_purge_removes_what_the_package_installed(tmp_path: Path) -> None:
             f"apt-get install -y ./{deb.name} > /dev/null; "
             "dpkg -L host-recover > /root/installed; "
             "host-recover --version; "
-            "systemd-analyze verify /usr/lib/systemd/system/host-recover-agent.service; "
+            "systemd-analyze verify --man=no /usr/lib/systemd/system/host-recover-agent.service; "
             "man -w host-recover 2> /dev/null || test -f /usr/share/man/man8/host-recover.8.gz; "
             "cp /usr/share/doc/host-recover/examples/host-recover.conf.example "
             "/etc/host-recover/host-recover.conf; "
