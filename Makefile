@@ -15,7 +15,7 @@ APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev python3-venv python3-de
                 squashfs-tools erofs-utils cpio shellcheck kmod openssl iproute2 \
                 e2fsprogs busybox-static
 
-.PHONY: deps venv test lint unit demo install clean
+.PHONY: deps wheels venv test lint unit demo install deb clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -34,16 +34,24 @@ $(PCDIR)/.stamp:
 	done; true
 	touch $@
 
+# The pinned wheels (all of requirements.lock) in $(WHEELS), built once in a throwaway
+# build venv; no apt. Needs libtss2-dev, python3-venv, python3-dev, pkg-config.
+WHEELENV := build/wheelenv
+wheels: $(PCDIR)/.stamp
+	@$(PYTHON) -c 'import glob, sys; pins = [l.split("==") for l in open("requirements.lock") if "==" in l and l[0] != "#"]; sys.exit(any(not glob.glob("$(WHEELS)/%s-%s-*.whl" % (n.replace("-", "_"), v.strip())) for n, v in pins))' || { \
+	  rm -rf $(WHEELENV) && $(PYTHON) -m venv $(WHEELENV) && \
+	  $(WHEELENV)/bin/python -m pip install -q --upgrade pip wheel setuptools && \
+	  mkdir -p $(WHEELS) && \
+	  pin=$$(grep '^tpm2-pytss==' requirements.lock); ver=$${pin#*==}; \
+	  { ls $(WHEELS)/tpm2_pytss-$$ver-*.whl >/dev/null 2>&1 || \
+	    PKG_CONFIG_LIBDIR=$(PCDIR) $(WHEELENV)/bin/python -m pip wheel -q --no-cache-dir --no-deps \
+	      --no-binary tpm2-pytss -w $(WHEELS) "$$pin"; } && \
+	  $(WHEELENV)/bin/python -m pip wheel -q -w $(WHEELS) --find-links $(WHEELS) -r requirements.lock; }
+
 $(VENV)/.stamp: requirements.lock setup.cfg pyproject.toml $(PCDIR)/.stamp
+	$(MAKE) wheels
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip wheel setuptools
-	mkdir -p $(WHEELS)
-	# Build tpm2-pytss (~20 s) once, without FAPI; later installs come from the wheel cache.
-	pin=$$(grep '^tpm2-pytss==' requirements.lock); ver=$${pin#*==}; \
-	ls $(WHEELS)/tpm2_pytss-$$ver-*.whl >/dev/null 2>&1 || \
-	  PKG_CONFIG_LIBDIR=$(PCDIR) $(VPY) -m pip wheel -q --no-cache-dir --no-deps \
-	    --no-binary tpm2-pytss -w $(WHEELS) "$$pin"
-	$(VPY) -m pip wheel -q -w $(WHEELS) --find-links $(WHEELS) -r requirements.lock
 	$(VPY) -m pip install -q --no-index --find-links $(WHEELS) -r requirements.lock
 	if ldd $(VENV)/lib/python3*/site-packages/tpm2_pytss/_libtpm2_pytss*.so | grep -q fapi; then \
 	  echo "tpm2-pytss links libtss2-fapi: remove $(WHEELS) and run make again" >&2; exit 1; fi
@@ -58,7 +66,7 @@ lint: venv
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy  # recover, testing and bench (pyproject.toml)
-	shellcheck -s sh hooks/*.sh
+	shellcheck -s sh hooks/*.sh kernel/zz-host-recover kernel/kernel-hook
 	shellcheck -s bash dracut-module/*.sh qemu-env/*.sh .ci/run dev
 
 # Every tier but the QEMU boots (what plain `pytest` runs): tests/unit, tpm, integration.
@@ -73,22 +81,24 @@ test: venv lint
 demo: venv
 	$(VPY) qemu-env/demo.py
 
-# On a real host (root): the program in its own venv (Debian's python3 refuses system-wide
-# pip installs), the CLI on PATH, the dracut module (dracut --add host-recover).
-PREFIX  := /opt/host-recover
-DRACUTMOD := $(DESTDIR)/usr/lib/dracut/modules.d/90host-recover
-install: venv
-	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
-	$(DESTDIR)$(PREFIX)/bin/pip install -q --no-index --find-links $(WHEELS) \
-	  $$(grep -E '^(tpm2-pytss|cryptography|pyelftools)==' requirements.lock)
-	$(VPY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEELS) .
-	$(DESTDIR)$(PREFIX)/bin/pip install -q --no-index --find-links $(WHEELS) --no-deps \
-	  --force-reinstall host-recover
-	install -d $(DESTDIR)/usr/local/sbin $(DRACUTMOD)
-	ln -sf $(PREFIX)/bin/host-recover $(DESTDIR)/usr/local/sbin/host-recover
-	install -m 0755 dracut-module/*.sh hooks/*.sh $(DRACUTMOD)/
-	install -m 0644 dracut-module/host-recover.service $(DRACUTMOD)/
-	install -D -m 0644 systemd/host-recover-agent.service $(DESTDIR)/usr/lib/systemd/system/host-recover-agent.service
+# On a real host (root), without a package: the same tree the Debian package installs
+# (debian/rules `tree`): the private environment /usr/lib/host-recover, the CLI in
+# /usr/sbin (on dracut's PATH), the dracut module and its dracut.conf.d file, the kernel
+# hook, the agent unit, man pages, bash completion, docs. Needs only python3-venv and the
+# wheels (`make wheels`); no apt. Prefer `make deb` and apt-get install ./host-recover_*.deb.
+install: wheels
+	$(MAKE) -f debian/rules tree PKG=$(DESTDIR) BUILD=build/install WHEELS=$(WHEELS)
+	if [ -z "$(DESTDIR)" ]; then \
+	  /usr/lib/host-recover/bin/python3 -m compileall -q -j 0 /usr/lib/host-recover/lib >/dev/null; fi
+
+# The Debian package, built from a copy of the tree (tracked and untracked, not ignored
+# files) in $(DEBBUILD); the .deb and the lintian report land there, never in the tree.
+DEBBUILD := build/deb
+deb: wheels
+	rm -rf $(DEBBUILD) && mkdir -p $(DEBBUILD)/host-recover
+	git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C $(DEBBUILD)/host-recover
+	cd $(DEBBUILD)/host-recover && WHEELS=$(WHEELS) dpkg-buildpackage -b -us -uc
+	lintian --fail-on error --info $(DEBBUILD)/host-recover_*.deb | tee $(DEBBUILD)/lintian.txt
 
 clean:
 	rm -rf $(VENV) qemu-env/build

@@ -22,11 +22,13 @@ from recover.cli import (
     config,
     credential,
     decision,
+    deprovision,
     enrol,
     fleet,
     image,
     inventory,
     policy,
+    reseal,
     store,
 )
 from recover.config import Config
@@ -37,7 +39,21 @@ log = logging.getLogger("recover")
 
 
 #: Verb groups in the order --help lists them.
-GROUPS = (store, policy, image, credential, decision, agent, enrol, boot, config, inventory, fleet)
+GROUPS = (
+    store,
+    policy,
+    image,
+    credential,
+    decision,
+    agent,
+    enrol,
+    boot,
+    config,
+    inventory,
+    fleet,
+    deprovision,
+    reseal,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -83,6 +83,10 @@ class NvOps(TpmCore):
         with translate(f"undefining NV index 0x{index:08x} (owner auth)"):
             self.ectx.nv_undefine_space(self._nv(index), ESYS_TR.OWNER)
 
+    def nv_undefine(self, index: int) -> None:
+        """NV_UndefineSpace(OWNER) of ``index`` (deprovision)."""
+        self._nv_undefine(index)
+
     def _nv(self, index: int) -> Any:
         return self._tr(index, "NV index")
 

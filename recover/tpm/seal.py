@@ -79,8 +79,10 @@ class SealOps(TpmCore):
         policy: str,
         policy_pubkey_pem: bytes | None,
         force: bool,
+        values: pol.PcrValues | None = None,
     ) -> None:
-        """Seal ``secret`` under a PCR (or signed) policy and persist it at ``seal_handle``."""
+        """Seal ``secret`` under a PCR (or signed) policy and persist it at ``seal_handle``;
+        a PCR policy over ``values`` (predicted: ``reseal``) or else the current ones."""
         from tpm2_pytss import (
             ESYS_TR,
             TPM2B_PUBLIC,
@@ -92,7 +94,7 @@ class SealOps(TpmCore):
         if not 1 <= len(secret) <= 128:
             raise UsageError(f"a sealed secret must be 1..128 bytes, got {len(secret)}")
         if policy == "pcr":
-            values = self.pcr_read(selection)
+            values = values if values is not None else self.pcr_read(selection)
             auth_policy = pol.policy_pcr_digest(selection, values, lock_pcr)
         elif policy == "signed":
             if not policy_pubkey_pem:
@@ -339,6 +341,15 @@ class SealOps(TpmCore):
         except TpmUnavailable:
             return False
         return True
+
+    def evict(self, handle: int, what: str = "object") -> None:
+        """EvictControl(OWNER): remove the persistent object at ``handle`` (deprovision;
+        the owner auth, if set, through use_owner_auth)."""
+        from tpm2_pytss import ESYS_TR
+
+        obj = self._tr(handle, what)
+        with translate(f"removing the {what} 0x{handle:08x} (owner auth)"):
+            self.ectx.evict_control(ESYS_TR.OWNER, obj, handle)
 
 
 def _keyedhash_public(attrs: int, auth_policy: bytes) -> bytes:
