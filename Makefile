@@ -13,7 +13,8 @@ PCDIR        := /var/cache/host-recover/pkgconfig-nofapi
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev python3-venv python3-dev \
                 pkg-config build-essential qemu-system-x86 ovmf dracut-core dracut-network zstd \
                 squashfs-tools erofs-utils cpio shellcheck kmod openssl iproute2 \
-                e2fsprogs busybox-static
+                e2fsprogs busybox-static etcd-server etcd-client \
+                mmdebstrap debhelper lintian fakeroot dpkg-dev
 
 .PHONY: deps wheels venv test lint unit demo install deb clean
 

@@ -18,6 +18,7 @@ from recover.cli import main
 from recover.errors import TpmUnavailable
 from recover.store import deprovision as dp
 from recover.store import unseal
+from recover.store.keyfile import KeyKind, read_key_file
 from recover.tpm import Tpm
 
 pytestmark = pytest.mark.tpm
@@ -89,7 +90,9 @@ def test_deprovision_removes_everything_provision_created(host: Host, capsys) ->
     rc, _, err = host.run(capsys, "deprovision", CONFIRM, "--owner-auth", str(wrong))
     assert rc != 0 and "owner" in err.lower()
     assert host.tpm_state() == (handles, indices, True)
-    assert unseal.unseal_master(host.cfg()) == (host.root / "master1.key").read_bytes()
+    assert unseal.unseal_master(host.cfg()) == read_key_file(
+        host.root / "master1.key", KeyKind.MASTER_SECRET
+    )
 
     rc, out, err = host.run(capsys, "deprovision", CONFIRM, "--owner-auth", str(auth), "--json")
     assert rc == 0, err

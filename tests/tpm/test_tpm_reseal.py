@@ -20,6 +20,7 @@ from recover.cli import main
 from recover.core import eventlog as el
 from recover.errors import PolicyMismatch
 from recover.store import unseal
+from recover.store.keyfile import KeyKind, read_key_file
 from recover.tpm import Tpm
 
 pytestmark = pytest.mark.tpm
@@ -84,7 +85,7 @@ def test_reseal_before_the_reboot_unseals_in_the_new_boot(
     assert (
         run("reseal", "--initramfs", str(tmp_path / "initrd.img"), "--master-from", str(wrong)) == 2
     )
-    assert unseal.unseal_master(config.load(conf)) == master.read_bytes()
+    assert unseal.unseal_master(config.load(conf)) == read_key_file(master, KeyKind.MASTER_SECRET)
 
     assert (
         run("reseal", "--initramfs", str(tmp_path / "initrd.img"), "--master-from", str(master))
@@ -94,7 +95,7 @@ def test_reseal_before_the_reboot_unseals_in_the_new_boot(
         unseal.unseal_master(config.load(conf))
 
     _boot(swtpm, conf, NEW)  # the reboot into the rebuilt initramfs
-    assert unseal.unseal_master(config.load(conf)) == master.read_bytes()
+    assert unseal.unseal_master(config.load(conf)) == read_key_file(master, KeyKind.MASTER_SECRET)
     capsys.readouterr()
     assert run("attest") == 0
     assert json.loads(capsys.readouterr().out)["pcrs"]["sha256"]["9"] == predicted["sha256"]["9"]
