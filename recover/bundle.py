@@ -309,6 +309,25 @@ def lazy_attribute_imports(found: dict[str, Path | None]) -> set[str]:
     return out
 
 
+def deferred_imports(found: dict[str, Path | None]) -> set[str]:
+    """What the third-party modules found import inside their functions, within their
+    own package: ``cryptography``'s ``ECDSA()`` imports its OpenSSL backend only when a
+    signature is first checked, unseen by a probe that only imports. The standard
+    library's deferred imports are left to the test that runs every payload path."""
+    out: set[str] = set()
+    for name, path in found.items():
+        if path is None or path.suffix != ".py" or "site-packages" not in path.parts:
+            continue
+        tree = ast.parse(path.read_bytes(), os.fspath(path))
+        top = name.split(".")[0]
+        out |= {
+            n
+            for n in imported_names(tree, name, path.name == "__init__.py")
+            if n.split(".")[0] == top and not _excluded(n)
+        }
+    return out
+
+
 def runtime_imports(
     own: Sequence[str], outside: Iterable[str], python: str = sys.executable
 ) -> dict[str, Path | None]:
@@ -618,7 +637,7 @@ def build(
     for _ in range(8):  # bounded: each round adds what the last one's __getattr__s import
         for name, path in runtime_imports(list(own), roots).items():
             found.setdefault(name, path)
-        lazy = lazy_attribute_imports(found) - roots
+        lazy = (lazy_attribute_imports(found) | deferred_imports(found)) - roots
         if not lazy:
             break
         roots |= lazy
