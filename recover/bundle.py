@@ -178,8 +178,9 @@ def _search_path() -> list[str]:
 #: Codecs looked up by name through the codec registry, which imports
 #: ``encodings.<name>`` from C where no import statement shows it: the interpreter's
 #: file-system and stdio encoding, the two io and the payload name, and idna (the
-#: socket module encodes host names with it).
-CODECS = ("utf-8", "ascii", "latin-1", "idna")
+#: socket module encodes host names with it), utf-16-le (UEFI variable names in the event
+#: log). tests/unit/test_bundle.py checks every codec named in recover/ is listed.
+CODECS = ("utf-8", "ascii", "latin-1", "idna", "utf-16-le")
 
 
 def _module_file(name: str, parent: Path) -> Path | None:

@@ -205,3 +205,20 @@ def test_cli_bundle_json(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["stdlib_pyc"] > 50 and data["total_bytes"] > 1_000_000
+
+
+def test_every_codec_the_code_names_is_bundled() -> None:
+    """The codec registry imports ``encodings.<name>`` from C: a codec the payload names
+    in ``.encode()``/``.decode()``/``encoding=`` must be in bundle.CODECS (a boot in QEMU
+    failed on utf-16-le, the event log's UEFI variable names)."""
+    import codecs
+    import re
+
+    pattern = re.compile(r"""(?:\.(?:en|de)code\(|encoding=)["']([A-Za-z0-9_-]+)["']""")
+    named = {
+        codecs.lookup(m).name
+        for path in Path(bundle.__file__).parent.rglob("*.py")
+        for m in pattern.findall(path.read_text())
+    }
+    assert named, "the scan found no codec at all"
+    assert named <= {codecs.lookup(c).name for c in bundle.CODECS}, named
