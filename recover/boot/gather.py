@@ -349,29 +349,13 @@ def run(
                         )
                 except ConfigError as e:  # cannot listen: still ask, peers may decide
                     log.warning("not answering peers: %s", e.message)
+            asked_at = time.monotonic()
             peers, conv = ask()
             if srv is not None:
-                # Peers that booted later may still be asking us: answer a little longer,
-                # until every peer that may ask got its answer: a peer seen in its payload
-                # asks within its round (up to peers.deadline), any other within a timeout.
-                ids = may_still_ask({p.id for p in domain}, peers)
-                booting = in_payload(peers) & ids
                 with step("answer-wait", timings):
-                    now = time.monotonic()
-                    until = now + cfg.peers_timeout
-                    until_booting = now + max(cfg.peers_timeout, cfg.peers_deadline)
-                    while time.monotonic() < until_booting:
-                        if booting <= srv.answered and (
-                            ids <= srv.answered or time.monotonic() >= until
-                        ):
-                            break
-                        time.sleep(0.02)
-                log.info(
-                    "answered %d of %d peers that may ask (%d run their normal OS)",
-                    len(ids & srv.answered),
-                    len(ids),
-                    len(domain) - len(ids),
-                )
+                    ids = may_still_ask({p.id for p in domain}, peers)
+                    booting = in_payload(peers) & ids
+                    answer_wait(srv, ids, booting, len(domain) - len(ids), cfg, asked_at + wait)
         log.info(
             "peers: %d of %d verified in %.0f ms, %d round%s (%s)",
             peers.verified,
@@ -464,6 +448,75 @@ class WitnessRead:
                 f" (no anchor: {view.anchor_problem})" if view.anchor_problem else "",
             )
         return view
+
+
+def answer_wait(
+    srv: Any, ids: set[str], booting: set[str], agents: int, cfg: Config, end: float
+) -> None:
+    """After its own rounds, keep answering the peers that may still ask (``ids``; those
+    seen in their payload: ``booting``; ``agents`` others run their normal OS) until :func:`still_answering` says none will,
+    or ``end`` (this host's own ``verdict.wait``) passes."""
+    since = time.monotonic()
+    end = max(end, since + max(cfg.peers_timeout, cfg.peers_deadline))
+    while time.monotonic() < end:
+        waiting = still_answering(
+            time.monotonic(),
+            since,
+            ids,
+            booting,
+            srv.last_answer.copy(),  # written by the server's thread
+            timeout=cfg.peers_timeout,
+            deadline=cfg.peers_deadline,
+        )
+        if not waiting:
+            break
+        time.sleep(0.05)
+    answered = set(srv.last_answer)
+    log.info(
+        "answered %d of %d peers that may ask (%d run their normal OS)%s",
+        len(ids & answered),
+        len(ids),
+        agents,
+        "" if time.monotonic() < end else " (stopped at the end of verdict.wait)",
+    )
+
+
+def still_answering(
+    now: float,
+    since: float,
+    ids: set[str],
+    booting: set[str],
+    last_answer: Mapping[str, float],
+    *,
+    timeout: float,
+    deadline: float,
+) -> set[str]:
+    """The peers this host must still answer at ``now``, its own rounds having ended at
+    ``since`` (pure: docs/verdict.md, "Staggered boots").
+
+    - a peer seen in its payload (``booting``) that has not asked yet asks within its
+      round: it is waited for up to ``max(timeout, deadline)``;
+    - any other peer that may ask (``ids``: not attested to run its normal OS) and has
+      not asked is waited for up to one ``timeout``;
+    - a peer that was answered is waited for until it has been quiet for
+      :data:`recover.peers.rounds.PAUSE_MAX` + ``timeout``: an answer can be lost in
+      transit (the requester timed out first), and then the requester asks again in its
+      next round, at most that long after its last attempt. A host that stopped
+      answering sooner would leave that peer asking until its whole ``verdict.wait``
+      ends, undetermined.
+    """
+    from recover.peers.rounds import PAUSE_MAX
+
+    quiet = PAUSE_MAX + timeout
+    left = set()
+    for p in ids:
+        at = last_answer.get(p)
+        if at is not None:
+            if now - at < quiet:
+                left.add(p)
+        elif now - since < (max(timeout, deadline) if p in booting else timeout):
+            left.add(p)
+    return left
 
 
 def in_payload(peers: PeerResults) -> set[str]:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -375,6 +376,9 @@ class Server:
         self.by_source: dict[str, int] = {}
         self.served = 0
         self.answered: set[str] = set()  # requesters that got a status
+        # requester -> time.monotonic() of its latest answered request: a requester that
+        # asks again did not receive an answer (recover.boot.gather.answer_window)
+        self.last_answer: dict[str, float] = {}
         self.server: asyncio.Server | None = None
 
     @property
@@ -415,7 +419,9 @@ class Server:
             return 404, _error("not-found", f"only POST {' or '.join(PATHS.values())}")
         code, reply = await self.responder.answer(body, version)
         if code == 200:
-            self.answered.add(json.loads(body)["requester"])
+            requester = json.loads(body)["requester"]
+            self.answered.add(requester)
+            self.last_answer[requester] = time.monotonic()
         return code, reply
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -343,3 +343,98 @@ def test_normal_os_claiming_boot_is_not_believed(fleet: dict[str, Host]) -> None
     assert (counts["same_event"], counts["normal_os"], counts["unverified"]) == (1, 1, 1)
     # p1 alone (p2's lie discarded, p3 unaffected) cannot make it correlated.
     assert str(d.verdict.kind) == "undetermined", d.verdict.reasons
+
+
+class LosingProxy:
+    """A loopback TCP proxy that delivers the first ``lose`` requests to the upstream
+    and throws the upstream's answers away (the requester sees its connection closed):
+    answers lost in transit."""
+
+    def __init__(self, upstream: int, lose: int) -> None:
+        self.upstream, self.lose = upstream, lose
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(
+                target=self._pipe, args=(client, self.connections <= self.lose), daemon=True
+            ).start()
+
+    def _pipe(self, client: socket.socket, lose: bool) -> None:
+        with client, contextlib.suppress(OSError):
+            client.settimeout(10)
+            up = socket.create_connection(("127.0.0.1", self.upstream), timeout=10)
+            with up:
+
+                def requests() -> None:
+                    with contextlib.suppress(OSError):
+                        while data := client.recv(65536):
+                            up.sendall(data)
+
+                threading.Thread(target=requests, daemon=True).start()
+                while data := up.recv(65536):  # the upstream answers, then closes
+                    if not lose:
+                        client.sendall(data)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_an_answer_lost_in_transit_is_given_again(fleet: dict[str, Host]) -> None:
+    """Two payloads booting together; every answer 'self' gives in p1's first round is
+    lost on the way. 'self' decides first; it must go on answering until p1 has been
+    quiet long enough to have received an answer (p1 asks again in its next round),
+    not stop at once and leave p1 asking until its verdict.wait ends, undetermined."""
+    from recover.tpm import Tpm
+
+    boot(fleet, cut=set(NAMES))
+    pair = {n: fleet[n] for n in ("self", "p1")}
+    # p1 retries once per round: its whole first round (2 attempts) loses its answers.
+    proxy = LosingProxy(fleet["self"].port, lose=2)
+    entries = {"self": {**fleet["self"].entry(), "address": f"127.0.0.1:{proxy.port}"}}
+    write_inventory(pair, **entries)
+    results: dict[str, Any] = {}
+    done = {n: threading.Event() for n in pair}
+
+    def payload(name: str, delay: float) -> None:
+        time.sleep(delay)
+        h = fleet[name]
+        # p1's wait is short: without the answer it would end undetermined in 30 s.
+        cfg = config.load(h.write_config(), env={}).replace(
+            verdict_quorum="1", verdict_wait=30.0 if name == "p1" else 240.0
+        )
+        try:
+            with Tpm.open(h.tpm.tcti) as t:
+                results[name] = gather.run(cfg, t, serve=True, pstore_dir=str(h.root / "x"))
+        finally:
+            done[name].set()
+
+    threads = [
+        threading.Thread(target=payload, args=("self", 0.0), daemon=True),
+        threading.Thread(target=payload, args=("p1", 0.5), daemon=True),
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for name in pair:
+            assert done[name].wait(120), f"{name}'s gather did not end"
+    finally:
+        proxy.close()
+    assert proxy.connections >= 3  # p1 asked again after its lost answers
+    p1 = results["p1"]
+    assert p1.peers is not None and p1.peers.verified == 1, p1.peers
+    assert str(p1.verdict.kind) == "correlated-failure", p1.verdict.reasons
+    assert str(results["self"].verdict.kind) == "correlated-failure"

@@ -3,7 +3,7 @@ peers that may still ask it (pure: no TPM, no network)."""
 
 from __future__ import annotations
 
-from recover.boot.gather import may_still_ask
+from recover.boot.gather import may_still_ask, still_answering
 from recover.core.evidence import Reading
 from recover.core.protocol import Outcome, PeerResult, PeerResults, PeerStatus
 
@@ -53,3 +53,33 @@ def test_unverified_agent_claim_is_not_believed() -> None:
     # a status that says "agent" but did not verify (e.g. a bad quote) settles nothing
     rs = results(PeerResult("a", Outcome.FORGED, "signature", status("a", "agent")))
     assert may_still_ask(DOMAIN, rs) == DOMAIN
+
+
+def left(now: float, last: dict[str, float], booting: frozenset[str] = frozenset()) -> set[str]:
+    # rounds ended at t=100; peers.timeout 1.5 s, peers.deadline 5 s; PAUSE_MAX is 15 s
+    return still_answering(now, 100.0, {"a", "b"}, set(booting), last, timeout=1.5, deadline=5)
+
+
+def test_an_answered_peer_is_answered_until_quiet_for_a_round_pause() -> None:
+    # 'a' was answered at t=99: its answer may have been lost, it may ask again in its
+    # next round (up to 15 s later, plus an attempt); 'b' has not asked and is not
+    # known to be booting: one timeout.
+    assert left(100.0, {"a": 99.0}) == {"a", "b"}
+    assert left(101.6, {"a": 99.0}) == {"a"}
+    assert left(115.4, {"a": 99.0}) == {"a"}
+    assert left(115.5, {"a": 99.0}) == set()
+
+
+def test_a_peer_that_asks_again_restarts_its_quiet_time() -> None:
+    assert left(115.5, {"a": 110.0, "b": 99.0}) == {"a"}
+    assert left(126.5, {"a": 110.0, "b": 99.0}) == set()
+
+
+def test_a_booting_peer_that_has_not_asked_gets_its_round() -> None:
+    assert left(104.9, {"a": 99.0}, frozenset({"b"})) == {"a", "b"}
+    assert left(105.0, {"a": 99.0}, frozenset({"b"})) == {"a"}
+
+
+def test_requesters_outside_may_ask_are_ignored() -> None:
+    # an attested agent (not in may-ask) that asked anyway keeps nobody waiting
+    assert left(101.6, {"z": 101.0}) == set()
