@@ -19,10 +19,15 @@ check() {
     return 255
 }
 
-# _hr_has_peers: the configuration to bake in names peers (its inventory, installed
-# under its default name), so the payload may ask them over the network.
+# _hr_has_peers: the configuration to bake in reaches the network at boot, so dracut's
+# networking goes in: it names peers (a baked inventory, or the signed inventory's fleet
+# key: the inventory itself is read from the store at boot; both under their default
+# names) or witness endpoints (docs/boot.md#network).
 _hr_has_peers() {
-    [[ -f ${HOST_RECOVER_CONFDIR:-/etc/host-recover}/peers.json ]]
+    local confdir=${HOST_RECOVER_CONFDIR:-/etc/host-recover}
+    [[ -f $confdir/peers.json ]] || [[ -f $confdir/inventory-pub.pem ]] \
+        || grep -qsE '^[[:space:]]*endpoints[[:space:]]*=[[:space:]]*[^[:space:]]' \
+            "$confdir"/host-recover.conf "$confdir"/host-recover.conf.d/*.conf
 }
 
 # called by dracut

@@ -79,6 +79,15 @@ if [ -n "$witnessargs" ]; then
     # the root runs; its inventory (listing the host itself) follows the control block.
     dd if=/dev/disk/by-id/virtio-hrcontrol bs=4096 skip=1 count=16 2> /dev/null \
         | tr -d '\000' > /tmp/peers.json
+    # The initramfs took the network down before the pivot (docs/boot.md#network): this
+    # root brings up its own, as a distribution's normal OS does (QEMU's user network).
+    for d in /sys/class/net/*; do
+        [ "${d##*/}" = lo ] && continue
+        ip link set "${d##*/}" up && ip addr add 10.0.2.15/24 dev "${d##*/}" \
+            && ip route add default via 10.0.2.2
+        echo "HR-NORMAL-NET ${d##*/} rc=$?"
+        break
+    done
     # shellcheck disable=SC2086 # witnessargs is a list of arguments
     hr $witnessargs --set peers.inventory=/tmp/peers.json agent > /tmp/agent.log 2>&1 &
     echo "HR-WITNESS-AGENT pid=$!"

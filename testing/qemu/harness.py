@@ -399,6 +399,7 @@ def set_grubenv(esp: Path, extra: str) -> None:
 GUEST_TOOLS = ("busybox", "openssl")
 APPLETS = (
     "sh mount umount cat dd tr sed grep cut ls mkdir sleep poweroff echo head printf wc sync reboot"
+    " ip"  # the normal root's own network (qemu-env/guest-normal-init.sh)
 ).split()
 
 

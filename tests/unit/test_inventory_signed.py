@@ -395,3 +395,27 @@ def test_a_matching_quote_costs_one_signature_check(monkeypatch: pytest.MonkeyPa
     with pytest.raises(Rejected):
         _quote_check(web, NEWER)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("files", "network"),
+    [
+        ({"host-recover.conf": "[tpm]\n"}, False),  # a host alone: no network in the initramfs
+        ({"host-recover.conf": "[tpm]\n", "peers.json": "{}"}, True),
+        # the signed inventory: only the fleet key is baked, the peers come from the store
+        ({"host-recover.conf": "[inventory]\nkey = k\n", "inventory-pub.pem": "pub"}, True),
+        ({"host-recover.conf": "[witness]\nendpoints = 10.0.2.120:2379\n"}, True),
+        ({"host-recover.conf": "[witness]\nendpoints =\n"}, False),
+    ],
+)
+def test_module_bakes_networking_when_the_boot_reaches_the_network(
+    tmp_path: Path, files: dict[str, str], network: bool
+) -> None:
+    """CI found a host with the signed inventory booting with no network at all: the
+    module looked for a baked peers.json only."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    module = Path(__file__).resolve().parents[2] / "dracut-module" / "module-setup.sh"
+    script = f"source {module}; HOST_RECOVER_CONFDIR={tmp_path} _hr_has_peers"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    assert (out.returncode == 0) is network, out.stderr
