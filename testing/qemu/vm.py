@@ -177,6 +177,9 @@ class Vm:
         self.esp: Path | None = None
         #: Keep QEMU's stdin (the serial console's input) open for ``send``.
         self.interactive = False
+        #: QEMU's TPM control socket when not swtpm's own: a testing.tpmrelay.QemuTpmRelay
+        #: in between (real-TPM latency, transient return codes).
+        self.tpm_path: Path | None = None
         self._reader: threading.Thread | None = None
         self.t0 = 0.0
 
@@ -208,7 +211,7 @@ class Vm:
             "-drive",
             f"if=pflash,format=raw,unit=1,file={self.vars}",
             "-chardev",
-            f"socket,id=chrtpm,path={self.tpm.sock}",
+            f"socket,id=chrtpm,path={self.tpm_path or self.tpm.sock}",
             "-tpmdev",
             "emulator,id=tpm0,chardev=chrtpm",
             "-device",

@@ -128,3 +128,35 @@ def test_power_loss_mid_recovery_then_recovers_again(lab: Any, shell_clean_boot:
     rec = _record(res)
     assert res.root == "recovery" and rec["action"] == "recover"
     assert res.proof_ok is True
+
+
+def test_recovers_on_a_slow_tpm_with_transient_return_codes(
+    lab: Any, shell_clean_boot: Any
+) -> None:
+    """The guest's TPM behind testing.tpmrelay's real-TPM model (issue 10, item 6): every
+    command OVMF, the kernel and the payload send takes a modelled time (quotes ~200 ms
+    median with a long tail), and the payload's first Quote, ReadClock, PCR_Read and
+    Unseal are refused once with a transient code. The correlated power loss still
+    recovers, with the credential, and the relay saw and injected what it says."""
+    from testing.tpmrelay import QemuTpmRelay
+
+    lab.prepare("cut", peers_cut=2)
+    faults = ["Quote:YIELDED@1", "ReadClock:YIELDED@1", "PCR_Read:RETRY@1", "Unseal:YIELDED@1"]
+    relay = QemuTpmRelay(lab.vm.tpm.sock, lab.dir / "tpm-relay.sock", latency_scale=1.0,
+                         faults=faults, seed=10)  # fmt: skip
+    with relay:
+        lab.vm.tpm_path = relay.listen
+        try:
+            res = lab.boot("hold")
+        finally:
+            lab.vm.tpm_path = None
+            lab.vm.power_cut()
+        counts = relay.counts()
+    rec = _record(res)
+    assert rec["verdict"]["kind"] == "correlated-failure", rec["verdict"]
+    assert res.root == "recovery" and rec["action"] == "recover", rec
+    assert res.proof_ok is True, res.console.find(r"HR-SERVICE")
+    for command in ("Quote", "ReadClock", "PCR_Read", "Unseal"):
+        assert counts.injected.get(command) == 1, counts
+        assert counts.forwarded.get(command, 0) >= 1, counts  # retried, then answered
+    assert counts.latency_s > 0 and counts.forwarded.get("PCR_Extend", 0) > 0, counts
