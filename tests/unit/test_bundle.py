@@ -18,6 +18,8 @@ import pytest
 
 from recover import bundle
 
+EVENTLOGS = Path(__file__).parent / "data" / "eventlog"
+
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bundle.BundleReport]:
@@ -143,6 +145,11 @@ def test_payload_imports_from_the_bundle_alone(
     ]
     probe = (
         "import sys; sys.path[:] = sys.argv[1:]; pre = set(sys.modules)\n"
+        # the interpreter imported its own encodings package at startup: its codec
+        # lookups must search the bundle's copy, as in the initramfs
+        "import encodings, os\n"
+        "encodings.__path__[:] = [d for p in sys.argv[1:] if os.path.isdir(d := p + '/encodings')]\n"
+        "assert encodings.__path__, 'no encodings package in the bundle'\n"
         "import recover.cli.main, recover.boot.payload, recover.boot.gather\n"
         "import recover.boot.recovery, recover.store.unseal, recover.store.image\n"
         "import recover.store.credentials, recover.peers.client, recover.peers.server\n"
@@ -150,6 +157,17 @@ def test_payload_imports_from_the_bundle_alone(
         "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n"
         "import tpm2_pytss\n"
         "AESGCM(bytes(32)).encrypt(bytes(12), b'x', None)\n"
+        # The event-log path (binding step): captured OVMF + GRUB / EFI-stub logs decode
+        # UEFI variable names and load options as UTF-16 (CI found the codec missing
+        # only in QEMU: host tests had not run this path from the bundle).
+        "from recover.core import eventlog as e\n"
+        f"for f in sorted(__import__('pathlib').Path({os.fspath(EVENTLOGS)!r}).glob('*.bin')):\n"
+        "    if not f.stat().st_size: continue  # GRUB without TPM support: no log\n"
+        "    b = e.binding_from_log(f.read_bytes()); e.replay(e.parse_event_log(f.read_bytes()))\n"
+        "    cmd = f.with_suffix('.cmdline').read_text()\n"
+        "    assert e.cmdline_matches(b, cmd) is True, f\n"
+        "    assert e.cmdline_matches(b, cmd + ' x') is False, f\n"
+        "    print('EVENTLOG', f.name)\n"
         "frozen = lambda m: getattr(getattr(m, '__spec__', None), 'origin', '') == 'frozen'\n"
         "bad = [m.__file__ for n, m in list(sys.modules.items()) if n not in pre\n"
         "       and not frozen(m)\n"
@@ -168,6 +186,8 @@ def test_payload_imports_from_the_bundle_alone(
     )
     assert proc.returncode == 0, proc.stderr
     assert "OUTSIDE []" in proc.stdout, proc.stdout
+    logs = [f for f in EVENTLOGS.glob("*.bin") if f.stat().st_size]
+    assert proc.stdout.count("EVENTLOG ") == len(logs) >= 2, proc.stdout
 
 
 def test_elf_closure_finds_interpreter_and_libc() -> None:
