@@ -499,15 +499,17 @@ def still_answering(
     - any other peer that may ask (``ids``: not attested to run its normal OS) and has
       not asked is waited for up to one ``timeout``;
     - a peer that was answered is waited for until it has been quiet for
-      :data:`recover.peers.rounds.PAUSE_MAX` + ``timeout``: an answer can be lost in
-      transit (the requester timed out first), and then the requester asks again in its
-      next round, at most that long after its last attempt. A host that stopped
+      ``max(timeout, deadline)`` + :data:`recover.peers.rounds.PAUSE_MAX`: an answer can
+      be lost in transit (the requester timed out first); the requester then retries
+      within its round, which ends at most ``deadline`` after it began, and asks again
+      in its next round after a pause of at most ``PAUSE_MAX``. A host that stopped
       answering sooner would leave that peer asking until its whole ``verdict.wait``
-      ends, undetermined.
+      ends, undetermined. (The peer's settings are taken to be this host's: a fleet's
+      configuration.)
     """
     from recover.peers.rounds import PAUSE_MAX
 
-    quiet = PAUSE_MAX + timeout
+    quiet = max(timeout, deadline) + PAUSE_MAX
     left = set()
     for p in ids:
         at = last_answer.get(p)
