@@ -104,7 +104,7 @@ def _limits(mode: str, k: float) -> Limits:
         read_timeout=d.read_timeout * k,
         answer_timeout=d.answer_timeout * k,
         retry_after=d.retry_after * k,
-        batching=mode == "after",
+        batching=mode != "before",  # v2 batches ("after", "sampled")
     )
 
 
@@ -164,20 +164,29 @@ async def _round(h: Host, spec: dict, peers: Any, known: set[str], start: float)
     await asyncio.sleep(max(0.0, start - loop.time()))
     policy = Policy("50%")
     k = spec["dilation"]
-    res = await query_all_async(
-        peers,
-        known,
-        host_id(h.i),
-        h.att,
-        DEADLINE * k,
-        TIMEOUT * k,
-        RETRIES,
-        EarlyStop(Reading.ABNORMAL, SINCE_RESET, len(peers), policy),
-        version=2 if spec["mode"] == "after" else 1,
-        source=h.ip,
-    )
-    v = decide_counts(Reading.ABNORMAL, SINCE_RESET, res.results, res.domain_size, policy)
+    rounds = 1
+    if spec["mode"] == "sampled":
+        res, conv = await _sampled(h, peers, known, policy, k)
+        rounds = conv.rounds
+        v = decide_counts(
+            Reading.ABNORMAL, SINCE_RESET, res.results, res.domain_size, policy, convergence=conv
+        )
+    else:
+        res = await query_all_async(
+            peers,
+            known,
+            host_id(h.i),
+            h.att,
+            DEADLINE * k,
+            TIMEOUT * k,
+            RETRIES,
+            EarlyStop(Reading.ABNORMAL, SINCE_RESET, len(peers), policy),
+            version=2 if spec["mode"] == "after" else 1,
+            source=h.ip,
+        )
+        v = decide_counts(Reading.ABNORMAL, SINCE_RESET, res.results, res.domain_size, policy)
     return {
+        "rounds": rounds,
         "host": h.i,
         "verdict_s": (loop.time() - start) / k,
         "late_s": max(0.0, late) / k,
@@ -185,6 +194,35 @@ async def _round(h: Host, spec: dict, peers: Any, known: set[str], start: float)
         "verified": res.verified,
         "outcomes": dict(Counter(str(r.outcome) for r in res.results)),
     }
+
+
+async def _sampled(h: Host, peers: Any, known: set[str], policy: Policy, k: float) -> Any:
+    """What the boot payload does (recover.boot.gather): above ``verdict.sample_above``
+    peers it asks a uniform random sample (``verdict.sample_size``) in rounds
+    (``recover.peers.rounds.converge_async``) and judges it with the sampling rule. The
+    round pauses and ``verdict.wait`` are not dilated: with every host up, one round
+    settles it (the ``rounds`` column says if not)."""
+    from recover.core.verdict import Judge, Rule, sample_size
+    from recover.peers.rounds import choose_sample, converge_async
+
+    size = sample_size(len(peers), policy)
+    judge = Judge(Reading.ABNORMAL, SINCE_RESET, Rule.of(len(peers), policy, size), policy)
+    clock = time.monotonic
+    return await converge_async(
+        choose_sample(peers, size),
+        known,
+        host_id(h.i),
+        h.att,
+        judge,
+        deadline=DEADLINE * k,
+        timeout=TIMEOUT * k,
+        retries=RETRIES,
+        wait=DEADLINE * k,
+        origin=clock(),  # this host's evidence was just read
+        domain=len(peers),
+        clock=clock,
+        source=h.ip,
+    )
 
 
 async def _child_main() -> None:
@@ -307,6 +345,7 @@ class Storm:
     late_s: float
     injected: Counter[str]
     wall_s: float
+    rounds: int = 1  # the most rounds any host needed (mode "sampled")
 
 
 def storm(
@@ -354,6 +393,7 @@ def storm(
         max(r["late_s"] for r in results),
         injected,
         time.monotonic() - t0,
+        max(r.get("rounds", 1) for r in results),
     )
 
 
@@ -426,10 +466,52 @@ def main() -> int:
         s = storm(n, q, m, args.per_proc, real, k)
         runs.append(s)
         inj = ", ".join(f"{v} {k}" for k, v in sorted(s.injected.items()))
-        print(row(s) + f"  (wall {s.wall_s:.0f} s, late {s.late_s:.2f} s, injected: {inj})")
-    if args.write_docs:
+        print(
+            row(s) + f"  (wall {s.wall_s:.0f} s, late {s.late_s:.2f} s, rounds {s.rounds}, "
+            f"injected: {inj})",
+            flush=True,
+        )
+    if args.write_docs and args.modes == "sampled":
+        write_sampled_docs(args, runs, load, time.monotonic() - t0)
+    elif args.write_docs:
         write_docs(args, runs, load, time.monotonic() - t0)
     return 0
+
+
+SAMPLED_SECTION = "## Storm at 1000 hosts: the payload's sampling"
+
+
+def write_sampled_docs(
+    args: argparse.Namespace, runs: list[Storm], load: float, took: float
+) -> None:
+    """``--modes sampled``: its own section (the before/after table stays as measured)."""
+    from bench.perfdoc import reproduce, write_section
+
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = (
+        f"--sizes {args.sizes} --quotes {args.quotes} --modes sampled "
+        f"--per-proc {args.per_proc} --dilation {args.dilation}"
+    )
+    table = "\n".join([HEADER, *(row(s) for s in runs)])
+    section = (
+        f"{SAMPLED_SECTION}\n\n"
+        f"Measured {now} on this machine ({os.cpu_count()} cores shared with other work, "
+        f"load average {load:.1f} at the start; the whole run took {took:.0f} s). "
+        "Reproduce:\n\n"
+        f"    {reproduce('storm', cmd)}\n\n"
+        "The storm above, with each host doing what the boot payload does in a domain "
+        "larger than `verdict.sample_above` (64): it asks a uniform random sample of "
+        "`verdict.sample_size` peers (75 of 999) in rounds (`recover.peers.rounds`, the "
+        "payload's own code) and judges with the sampling rule at `verdict.sample_error` "
+        "0.01 (docs/verdict.md), over protocol v2. Every host is also asked by about a "
+        "sample's worth of others, so its TPM work does not grow with the domain. "
+        "Dilation as above. Most rounds any host needed: "
+        + ", ".join(f"N={s.n}: {s.rounds}" for s in runs)
+        + ".\n\n"
+        f"{table}\n"
+    )
+    write_section(SAMPLED_SECTION, section)
+    print(f"wrote docs/performance.md section {SAMPLED_SECTION!r}")
 
 
 def write_docs(args: argparse.Namespace, runs: list[Storm], load: float, took: float) -> None:

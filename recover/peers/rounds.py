@@ -65,11 +65,13 @@ async def converge_async(
     clock: Callable[[], float] = time.monotonic,
     max_inflight: int = MAX_INFLIGHT,
     on_round: Callable[[int, PeerResults], None] | None = None,
+    source: str | None = None,
 ) -> tuple[PeerResults, Convergence]:
     """Ask ``peers`` (the domain, or a sample of it: ``domain`` is then the domain's
     size) in rounds. ``origin``: the ``clock()`` time the evidence was read (a later
     round compares the peers' reset times with this host's at that round).
-    ``on_round(n, results)`` runs after every round that another one follows."""
+    ``on_round(n, results)`` runs after every round that another one follows; ``source``:
+    the local address to ask from (the storm benchmark's simulated hosts)."""
     import asyncio
 
     start = clock()
@@ -94,6 +96,7 @@ async def converge_async(
             retries,
             judge.round_stop(offset, last),
             max_inflight,
+            source=source,
         )
         for r in res.results:
             latest[r.peer_id] = r
