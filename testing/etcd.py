@@ -23,20 +23,33 @@ from pathlib import Path
 from testing.swtpm import die_with_parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1: every socket is held open until all are
+    picked (one at a time, the kernel may hand the same free port out twice: CI saw a
+    member's metrics port equal another member's peer port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+#: Attempts to start a cluster: another process may still take a picked port before
+#: etcd binds it (then etcd exits with "address already in use" and fresh ports are tried).
+START_ATTEMPTS = 3
 
 
 class EtcdMember:
     """One etcd process."""
 
-    def __init__(self, name: str, data_dir: Path, client_port: int, peer_port: int) -> None:
+    def __init__(
+        self, name: str, data_dir: Path, client_port: int, peer_port: int, metrics_port: int
+    ) -> None:
         self.name = name
         self.data_dir = data_dir
         self.client_port = client_port
         self.peer_port = peer_port
+        self.metrics_port = metrics_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"{name}.log"
 
@@ -71,7 +84,7 @@ class EtcdMember:
             "--initial-cluster-token",
             token,
             "--listen-metrics-urls",
-            f"http://127.0.0.1:{_free_port()}",
+            f"http://127.0.0.1:{self.metrics_port}",
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -121,9 +134,15 @@ class Etcd:
     def __init__(self, members: int = 1, base: str | os.PathLike[str] | None = None) -> None:
         self._own = base is None
         self.base = Path(base or tempfile.mkdtemp(prefix="etcd-")).resolve()
+        self.n = members
+        self.members: list[EtcdMember] = []
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        ports = _free_ports(3 * self.n)
         self.members = [
-            EtcdMember(f"m{i}", self.base / f"m{i}", _free_port(), _free_port())
-            for i in range(members)
+            EtcdMember(f"m{i}", self.base / f"m{i}", *ports[3 * i : 3 * i + 3])
+            for i in range(self.n)
         ]
 
     @property
@@ -136,19 +155,30 @@ class Etcd:
         return ",".join(self.endpoints)
 
     def start(self, timeout: float = 60.0) -> Etcd:
-        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        token = f"hr-{os.getpid()}-{self.members[0].client_port}"
-        for m in self.members:
-            m.start(cluster, token)
-        deadline = time.monotonic() + timeout
-        while not all(m.healthy() for m in self.members):
-            dead = [m.name for m in self.members if not m.running()]
-            if dead or time.monotonic() > deadline:
-                logs = "\n".join(m.log.read_text(errors="replace")[-2000:] for m in self.members)
-                self.stop()
-                raise RuntimeError(f"etcd did not come up (dead: {dead}):\n{logs}")
-            time.sleep(0.1)
-        return self
+        for attempt in range(1, START_ATTEMPTS + 1):
+            cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+            token = f"hr-{os.getpid()}-{self.members[0].client_port}"
+            for m in self.members:
+                m.start(cluster, token)
+            deadline = time.monotonic() + timeout
+            while not all(m.healthy() for m in self.members):
+                dead = [m.name for m in self.members if not m.running()]
+                if dead or time.monotonic() > deadline:
+                    logs = "\n".join(
+                        m.log.read_text(errors="replace")[-2000:] for m in self.members
+                    )
+                    self.stop()
+                    if "address already in use" in logs and attempt < START_ATTEMPTS:
+                        break  # a port was taken meanwhile: fresh ports, fresh data
+                    raise RuntimeError(f"etcd did not come up (dead: {dead}):\n{logs}")
+                time.sleep(0.1)
+            else:
+                return self
+            for m in self.members:
+                shutil.rmtree(m.data_dir, ignore_errors=True)
+                m.log.unlink(missing_ok=True)
+            self._pick_ports()
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def stop(self) -> None:
         for m in self.members:

@@ -88,6 +88,7 @@ class SoftwareAttestor:
         clock_base_ms: int = 5_000_000,
         lock_value: bytes | None = LOCK_RESET,
         report_lock: bytes | None = None,
+        clock_rate: float = 1.0,
     ) -> None:
         self.key = key or new_key()
         self.pcrs = pcrs or GOOD_PCRS
@@ -99,6 +100,9 @@ class SoftwareAttestor:
         self.lock_value = lock_value  # None: replies do not cover the lock PCR (older peer)
         self.report_lock = report_lock  # a lie about the lock PCR's value, if given
         self.t0 = time.monotonic()
+        # TPM clock ms per real ms: 1/K under bench.storm's dilation K (the emulated
+        # hosts run K times faster, so their TPM clocks advance K times less per second)
+        self.clock_rate = clock_rate
         self.signer = b"\x00\x0b" + hashlib.sha256(pub_pem(self.key).encode()).digest()
         self.quotes = 0  # quotes signed (requests' and replies'), counted by the "TPM"
         self._counting = threading.Lock()
@@ -108,7 +112,7 @@ class SoftwareAttestor:
         return pub_pem(self.key)
 
     def clock(self) -> dict[str, int]:
-        t = int((self.since_reset_s + time.monotonic() - self.t0) * 1000)
+        t = int((self.since_reset_s + (time.monotonic() - self.t0) * self.clock_rate) * 1000)
         return {
             "time": t,
             "clock": self.clock_base_ms + t,

@@ -279,3 +279,21 @@ def test_a_member_down_the_client_uses_the_next_endpoint() -> None:
         with pytest.raises(WitnessUnavailable) as err:
             read_prefix(e.endpoints_setting, f"{PREFIX}/rack-1/", 10)
         assert str(err.value).count("127.0.0.1:") == 3  # every endpoint tried once
+
+
+def test_the_fixture_survives_a_port_taken_before_etcd_binds_it() -> None:
+    """CI saw a 3-member cluster fail to start: a port picked for one member was taken
+    (by another member's port) before etcd bound it. The fixture picks distinct ports
+    and, when etcd still finds one in use, starts again on fresh ones."""
+    import socket
+
+    etcd = Etcd(3)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", etcd.members[1].peer_port))  # taken meanwhile
+        squatter.listen()
+        taken = etcd.members[1].peer_port
+        with etcd:
+            assert taken not in {m.peer_port for m in etcd.members}
+            assert all(m.healthy() for m in etcd.members)
+            ports = [p for m in etcd.members for p in (m.client_port, m.peer_port, m.metrics_port)]
+            assert len(set(ports)) == len(ports)
