@@ -454,8 +454,9 @@ def answer_wait(
     srv: Any, ids: set[str], booting: set[str], agents: int, cfg: Config, end: float
 ) -> None:
     """After its own rounds, keep answering the peers that may still ask (``ids``; those
-    seen in their payload: ``booting``; ``agents`` others run their normal OS) until :func:`still_answering` says none will,
-    or ``end`` (this host's own ``verdict.wait``) passes."""
+    seen in their payload: ``booting``; ``agents`` others run their normal OS) until
+    :func:`still_answering` says none will, or ``end`` (this host's own
+    ``verdict.wait``) passes."""
     since = time.monotonic()
     end = max(end, since + max(cfg.peers_timeout, cfg.peers_deadline))
     while time.monotonic() < end:

@@ -375,9 +375,9 @@ class Server:
         self.active = 0
         self.by_source: dict[str, int] = {}
         self.served = 0
-        self.answered: set[str] = set()  # requesters that got a status
-        # requester -> time.monotonic() of its latest answered request: a requester that
-        # asks again did not receive an answer (recover.boot.gather.answer_window)
+        # requester -> time.monotonic() of its latest answered request (its keys: the
+        # requesters that got a status); a requester that asks again did not receive an
+        # answer (recover.boot.gather.answer_wait)
         self.last_answer: dict[str, float] = {}
         self.server: asyncio.Server | None = None
 
@@ -419,9 +419,7 @@ class Server:
             return 404, _error("not-found", f"only POST {' or '.join(PATHS.values())}")
         code, reply = await self.responder.answer(body, version)
         if code == 200:
-            requester = json.loads(body)["requester"]
-            self.answered.add(requester)
-            self.last_answer[requester] = time.monotonic()
+            self.last_answer[json.loads(body)["requester"]] = time.monotonic()
         return code, reply
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
