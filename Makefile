@@ -14,7 +14,7 @@ APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev python3-venv python3-de
                 pkg-config build-essential qemu-system-x86 ovmf dracut-core dracut-network zstd \
                 squashfs-tools erofs-utils cpio shellcheck kmod openssl iproute2 \
                 e2fsprogs busybox-static etcd-server etcd-client \
-                mmdebstrap debhelper lintian fakeroot dpkg-dev
+                mmdebstrap debhelper lintian fakeroot dpkg-dev osslsigncode
 
 .PHONY: deps wheels venv test lint unit demo install deb clean
 

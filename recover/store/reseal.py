@@ -1,5 +1,5 @@
 """``host-recover predict`` and ``reseal``: the next boot's PCR values after an
-initramfs rebuild (recover.core.predict), from this boot's event log checked against
+initramfs rebuild or a kernel update (recover.core.predict), from this boot's event log checked against
 the TPM, and the same master secret sealed to them before the reboot, so that a crash
 right after the reboot still recovers (tpm.policy = pcr). With tpm.policy = signed the
 prediction is what to sign (``policy sign --values``).
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from recover.config import Config
 from recover.core import eventlog as ev
 from recover.core.pcrsel import parse_selection
-from recover.core.predict import PREDICT_HINT, predict_initrd
+from recover.core.predict import PREDICT_HINT, NewFile
+from recover.core.predict import predict as predict_log
 from recover.errors import UsageError
 from recover.store import binding
 from recover.store.keyfile import read_key_file
@@ -25,25 +26,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: An initramfs is read whole (it is hashed whole by the EFI stub too).
-INITRD_MAX = 1 << 30
+#: An initramfs or a kernel is read whole (it is hashed whole at boot too).
+FILE_MAX = 1 << 30
 
 
-def _read_initrd(path: str) -> bytes:
+def _read(path: str, what: str) -> NewFile:
+    """The file's bytes and its name (a symbolic link's target's: /boot/vmlinuz is
+    /boot/vmlinuz-VERSION to GRUB)."""
     try:
         with open(path, "rb") as f:
-            data = f.read(INITRD_MAX + 1)
+            data = f.read(FILE_MAX + 1)
     except OSError as e:
-        raise UsageError(f"cannot read the initramfs {path}: {e.strerror}") from None
-    if len(data) > INITRD_MAX or not data:
-        raise UsageError(f"{path} is not an initramfs (empty or over 1 GiB)")
-    return data
+        raise UsageError(f"cannot read the {what} {path}: {e.strerror}") from None
+    if len(data) > FILE_MAX or not data:
+        raise UsageError(f"{path} is not a{'n' if what[0] in 'aeiou' else ''} {what} "
+                         "(empty or over 1 GiB)")  # fmt: skip
+    return NewFile(data, os.path.basename(os.path.realpath(path)))
 
 
-def predicted_values(cfg: Config, initramfs: str, t: Tpm) -> dict[str, dict[int, bytes]]:
-    """tpm.pcrs as the next boot with ``initramfs`` will measure them. This boot's log
-    must replay to the TPM's values for every selected PCR it extends (else it does not
-    describe this boot and predicts nothing)."""
+def predicted_values(
+    cfg: Config, initramfs: str, t: Tpm, kernel: str | None = None
+) -> dict[str, dict[int, bytes]]:
+    """tpm.pcrs as the next boot with ``initramfs`` (and ``kernel``) will measure them.
+    This boot's log must replay to the TPM's values for every selected PCR it extends
+    (else it does not describe this boot and predicts nothing)."""
     data = binding.read_log(cfg.tpm_event_log)
     if not data:
         raise UsageError(f"no TPM event log at {cfg.tpm_event_log}", hint=PREDICT_HINT)
@@ -53,7 +59,8 @@ def predicted_values(cfg: Config, initramfs: str, t: Tpm) -> dict[str, dict[int,
         raise UsageError(f"the event log is malformed: {e}", hint=PREDICT_HINT) from None
     current = t.pcr_read(cfg.tpm_pcrs)
     replayed = ev.replay(parsed)
-    predicted = predict_initrd(parsed, _read_initrd(initramfs))
+    new_kernel = _read(kernel, "kernel") if kernel is not None else None
+    predicted = predict_log(parsed, initrd=_read(initramfs, "initramfs"), kernel=new_kernel)
     out: dict[str, dict[int, bytes]] = {}
     for bank, pcrs in parse_selection(cfg.tpm_pcrs):
         out[bank] = {}
@@ -69,16 +76,22 @@ def predicted_values(cfg: Config, initramfs: str, t: Tpm) -> dict[str, dict[int,
     return out
 
 
-def predict(cfg: Config, initramfs: str) -> dict[str, dict[int, bytes]]:
+def predict(cfg: Config, initramfs: str, kernel: str | None = None) -> dict[str, dict[int, bytes]]:
     with open_tpm(cfg) as t:
-        return predicted_values(cfg, initramfs, t)
+        return predicted_values(cfg, initramfs, t, kernel)
 
 
 def reseal(
-    cfg: Config, *, initramfs: str, master_from: str, owner_auth: str | None
+    cfg: Config,
+    *,
+    initramfs: str,
+    master_from: str,
+    owner_auth: str | None,
+    kernel: str | None = None,
 ) -> dict[str, Any]:
     """Seal the master secret from ``master_from`` (the one this host has: checked
-    against the pinned image key id) to the values predicted for ``initramfs``."""
+    against the pinned image key id) to the values predicted for ``initramfs`` (and
+    ``kernel``)."""
     from recover.core import imageformat
     from recover.core.keys import image_root_key
 
@@ -105,7 +118,7 @@ def reseal(
                 "the owner hierarchy auth is set: re-sealing needs --owner-auth FILE",
                 hint="give the file written by `provision --export-owner-auth`",
             )
-        values = predicted_values(cfg, initramfs, t)
+        values = predicted_values(cfg, initramfs, t, kernel)
         handles = {"srk_handle": cfg.tpm_srk_handle, "seal_handle": cfg.tpm_seal_handle}
         t.seal_master(
             secret, **handles, selection=cfg.tpm_pcrs, lock_pcr=cfg.tpm_lock_pcr,
@@ -113,6 +126,7 @@ def reseal(
         )  # fmt: skip
     return {
         "initramfs": os.path.abspath(initramfs),
+        "kernel": os.path.abspath(kernel) if kernel is not None else None,
         "sealed": f"0x{cfg.tpm_seal_handle:08x}",
         "image_key_id": key_id,
         "pcrs": values_json(values),

@@ -116,3 +116,73 @@ def test_a_log_that_does_not_replay_to_the_tpm_predicts_nothing(
     capsys.readouterr()
     rc = main.main(["--config", str(conf), "predict", "--initramfs", str(tmp_path / "initrd.img")])
     assert rc == 2 and "does not replay to the TPM's PCR sha256:9" in capsys.readouterr().err
+
+
+# --- GRUB: a kernel update at the same path, and the initramfs with it -------------------
+
+
+def _grub_events(kernel: bytes, initrd: bytes) -> list[tuple[int, bytes, bytes]]:
+    """(PCR, event data, measured bytes) of GRUB loading /vmlinuz and /initrd.img:
+    commands into PCR 8 (digest of the text), files into PCR 9 (digest of the bytes)."""
+    out = []
+    for cmd, path, data in (
+        ("linux /vmlinuz root=/dev/vda", b"/vmlinuz", kernel),
+        ("initrd /initrd.img", b"/initrd.img", initrd),
+    ):
+        out.append((8, f"grub_cmd: {cmd}\0".encode(), cmd.encode()))
+        out.append((9, path + b"\0", data))
+    return out
+
+
+def _grub_boot(tpm: SwTpm, conf: Path, kernel: bytes, initrd: bytes) -> None:
+    old = tpm.tcti
+    tpm.reboot_orderly()
+    conf.write_text(conf.read_text().replace(old, tpm.tcti))
+    spec = b"Spec ID Event03\0" + struct.pack("<IBBBBIHHB", 0, 0, 2, 0, 2, 1, SHA256, 32, 0)
+    log = struct.pack("<II", 0, 3) + bytes(20) + struct.pack("<I", len(spec)) + spec
+    with Tpm.open(tpm.tcti) as t:
+        for pcr, data, measured in _grub_events(kernel, initrd):
+            digest = hashlib.sha256(measured).digest()
+            log += struct.pack("<IIIH", pcr, 0xD, 1, SHA256) + digest
+            log += struct.pack("<I", len(data)) + data
+            t.pcr_extend(pcr, measured)
+    (conf.parent / "eventlog.bin").write_bytes(log)
+
+
+def test_reseal_for_a_new_kernel_and_initramfs_under_grub(
+    swtpm: SwTpm, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    conf = _config(swtpm, tmp_path, "sha256:7,8,9")
+    run = lambda *argv: main.main(["--config", str(conf), *argv])  # noqa: E731
+    old_k, new_k = b"MZ the kernel booted now", b"MZ the new kernel"
+    _grub_boot(swtpm, conf, old_k, OLD)
+    master = tmp_path / "master.key"
+    assert (
+        run("provision", "--no-owner-auth", "--allow-unbound", "--export-master", str(master)) == 0
+    )
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "vmlinuz").write_bytes(new_k)
+    (new / "initrd.img").write_bytes(NEW)
+    (new / "vmlinuz-6.1.0-58-amd64").write_bytes(new_k)
+    files = ["--kernel", str(new / "vmlinuz"), "--initramfs", str(new / "initrd.img")]
+
+    capsys.readouterr()  # a new file name is a new grub.cfg: refused, nothing changed
+    renamed = ["--kernel", str(new / "vmlinuz-6.1.0-58-amd64"), *files[2:]]
+    assert run("reseal", *renamed, "--master-from", str(master)) == 2
+    assert "the new one is named vmlinuz-6.1.0-58-amd64" in capsys.readouterr().err
+    assert unseal.unseal_master(config.load(conf)) == read_key_file(master, KeyKind.MASTER_SECRET)
+
+    assert run("reseal", *files, "--master-from", str(master), "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kernel"] == str(new / "vmlinuz")
+
+    _grub_boot(swtpm, conf, old_k, NEW)  # the new initramfs with the old kernel: refused
+    with pytest.raises(PolicyMismatch):
+        unseal.unseal_master(config.load(conf))
+    _grub_boot(swtpm, conf, new_k, NEW)  # the reboot into the new kernel and initramfs
+    assert unseal.unseal_master(config.load(conf)) == read_key_file(master, KeyKind.MASTER_SECRET)
+    capsys.readouterr()
+    assert run("attest") == 0
+    pcr9 = json.loads(capsys.readouterr().out)["pcrs"]["sha256"]["9"]
+    assert pcr9 == report["pcrs"]["sha256"]["9"]

@@ -57,13 +57,22 @@ class Log:
     def _sha1_record(pcr: int, etype: int, digest: bytes, data: bytes) -> bytes:
         return struct.pack("<II", pcr, etype) + digest + struct.pack("<I", len(data)) + data
 
-    def add(self, pcr: int, etype: int, data: bytes, measured: bytes | None = None) -> Log:
-        """One event whose digests are H(measured) (default: H(data)); EV_NO_ACTION: zeros."""
+    def add(
+        self,
+        pcr: int,
+        etype: int,
+        data: bytes,
+        measured: bytes | None = None,
+        digests: dict[str, bytes] | None = None,
+    ) -> Log:
+        """One event whose digests are H(measured) (default: H(data)), or ``digests``;
+        EV_NO_ACTION: zeros."""
         pre = data if measured is None else measured
-        digests = {
-            b: bytes(BANK_IDS[b][1]) if etype == NO_ACTION else hashlib.new(b, pre).digest()
-            for b in self.banks
-        }
+        if digests is None:
+            digests = {
+                b: bytes(BANK_IDS[b][1]) if etype == NO_ACTION else hashlib.new(b, pre).digest()
+                for b in self.banks
+            }
         if self.legacy:
             self.records.append(self._sha1_record(pcr, etype, digests["sha1"], data))
         else:
@@ -109,10 +118,12 @@ def efistub_log(
     cmdline: str = "console=ttyS0 root=/dev/vda initrd=initrd",
     banks: tuple[str, ...] = ("sha256",),
     initrd: bytes = b"070701 an initramfs",
+    kernel: dict[str, bytes] | None = None,
 ) -> Log:
-    """OVMF direct kernel boot: the kernel image in PCR 4, the stub's tagged events in 9."""
+    """OVMF direct kernel boot: the kernel image in PCR 4 (``kernel``: its digests per
+    bank), the stub's tagged events in 9."""
     log = firmware(Log(banks))
-    log.add(4, APP, b"kernel device path", measured=b"authenticode of the kernel")
+    log.add(4, APP, b"kernel device path", measured=b"authenticode of the kernel", digests=kernel)
     log.add(4, EFI_ACTION, b"Calling EFI Application from Boot Option")
     load_options = tagged(el.LINUX_EFI_LOAD_OPTIONS_EVENT_TAG_ID, b"LOADED_IMAGE::LoadOptions\0")
     log.add(9, TAG, load_options, measured=utf16z(cmdline))
@@ -126,8 +137,13 @@ def grub_log(
     legacy: bool = False,
     kernel_file: str = "/boot/vmlinuz-6.1.0-57-amd64",
     initrd_file: str | None = "/boot/initrd.img-6.1.0-57-amd64",
+    kernel_image: bytes = b"the kernel image",
+    initrd: bytes = b"the initramfs",
+    search: bool = False,
 ) -> Log:
-    """GRUB (Debian 12, RHEL 9): strings into PCR 8, files into PCR 9."""
+    """GRUB (Debian 12, RHEL 9): strings into PCR 8, files into PCR 9; with ``search``,
+    ``search --file`` reads the kernel first (on the device, and another device's file
+    of the same path), as the lab's GRUB does."""
     kernel = "/boot/vmlinuz-6.1.0-57-amd64"
     log = firmware(Log(banks, legacy=legacy))
     log.add(4, APP, b"grubx64.efi device path", measured=b"authenticode of grub")
@@ -136,14 +152,18 @@ def grub_log(
         log.add(8, IPL, f"grub_cmd: {text}\0".encode(), measured=text.encode())
 
     log.add(9, IPL, b"(hd0,gpt2)/boot/grub/grub.cfg\0", measured=b"grub.cfg contents")
+    if search:
+        cmd(f"search --no-floppy --file {kernel} --set=root")
+        log.add(9, IPL, f"(hd1){kernel}\0".encode(), measured=b"another disk's kernel")
+        log.add(9, IPL, f"(hd0,gpt2){kernel}\0".encode(), measured=kernel_image)
     cmd("set root=hd0,gpt2")
     cmd(f"linux {kernel} {args}")
-    log.add(9, IPL, kernel_file.encode() + b"\0", measured=b"the kernel image")
+    log.add(9, IPL, kernel_file.encode() + b"\0", measured=kernel_image)
     text = f"{kernel} {args}"
     log.add(8, IPL, f"kernel_cmdline: {text}\0".encode(), measured=text.encode())
     if initrd_file is not None:
         cmd("initrd /boot/initrd.img-6.1.0-57-amd64")
-        log.add(9, IPL, initrd_file.encode() + b"\0", measured=b"the initramfs")
+        log.add(9, IPL, initrd_file.encode() + b"\0", measured=initrd)
     return log
 
 
