@@ -1,4 +1,4 @@
-"""``host-recover image create|inspect|verify|decrypt`` (docs/image-format.md).
+"""``host-recover image create|inspect|verify|decrypt|convert|floor`` (docs/image-format.md).
 
 The image root key comes from ``--key-file`` (32 raw bytes, as written by
 ``provision --export-image-key``) or, without it, from the TPM: the sealed master
@@ -73,6 +73,17 @@ def register(sub: Any) -> None:
     p.add_argument("output")
     p.add_argument("--key-file", metavar="FILE")
     p.add_argument("--workers", type=int, default=0, help="0: one per core")
+    p.add_argument("--min-version", type=int, default=0, help=_MIN_VERSION_HELP)
+    p = imgsub.add_parser(
+        "convert",
+        help="Re-encrypt a format 1 recovery image as format 2 (same key, image version and "
+        "payload type); the plaintext stays in memory, the output only appears when every "
+        "chunk verified.",
+    )
+    p.set_defaults(handler=cmd_convert)
+    p.add_argument("image", help="format 1 recovery image")
+    p.add_argument("output", help="format 2 recovery image to write")
+    p.add_argument("--key-file", metavar="FILE")
     p.add_argument("--min-version", type=int, default=0, help=_MIN_VERSION_HELP)
     p = imgsub.add_parser(
         "floor",
@@ -222,6 +233,19 @@ def cmd_decrypt(args: argparse.Namespace, cfg: Config) -> int:
         workers=args.workers,
     )
     print(f"{args.output}: {header.plaintext_length} bytes verified and decrypted")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace, cfg: Config) -> int:
+    from recover.store import image
+
+    key, from_tpm = _image_key(args, cfg)
+    min_version = _min_version(args, cfg, from_tpm)
+    header = image.convert_file(args.image, args.output, key, min_version=min_version)
+    print(
+        f"{args.output}: format 2 from format 1, image version {header.image_version}, "
+        f"{header.plaintext_length} bytes in {_units(header)}, key id {header.key_id.hex()}"
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ cipher releases the GIL, so threads scale.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import threading
@@ -104,6 +105,25 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
 
 
+def _open_chunk(aead: Any, header: Header, fd: int, i: int, ct: memoryview, pt: memoryview) -> int:
+    """Read, authenticate and decrypt v1 chunk ``i`` into ``pt``; its plaintext length.
+    ``ct`` and ``pt`` hold a whole chunk (with and without its tag)."""
+    from cryptography.exceptions import InvalidTag
+
+    cs, n = header.chunk_size, header.chunks
+    plen = min(cs, header.plaintext_length - i * cs)
+    _pread_exact(fd, ct[: plen + TAG_SIZE], HEADER_SIZE + i * (cs + TAG_SIZE))
+    nonce = chunk_nonce(header.nonce_prefix, i, i == n - 1)
+    try:
+        aead.decrypt_into(nonce, ct[: plen + TAG_SIZE], header.raw, pt[:plen])
+    except InvalidTag:
+        raise IntegrityError(
+            f"chunk {i} of {n} failed authentication",
+            hint="the image is tampered, truncated, reordered or corrupted",
+        ) from None
+    return plen
+
+
 def _run_chunks(
     header: Header,
     data_key: bytes,
@@ -116,7 +136,6 @@ def _run_chunks(
 
     Every worker has stopped when this returns or raises, so the caller may close ``out``.
     """
-    from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     aead = AESGCM(data_key)
@@ -133,16 +152,7 @@ def _run_chunks(
             for i in range(w, n, nworkers):
                 if stop.is_set():
                     return
-                plen = min(cs, total - i * cs)
-                _pread_exact(src_fd, ct[: plen + TAG_SIZE], HEADER_SIZE + i * (cs + TAG_SIZE))
-                nonce = chunk_nonce(header.nonce_prefix, i, i == n - 1)
-                try:
-                    aead.decrypt_into(nonce, ct[: plen + TAG_SIZE], header.raw, pt[:plen])
-                except InvalidTag:
-                    raise IntegrityError(
-                        f"chunk {i} of {n} failed authentication",
-                        hint="the image is tampered, truncated, reordered or corrupted",
-                    ) from None
+                plen = _open_chunk(aead, header, src_fd, i, ct, pt)
                 if out is not None:
                     out.write_all(pt[:plen], i * cs)
                 done[w] += plen
@@ -305,7 +315,8 @@ def encrypt_file(
         length = _size(fd)
         _check_payload(fd, payload_type, os.fspath(src))
         if format_version == FORMAT_V2:
-            return _encrypt_v2(fd, dst, key, length, payload_type, image_version)
+            read = functools.partial(_pread_exact, fd)
+            return _encrypt_v2(read, dst, key, length, payload_type, image_version)
         if length > chunk_size * MAX_CHUNKS:
             raise UsageError("input too large for this chunk size")
         header, k = _build_header(key, payload_type, chunk_size, length, image_version)
@@ -324,6 +335,49 @@ def encrypt_file(
     finally:
         os.close(fd)
     return header
+
+
+def convert_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    key: bytes,
+    *,
+    min_version: int = 0,
+) -> HeaderV2:
+    """A v1 image re-encrypted as v2 with the same key, image version and payload type.
+    The plaintext exists only in memory, one chunk at a time, each authenticated before
+    it is encrypted again; ``dst`` appears only when every chunk of ``src`` verified."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    fd, header, data_key = _open_authenticated(src, key, min_version)
+    _refuse_same_file(fd, src, dst)  # closes fd when it refuses
+    try:
+        if isinstance(header, HeaderV2):
+            raise UsageError(
+                f"{os.fspath(src)} is a format 2 image already: nothing to convert",
+                hint="`host-recover image verify` checks it",
+            )
+        aead, cs = AESGCM(data_key), header.chunk_size
+        ct, pt = memoryview(bytearray(cs + TAG_SIZE)), memoryview(bytearray(cs))
+        loaded = [-1, 0]  # chunk index in pt, its plaintext length
+        if header.plaintext_length == 0:  # nothing to read: its one (empty) chunk still
+            _open_chunk(aead, header, fd, 0, ct, pt)
+
+        def read(buf: memoryview, offset: int) -> None:  # in order: each chunk opened once
+            pos = 0
+            while pos < len(buf):
+                i, within = divmod(offset + pos, cs)
+                if loaded[0] != i:
+                    loaded[:] = [i, _open_chunk(aead, header, fd, i, ct, pt)]
+                n = min(len(buf) - pos, loaded[1] - within)
+                buf[pos : pos + n] = pt[within : within + n]
+                pos += n
+
+        return _encrypt_v2(
+            read, dst, key, header.plaintext_length, header.payload_type, header.image_version
+        )
+    finally:
+        os.close(fd)
 
 
 # --- container v2 -------------------------------------------------------------------
@@ -346,16 +400,17 @@ def _xts(key: bytes) -> Callable[[int, bool], Any]:
 
 
 def _encrypt_v2(
-    fd: int,
+    read: Callable[[memoryview, int], None],
     dst: str | os.PathLike[str],
     key: bytes,
     length: int,
     payload: PayloadType,
     image_version: int,
 ) -> HeaderV2:
-    """Header block ‖ AES-XTS ciphertext (the plaintext zero-padded to 4 KiB blocks) ‖
-    the dm-verity tree over the ciphertext; the header, which needs the root hash, is
-    written last, and the file appears only complete (atomic_output)."""
+    """Header block ‖ AES-XTS ciphertext (the plaintext, ``read(buf, offset)`` in order,
+    zero-padded to 4 KiB blocks) ‖ the dm-verity tree over the ciphertext; the header,
+    which needs the root hash, is written last, and the file appears only complete
+    (atomic_output)."""
     salt, verity_salt, xts_key = new_v2_keys(key)
     blocks = v2_data_blocks(length)
     hasher = verity.Hasher(verity_salt, V2_BLOCK)
@@ -367,7 +422,7 @@ def _encrypt_v2(
             n = min(_BATCH, blocks - first)
             want = max(0, min(n * V2_BLOCK, length - first * V2_BLOCK))
             buf[want : n * V2_BLOCK] = bytes(n * V2_BLOCK - want)  # zero padding
-            _pread_exact(fd, buf[:want], first * V2_BLOCK)
+            read(buf[:want], first * V2_BLOCK)
             ct = bytearray()
             for j in range(n):
                 c = ctx(first + j, True).update(buf[j * V2_BLOCK : (j + 1) * V2_BLOCK])
