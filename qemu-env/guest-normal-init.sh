@@ -8,6 +8,9 @@
 #   hold       stay up (the harness cuts the power)
 #   check      report whether the sealed secret unseals now (HR-UNSEAL-CHECK rc=N, as the
 #              normal OS sees it), the status (HR-STATUS json) and /proc/cmdline
+#   reseal     the operator's re-seal after an initramfs rebuild (docs/operator-guide.md):
+#              the rebuilt initrd.img and the master come on the store (the lab's /boot);
+#              HR-RESEAL rc=N, HR-RESEAL-REPORT json; then stay up like hold
 # Optional lines: hrargs= global arguments of every host-recover call (e.g. --set
 # tpm.pcrs=...); refuse=yes first provisions with the root's own configuration and
 # reports the outcome (HR-PROVISION-DEFAULT rc=N error...); provargs= more arguments of
@@ -34,12 +37,15 @@ echo "HR-NORMAL-ROOT up"
 if [ -r /run/host-recover/decision.json ]; then
     echo "HR-NORMAL-RECORD $(tr -d '\n' < /run/host-recover/decision.json)"
 fi
-# What the initramfs left on the NICs (docs/boot.md#network): link state and IPv4 routes.
+# What the initramfs left on the NICs (docs/boot.md#network): link state, IPv6 addresses
+# and IPv4 routes.
 net=""
 for d in /sys/class/net/*; do
     [ "${d##*/}" = lo ] || net="$net ${d##*/}=$(cat "$d/operstate")"
 done
-echo "HR-NORMAL-NET${net} routes=$(grep -vc '^Iface' /proc/net/route 2>&1)"
+# v6: IPv6 addresses on any NIC but lo (/proc/net/if_inet6: one line each)
+v6=$(grep -vc ' lo$' /proc/net/if_inet6 2> /dev/null)
+echo "HR-NORMAL-NET${net} v6=${v6:-none} routes=$(grep -vc '^Iface' /proc/net/route 2>&1)"
 if [ -n "$(ls /run/credentials/host-recover 2> /dev/null)" ]; then
     echo "HR-NORMAL-CREDENTIALS-PRESENT"
 fi
@@ -69,6 +75,15 @@ if [ "$action" = provision ]; then
     rm -f /tmp/image.key /tmp/master.key
     umount /mnt/store
 fi
+if [ "$action" = reseal ]; then
+    mkdir -p /mnt/store
+    mount -t ext4 -o ro /dev/disk/by-id/virtio-hrstore /mnt/store \
+        && hr reseal --json --initramfs /mnt/store/initrd.img \
+            --master-from /mnt/store/master.in > /tmp/reseal.json
+    echo "HR-RESEAL rc=$?"
+    echo "HR-RESEAL-REPORT $(tr -d '\n' < /tmp/reseal.json)"
+    umount /mnt/store
+fi
 if [ "$action" = check ] || [ "$refuse" = yes ]; then
     [ "$action" = check ] && { hr unseal --check; echo "HR-UNSEAL-CHECK rc=$?"; }
     echo "HR-STATUS $(hr status --json | tr -d '\n')"
@@ -96,6 +111,6 @@ echo "HR-PCR15 $(cat /sys/class/tpm/tpm0/pcr-sha256/15 2> /dev/null)"
 echo "HR-GUEST-DONE action=$action"
 sync
 case "$action" in
-    hold) while :; do sleep 3600; done ;;
+    hold | reseal) while :; do sleep 3600; done ;;
     *) poweroff -f ;;
 esac

@@ -35,7 +35,10 @@ def _read(path: str, what: str) -> NewFile:
     /boot/vmlinuz-VERSION to GRUB)."""
     try:
         with open(path, "rb") as f:
-            data = f.read(FILE_MAX + 1)
+            # Not f.read(FILE_MAX + 1): that allocates the whole bound first (MemoryError
+            # in a 1 GiB guest). The size first, then at most one byte more than it.
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(size + 1) if size <= FILE_MAX else b""
     except OSError as e:
         raise UsageError(f"cannot read the {what} {path}: {e.strerror}") from None
     if len(data) > FILE_MAX or not data:

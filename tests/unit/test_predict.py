@@ -170,3 +170,24 @@ def test_real_efistub_capture_kernel_moves_pcr_4_only() -> None:
     predicted = el.replay(new)
     for bank in now:
         assert {p for p in now[bank] if now[bank][p] != predicted[bank][p]} == {4}, bank
+
+
+def test_reading_the_new_files_does_not_allocate_the_size_bound(tmp_path: Path) -> None:
+    """A 1 GiB guest got MemoryError from f.read(1 GiB + 1) on a 20 MB initramfs (found by
+    tests/e2e/test_e2e_grub.py): under an address-space limit 256 MiB above what the
+    process uses, reading a small file works."""
+    import subprocess
+    import sys
+
+    small = tmp_path / "initrd.img"
+    small.write_bytes(b"070701" + bytes(4096))
+    code = (
+        "import os, resource, sys; from recover.store import reseal;"
+        "used = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE');"
+        "resource.setrlimit(resource.RLIMIT_AS, (used + (256 << 20),) * 2);"
+        "f = reseal._read(sys.argv[1], 'initramfs'); print(len(f.data), f.name)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(small)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["4102", "initrd.img"], out.stderr
