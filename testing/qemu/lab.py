@@ -39,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+from testing.netns import Netns
 from testing.qemu import harness
 from testing.qemu import vm as vmmod
 from testing.swtpm import SwTpm, die_with_parent
@@ -49,6 +50,15 @@ HOST_CLI = [sys.executable, "-m", "recover"]
 HOST_IP = "dhcp"
 HOST_IP_STATIC = "10.0.2.15::10.0.2.2:255.255.255.0::eth0:none"
 PEER_PORT = 7469
+#: A lab in a test-made network namespace (Lab(netns=...)): IPv6 on the guest's tap.
+TAP = "hrtap0"
+NETNS_PREFIX = "fd00:6::"
+NETNS_GATEWAY = NETNS_PREFIX + "1"
+HOST_IP_V6 = f"[{NETNS_PREFIX}15]::[{NETNS_GATEWAY}]:64::eth0:none"
+
+
+def _peer_ip(i: int, netns: Netns | None) -> str:
+    return f"{NETNS_PREFIX}{101 + i}" if netns is not None else f"10.0.2.{101 + i}"
 
 
 def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
@@ -60,21 +70,30 @@ def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> st
     return proc.stdout
 
 
-class PeerAgent:
-    """A peer host: its swtpm and its ``host-recover agent`` on 127.0.0.1."""
+def _host(ip: str) -> str:
+    """An address as the host part of host:port (IPv6 in brackets)."""
+    return f"[{ip}]" if ":" in ip else ip
 
-    def __init__(self, workdir: Path, peer_id: str, guest_ip: str) -> None:
+
+class PeerAgent:
+    """A peer host: its swtpm and its ``host-recover agent`` on 127.0.0.1 (the guest
+    reaches it through a guestfwd) or, with ``netns``, on ``guest_ip`` in that test-made
+    namespace (the guest reaches it over its tap)."""
+
+    def __init__(
+        self, workdir: Path, peer_id: str, guest_ip: str, netns: Netns | None = None
+    ) -> None:
         self.dir = workdir / peer_id
         shutil.rmtree(self.dir, ignore_errors=True)  # a fresh TPM every lab
         self.dir.mkdir(parents=True)
-        self.id, self.guest_ip = peer_id, guest_ip
+        self.id, self.guest_ip, self.netns = peer_id, guest_ip, netns
         self.tpm = SwTpm(self.dir / "tpmstate")
-        self.port = vmmod.free_port()
+        self.port = PEER_PORT if netns else vmmod.free_port()
         self.conf = self.dir / "host-recover.conf"
         self.inventory = self.dir / "peers.json"
+        listen = f"{_host(guest_ip)}:{PEER_PORT}" if netns else f"127.0.0.1:{self.port}"
         self.conf.write_text(
-            f"[peers]\nhost_id = {peer_id}\ninventory = {self.inventory}\n"
-            f"listen = 127.0.0.1:{self.port}\n"
+            f"[peers]\nhost_id = {peer_id}\ninventory = {self.inventory}\nlisten = {listen}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.was_cut = False  # lost power since its last orderly reboot
@@ -89,7 +108,7 @@ class PeerAgent:
         entry = cli(
             "attest",
             "--address",
-            f"{self.guest_ip}:{PEER_PORT}",
+            f"{_host(self.guest_ip)}:{PEER_PORT}",
             "--failure-domain",
             "rack-1",
             env=self.env(),
@@ -104,10 +123,13 @@ class PeerAgent:
         (role agent: counted unaffected)."""
         if self.tpm.proc is None:
             self.tpm.start()
+        if self.netns is not None:  # its swtpm, on loopback outside (server and control)
+            self.netns.forward(self.tpm.port)
+            self.netns.forward(self.tpm.port + 1)
         log = (self.dir / "agent.log").open("ab")
         role = "boot" if self.was_cut else "agent"
         self.proc = subprocess.Popen(
-            [*HOST_CLI, "agent", "--role", role],
+            [*(self.netns.prefix() if self.netns else []), *HOST_CLI, "agent", "--role", role],
             env=self.env(),
             stdout=log,
             stderr=log,
@@ -119,6 +141,11 @@ class PeerAgent:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent {self.id} exited; see {self.dir / 'agent.log'}")
             try:
+                if self.netns is not None:  # on its address in the namespace
+                    with self.netns.tcp_socket() as s:
+                        s.settimeout(0.2)
+                        s.connect((self.guest_ip, self.port))
+                    return
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
@@ -179,6 +206,8 @@ class Lab:
         recovery_root: Path | None = None,
         master: bytes | None = None,
         ip: str = HOST_IP,
+        netns: Netns | None = None,
+        cmdline_extra: str = "",
     ) -> None:
         """``grub``: OVMF boots GRUB (harness.grub_efi) instead of the kernel directly;
         ``tpm_pcrs``: baked into the host's configuration; ``control_extra``: lines for
@@ -188,7 +217,10 @@ class Lab:
         ``recovery_root``: the plain recovery image to provision (default: the lab's);
         ``master``: the master secret the guest seals (default: a random one of its own),
         so the host can make recovery images for it; ``ip``: the kernel's ``ip=``
-        (dracut's network, for the peer query)."""
+        (dracut's network, for the peer query); ``netns``: the guest's NIC is a tap in
+        that namespace, where the peers listen on IPv6 (NETNS_PREFIX) instead of behind
+        QEMU's user network; the tap has NETNS_GATEWAY; ``cmdline_extra``: more kernel
+        arguments on every boot (measured: the lab's PCR values include them)."""
         self.dir = workdir.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.init = init
@@ -203,10 +235,14 @@ class Lab:
         if master is not None:  # the provisioning boot seals it (the store carries it)
             self.control_extra["masterfrom"] = "/mnt/store/master.in"
         self.ip = ip
+        self.cmdline_extra = cmdline_extra
         self.provision_result: BootResult | None = None
+        self.netns = netns
         self.peers = [
-            PeerAgent(self.dir, f"peer{i + 1}", f"10.0.2.{101 + i}") for i in range(n_peers)
+            PeerAgent(self.dir, f"peer{i + 1}", _peer_ip(i, netns), netns) for i in range(n_peers)
         ]
+        if netns is not None:
+            netns.add_tap(TAP, [f"{NETNS_GATEWAY}/64", *(f"{p.guest_ip}/64" for p in self.peers)])
         self.credential = secrets.token_hex(32)
         self.confdir = self.dir / "conf"
         self.vm: vmmod.Vm | None = None
@@ -262,9 +298,14 @@ class Lab:
             [self.art.normal_root, store, self.control],
         )
         self.vm.cmdline += f" ip={self.ip}"
-        for p in self.peers:
-            self.vm.guestfwd.append((p.guest_ip, PEER_PORT, p.port))
-        self.vm.guestfwd.extend(self.extra_guestfwd)
+        if self.cmdline_extra:
+            self.vm.cmdline += f" {self.cmdline_extra}"
+        if self.netns is not None:
+            self.vm.netns, self.vm.tap = self.netns, TAP
+        else:
+            for p in self.peers:
+                self.vm.guestfwd.append((p.guest_ip, PEER_PORT, p.port))
+            self.vm.guestfwd.extend(self.extra_guestfwd)
         if self.grub:  # GRUB's configuration holds the command line (+ grubenv's extra)
             efi = harness.grub_efi(self.vm.cmdline)
             self.vm.esp = harness.esp_disk(

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from testing.netns import Netns
 from testing.swtpm import die_with_parent
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")  # 2M: ~1.5 s faster than 4M under TCG
@@ -180,6 +181,10 @@ class Vm:
         #: QEMU's TPM control socket when not swtpm's own: a testing.tpmrelay.QemuTpmRelay
         #: in between (real-TPM latency, transient return codes).
         self.tpm_path: Path | None = None
+        #: A test-made network namespace (testing.netns) and the tap device in it: the
+        #: guest's NIC is that tap instead of QEMU's user network (no guestfwd then).
+        self.netns: Netns | None = None
+        self.tap: str | None = None
         self._reader: threading.Thread | None = None
         self.t0 = 0.0
 
@@ -232,6 +237,11 @@ class Vm:
             argv += ["-drive", f"if=none,id={serial},file={disk},format=raw{ro}"]
             argv += ["-device", f"virtio-blk-pci,drive={serial},serial={serial}"]
         # Always the same NIC without option ROM: PCR 2 must not depend on the scenario.
+        if self.tap is not None:
+            assert self.netns is not None and not self.guestfwd and not self.hostfwd
+            argv += ["-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no"]
+            argv += ["-device", "virtio-net-pci,netdev=n0,romfile="]
+            return [*self.netns.prefix(), *argv]
         net = "user,id=n0,restrict=on,ipv6=off"
         for ip, gport, hport in self.guestfwd:
             # cmd: is spawned per connection (tcp: would be one connection made at start)
