@@ -46,6 +46,15 @@ def missing_tools() -> list[str]:
     return [t for t in TOOLS_NEEDED if shutil.which(t) is None]
 
 
+def unavailable() -> str | None:
+    """Why the QEMU labs cannot run here (not root, tools missing), or None. The e2e
+    tests skip with it (a skipped e2e test fails CI: pytest --require-e2e)."""
+    missing = missing_tools()
+    if missing or os.geteuid() != 0:
+        return f"needs root and {', '.join(missing) or 'the QEMU toolchain'} (make deps)"
+    return None
+
+
 def sh(*argv: str | os.PathLike[str], env: dict[str, str] | None = None, quiet: bool = True) -> str:
     """Run argv; raise with its stderr on failure."""
     args = [os.fspath(a) for a in argv]

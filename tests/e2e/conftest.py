@@ -11,7 +11,6 @@ cut          the host after its first boot from "provisioned" (held), cut off by
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -21,9 +20,8 @@ from testing.qemu.lab import BootResult, Lab
 
 
 def _lab(name: str, init: str) -> Iterator[Lab]:
-    missing = harness.missing_tools()
-    if missing or os.geteuid() != 0:
-        pytest.skip(f"needs root and {', '.join(missing) or 'the QEMU toolchain'} (make deps)")
+    if why := harness.unavailable():
+        pytest.skip(why)
     lab = Lab(harness.BUILD / name, n_peers=3, init=init)
     try:
         lab.setup()

@@ -31,11 +31,9 @@ LATE_START = 30.0  # the third guest's power comes back this much later (a start
 
 @pytest.fixture(scope="session")
 def domain() -> Iterator[DomainLab]:
-    import os
 
-    missing = harness.missing_tools()
-    if missing or os.geteuid() != 0:
-        pytest.skip(f"needs root and {', '.join(missing) or 'the QEMU toolchain'} (make deps)")
+    if why := harness.unavailable():
+        pytest.skip(why)
     lab = DomainLab(harness.BUILD / "e2e-domain", 3)
     try:
         lab.setup(BOUND)

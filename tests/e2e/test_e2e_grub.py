@@ -22,7 +22,6 @@ under GRUB) plus the one-time build (GRUB image, FAT disk, lab).
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
@@ -43,9 +42,8 @@ TIMEOUT = 900  # TCG, GRUB, 2 shared cores: generous
 
 @pytest.fixture(scope="session")
 def grub_lab() -> Iterator[Lab]:
-    missing = harness.missing_tools()
-    if missing or os.geteuid() != 0:
-        pytest.skip(f"needs root and {', '.join(missing) or 'the QEMU toolchain'} (make deps)")
+    if why := harness.unavailable():
+        pytest.skip(why)
     # The initramfs bakes in tpm.pcrs with PCR 8; the normal root's own configuration has
     # the default set, so its first `provision` is the one an operator would run.
     lab = Lab(

@@ -11,7 +11,6 @@ mapping (exit 5, the normal root boots).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -26,9 +25,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def v2lab() -> Iterator[Lab]:
-    missing = harness.missing_tools()
-    if missing or os.geteuid() != 0:
-        pytest.skip(f"needs root and {', '.join(missing) or 'the QEMU toolchain'} (make deps)")
+    if why := harness.unavailable():
+        pytest.skip(why)
     lab = Lab(
         harness.BUILD / "e2e-lab-imgv2",
         n_peers=3,

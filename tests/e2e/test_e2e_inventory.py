@@ -74,12 +74,10 @@ def make_lab() -> Any:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Any]:
-    import os
 
     Lab, InventoryLab, harness = make_lab()
-    missing = harness.missing_tools()
-    if missing or os.geteuid() != 0:
-        pytest.skip(f"needs root and {', '.join(missing) or 'the QEMU toolchain'} (make deps)")
+    if why := harness.unavailable():
+        pytest.skip(why)
     lab = InventoryLab(harness.BUILD / "e2e-lab-inventory", n_peers=3, init="shell")
     try:
         lab.setup()

@@ -46,14 +46,12 @@ def etcd() -> Iterator[Etcd]:
 
 @pytest.fixture(scope="module")
 def lab(etcd: Etcd) -> Iterator[Any]:
-    import os
 
     from testing.qemu import harness
     from testing.qemu.lab import Lab
 
-    missing = harness.missing_tools()
-    if missing or os.geteuid() != 0:
-        pytest.skip(f"needs root and {', '.join(missing) or 'the QEMU toolchain'} (make deps)")
+    if why := harness.unavailable():
+        pytest.skip(why)
     lab = Lab(
         harness.BUILD / "e2e-lab-witness",
         n_peers=3,
