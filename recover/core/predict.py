@@ -60,7 +60,7 @@ def _file_digest(data: bytes) -> _Digester:
 
 
 def _image_digest(image: bytes) -> _Digester:
-    authenticode.digest(image, "sha256")  # not a PE image: refused before any bank
+    # Not a PE image: authenticode's UsageError at the first bank (not a ValueError).
     return _digester(lambda bank: authenticode.digest(image, bank))
 
 
@@ -223,7 +223,3 @@ def predict(
     """The PCR values (per bank, every PCR the log extends) of a boot that is this one
     with ``initrd`` as its initramfs and ``kernel`` as its kernel (None: unchanged)."""
     return ev.replay(with_new_files(log, initrd=initrd, kernel=kernel))
-
-
-def predict_initrd(log: ev.EventLog, initrd: bytes) -> dict[str, dict[int, bytes]]:
-    return predict(log, initrd=NewFile(initrd))

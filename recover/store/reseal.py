@@ -1,8 +1,8 @@
 """``host-recover predict`` and ``reseal``: the next boot's PCR values after an
-initramfs rebuild or a kernel update (recover.core.predict), from this boot's event log checked against
-the TPM, and the same master secret sealed to them before the reboot, so that a crash
-right after the reboot still recovers (tpm.policy = pcr). With tpm.policy = signed the
-prediction is what to sign (``policy sign --values``).
+initramfs rebuild or a kernel update (recover.core.predict), from this boot's event log
+checked against the TPM, and the same master secret sealed to them before the reboot, so
+that a crash right after the reboot still recovers (tpm.policy = pcr). With tpm.policy =
+signed the prediction is what to sign (``policy sign --values``).
 """
 
 from __future__ import annotations

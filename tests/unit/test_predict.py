@@ -13,7 +13,7 @@ from test_eventlog import APP, IPL, Log, efistub_log, firmware, grub_log, sdstub
 
 from recover.core import authenticode
 from recover.core import eventlog as el
-from recover.core.predict import NewFile, predict, predict_initrd, with_new_files
+from recover.core.predict import NewFile, predict, with_new_files
 from recover.errors import UsageError
 
 DATA = Path(__file__).parent / "data" / "eventlog"
@@ -23,14 +23,16 @@ DATA = Path(__file__).parent / "data" / "eventlog"
 def test_prediction_equals_the_log_of_a_boot_with_the_new_initramfs(banks) -> None:  # type: ignore[no-untyped-def]
     old = efistub_log(banks=banks, initrd=b"070701 the old initramfs")
     new = efistub_log(banks=banks, initrd=b"070701 the rebuilt initramfs")
-    predicted = predict_initrd(el.parse_event_log(old.bytes()), b"070701 the rebuilt initramfs")
+    predicted = predict(
+        el.parse_event_log(old.bytes()), initrd=NewFile(b"070701 the rebuilt initramfs")
+    )
     assert predicted == new.expected()
     assert predicted != old.expected()
 
 
 def test_only_the_initramfs_pcr_changes_in_a_real_capture() -> None:
     log = el.parse_event_log((DATA / "efistub.bin").read_bytes())
-    now, predicted = el.replay(log), predict_initrd(log, b"a different initramfs")
+    now, predicted = el.replay(log), predict(log, initrd=NewFile(b"a different initramfs"))
     for bank in now:
         changed = {p for p in now[bank] if now[bank][p] != predicted[bank][p]}
         assert changed == {9}, (bank, changed)
@@ -38,7 +40,7 @@ def test_only_the_initramfs_pcr_changes_in_a_real_capture() -> None:
 
 def test_a_boot_path_without_an_initrd_measurement_is_refused() -> None:
     with pytest.raises(UsageError, match="no initramfs measured by the Linux EFI stub or GRUB"):
-        predict_initrd(el.parse_event_log(seabios_log().bytes()), b"x")
+        predict(el.parse_event_log(seabios_log().bytes()), initrd=NewFile(b"x"))
 
 
 # --- GRUB: files in PCR 9 ---------------------------------------------------------------
