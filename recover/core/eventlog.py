@@ -484,6 +484,35 @@ def _description(ev: Event) -> str | None:
     return _cstring(ev.data) if ev.data[-2:-1] != b"\0" else _utf16z(ev.data)
 
 
+@dataclasses.dataclass(frozen=True)
+class GrubEvents:
+    """GRUB's EV_IPL events, by index in the log (grub-core/commands/tpm.c): ``files``
+    (index, path) of every file it measured (an EV_IPL whose text is not one of its
+    strings); ``commands`` (index, words) of every ``grub_cmd: `` string, the prefix
+    removed; ``cmdlines`` (index, text) of every ``kernel_cmdline: `` string, likewise."""
+
+    files: tuple[tuple[int, str], ...]
+    commands: tuple[tuple[int, tuple[str, ...]], ...]
+    cmdlines: tuple[tuple[int, str], ...]
+
+
+def grub_events(events: Sequence[Event]) -> GrubEvents:
+    files: list[tuple[int, str]] = []
+    commands: list[tuple[int, tuple[str, ...]]] = []
+    cmdlines: list[tuple[int, str]] = []
+    for i, e in enumerate(events):
+        text = _description(e) if e.type == EventType.EV_IPL else None
+        if text is None:
+            continue
+        if text.startswith("grub_cmd: "):
+            commands.append((i, tuple(text.removeprefix("grub_cmd: ").split())))
+        elif text.startswith("kernel_cmdline: "):
+            cmdlines.append((i, text.removeprefix("kernel_cmdline: ")))
+        elif not text.startswith(GRUB_STRING_PREFIXES):
+            files.append((i, text))
+    return GrubEvents(tuple(files), tuple(commands), tuple(cmdlines))
+
+
 _Found = dict[Component, tuple[BootPath, frozenset[int]]]
 
 
@@ -523,7 +552,7 @@ def classify(log: EventLog) -> Binding:
         by[Component.LOADER] = (BootPath.FIRMWARE, frozenset(e.pcr for e in apps))
     # Farthest layer first: nearer layers overwrite what they also measured.
     if grub:
-        cmdline = _grub(grub, ipl, by, notes) or cmdline
+        cmdline = _grub(log.events, by, notes) or cmdline
     if sections or sd_options:
         cmdline = _systemd_stub(sections, sd_options, by, notes)
     if initrd_tags or option_tags:
@@ -545,34 +574,28 @@ def classify(log: EventLog) -> Binding:
     )
 
 
-def _grub(
-    grub: Sequence[tuple[Event, str]],
-    ipl: Sequence[tuple[Event, str | None]],
-    by: _Found,
-    notes: list[str],
-) -> list[CmdlineMeasurement]:
+def _grub(events: Sequence[Event], by: _Found, notes: list[str]) -> list[CmdlineMeasurement]:
     """GRUB's kernel and initrd are the files named by its last linux/initrd commands,
     each measured as an EV_IPL whose data is the path; the command line is the last
     "kernel_cmdline: " string (the kernel's path, then its arguments)."""
-    files = [(e, t) for e, t in ipl if t is not None and not t.startswith(GRUB_STRING_PREFIXES)]
-    cmdlines = [
-        (e, t.removeprefix("kernel_cmdline: ")) for e, t in grub if t.startswith("kernel_cmdline: ")
-    ]
-    if cmdlines and cmdlines[-1][1].split():
-        kernel = cmdlines[-1][1].split()[0]
-        if pcrs := frozenset(e.pcr for e, t in files if t == kernel):
+    g = grub_events(events)
+    if g.cmdlines and g.cmdlines[-1][1].split():
+        kernel = g.cmdlines[-1][1].split()[0]
+        if pcrs := frozenset(events[i].pcr for i, t in g.files if t == kernel):
             by[Component.KERNEL] = (BootPath.GRUB, pcrs)
-    words = [t.split() for _, t in grub if t.startswith("grub_cmd: ")]
-    initrds = [w[2:] for w in words if len(w) > 2 and w[1] in ("initrd", "initrdefi")]
+    initrds = [w[1:] for _, w in g.commands if len(w) > 1 and w[0] in ("initrd", "initrdefi")]
     if initrds:
-        per_file = [frozenset(e.pcr for e, t in files if t == path) for path in initrds[-1]]
+        per_file = [
+            frozenset(events[i].pcr for i, t in g.files if t == path) for path in initrds[-1]
+        ]
         if common := frozenset.intersection(*per_file):
             by[Component.INITRD] = (BootPath.GRUB, common)
         else:
             notes.append("GRUB loaded an initrd file it did not measure")
-    if not cmdlines:
+    if not g.cmdlines:
         return []
-    e, text = cmdlines[-1]
+    i, text = g.cmdlines[-1]
+    e = events[i]
     by[Component.CMDLINE] = (BootPath.GRUB, frozenset({e.pcr}))
     proven = text if _proves(e, text.encode("utf-8")) else None
     return [CmdlineMeasurement(e.pcr, BootPath.GRUB.value, e.digests, proven)]

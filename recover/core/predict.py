@@ -69,27 +69,6 @@ def _device_less(path: str) -> str:
     return re.sub(r"^\([^)]*\)", "", path)
 
 
-def _grub_files(log: ev.EventLog) -> list[tuple[int, str]]:
-    """(index, path) of every file GRUB measured (EV_IPL, a path, not a string)."""
-    out = []
-    for i, e in enumerate(log.events):
-        if e.type != ev.EventType.EV_IPL:
-            continue
-        text = ev._cstring(e.data)
-        if text is not None and not text.startswith(ev.GRUB_STRING_PREFIXES):
-            out.append((i, text))
-    return out
-
-
-def _grub_commands(log: ev.EventLog) -> list[tuple[int, list[str]]]:
-    out = []
-    for i, e in enumerate(log.events):
-        text = ev._cstring(e.data) if e.type == ev.EventType.EV_IPL else None
-        if text is not None and text.startswith("grub_cmd: "):
-            out.append((i, text.removeprefix("grub_cmd: ").split()))
-    return out
-
-
 def _same_file(log: ev.EventLog, path: str, what: str, name: str | None) -> list[int]:
     """The events that measured GRUB's ``path``: the one of that exact path (its last),
     and every other event of the same path on a device and the same digests. ``name``:
@@ -100,7 +79,7 @@ def _same_file(log: ev.EventLog, path: str, what: str, name: str | None) -> list
             "changes grub.cfg and GRUB's commands (PCR 8, 9), which cannot be predicted",
             hint=PREDICT_HINT,
         )
-    files = _grub_files(log)
+    files = ev.grub_events(log.events).files
     exact = [i for i, t in files if t == path]
     if not exact:
         raise UsageError(
@@ -120,7 +99,11 @@ def _targets_initrd(log: ev.EventLog, name: str | None) -> list[int]:
     tags = [i for i, e in enumerate(log.events) if ev._tag(e) == ev.LINUX_EFI_INITRD_EVENT_TAG_ID]
     if tags:
         out.append(tags[-1])
-    initrds = [w[1:] for _, w in _grub_commands(log) if w and w[0] in ("initrd", "initrdefi")]
+    initrds = [
+        w[1:]
+        for _, w in ev.grub_events(log.events).commands
+        if w and w[0] in ("initrd", "initrdefi")
+    ]
     if initrds:
         if len(initrds[-1]) != 1:
             raise UsageError(
@@ -157,7 +140,8 @@ def _targets_kernel(log: ev.EventLog, name: str | None) -> tuple[list[int], list
         )
     files: list[int] = []
     images: list[int] = []
-    linux = [(i, w) for i, w in _grub_commands(log) if len(w) > 1 and w[0] in ("linux", "linuxefi")]
+    commands = ev.grub_events(log.events).commands
+    linux = [(i, w) for i, w in commands if len(w) > 1 and w[0] in ("linux", "linuxefi")]
     if linux:
         i, words = linux[-1]
         files = _same_file(log, words[1], "kernel", name)
