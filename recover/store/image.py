@@ -359,17 +359,18 @@ def convert_file(
             )
         aead, cs = AESGCM(data_key), header.chunk_size
         ct, pt = memoryview(bytearray(cs + TAG_SIZE)), memoryview(bytearray(cs))
-        loaded = [-1, 0]  # chunk index in pt, its plaintext length
+        chunk, chunk_len = -1, 0  # the chunk in pt, its plaintext length
         if header.plaintext_length == 0:  # nothing to read: its one (empty) chunk still
             _open_chunk(aead, header, fd, 0, ct, pt)
 
         def read(buf: memoryview, offset: int) -> None:  # in order: each chunk opened once
+            nonlocal chunk, chunk_len
             pos = 0
             while pos < len(buf):
                 i, within = divmod(offset + pos, cs)
-                if loaded[0] != i:
-                    loaded[:] = [i, _open_chunk(aead, header, fd, i, ct, pt)]
-                n = min(len(buf) - pos, loaded[1] - within)
+                if chunk != i:
+                    chunk, chunk_len = i, _open_chunk(aead, header, fd, i, ct, pt)
+                n = min(len(buf) - pos, chunk_len - within)
                 buf[pos : pos + n] = pt[within : within + n]
                 pos += n
 
