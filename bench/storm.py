@@ -164,13 +164,9 @@ async def _round(h: Host, spec: dict, peers: Any, known: set[str], start: float)
     await asyncio.sleep(max(0.0, start - loop.time()))
     policy = Policy("50%")
     k = spec["dilation"]
-    rounds = 1
+    conv = None
     if spec["mode"] == "sampled":
         res, conv = await _sampled(h, peers, known, policy, k)
-        rounds = conv.rounds
-        v = decide_counts(
-            Reading.ABNORMAL, SINCE_RESET, res.results, res.domain_size, policy, convergence=conv
-        )
     else:
         res = await query_all_async(
             peers,
@@ -184,9 +180,11 @@ async def _round(h: Host, spec: dict, peers: Any, known: set[str], start: float)
             version=2 if spec["mode"] == "after" else 1,
             source=h.ip,
         )
-        v = decide_counts(Reading.ABNORMAL, SINCE_RESET, res.results, res.domain_size, policy)
+    v = decide_counts(
+        Reading.ABNORMAL, SINCE_RESET, res.results, res.domain_size, policy, convergence=conv
+    )
     return {
-        "rounds": rounds,
+        "rounds": conv.rounds if conv is not None else 1,
         "host": h.i,
         "verdict_s": (loop.time() - start) / k,
         "late_s": max(0.0, late) / k,

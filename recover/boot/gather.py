@@ -510,14 +510,15 @@ def still_answering(
     """
     from recover.peers.rounds import PAUSE_MAX
 
-    quiet = max(timeout, deadline) + PAUSE_MAX
+    round_max = max(timeout, deadline)
+    quiet = round_max + PAUSE_MAX
     left = set()
     for p in ids:
         at = last_answer.get(p)
         if at is not None:
             if now - at < quiet:
                 left.add(p)
-        elif now - since < (max(timeout, deadline) if p in booting else timeout):
+        elif now - since < (round_max if p in booting else timeout):
             left.add(p)
     return left
 
