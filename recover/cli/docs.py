@@ -102,10 +102,7 @@ def render_config_docs(settings: Iterable[Setting] = SETTINGS) -> str:
         "|---|---|---|---|---|",
     ]
     for s in settings:
-        choices = getattr(s.parse, "choices", None)
-        doc = s.doc + (f" One of: {', '.join(choices)}." if choices else "")
-        if s.aliases:
-            doc += f" Also accepted as: {', '.join(s.aliases)}."
+        doc = _setting_doc(s)
         other = ", ".join(f"`{x}`" for x in (s.env, s.cli) if x)
         kernel = f"`{s.kernel_option}`" if s.kernel_option else ""
         lines.append(f"| `{s.name}` | `{s.default}` | {kernel} | {other} | {doc} |")
@@ -116,6 +113,15 @@ def render_config_docs(settings: Iterable[Setting] = SETTINGS) -> str:
 
 #: Fixed (not today's date) so that the package builds reproducibly.
 MAN_DATE = "2026-12-01"
+
+
+def _setting_doc(s: Setting) -> str:
+    """A setting's text with its choices and aliases, for the page and the man page."""
+    choices = getattr(s.parse, "choices", None)
+    doc = s.doc + (f" One of: {', '.join(choices)}." if choices else "")
+    if s.aliases:
+        doc += f" Also accepted as: {', '.join(s.aliases)}."
+    return doc
 
 
 def _roff(text: str) -> str:
@@ -224,8 +230,7 @@ def render_man_config(settings: Iterable[Setting] = SETTINGS) -> str:
         ".SH SETTINGS",
     ]
     for s in settings:
-        choices = getattr(s.parse, "choices", None)
-        doc = s.doc + (f" One of: {', '.join(choices)}." if choices else "")
+        doc = _setting_doc(s)
         extra = [f"kernel option {s.kernel_option}"] if s.kernel_option else []
         extra += [x for x in (s.env, s.cli) if x]
         out += [
