@@ -120,20 +120,12 @@ class Guest:
     # --- saved states (as testing.qemu.lab.Lab) -------------------------------------------
 
     def save(self, name: str) -> None:
-        assert self.vm is not None and self.vm.proc is None and not self.vm.tpm.running
-        dest = self.dir / "states" / name
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir(parents=True)
-        shutil.copytree(self.vm.tpm.state_dir, dest / "tpmstate")
-        shutil.copy2(self.vm.vars, dest / "OVMF_VARS.fd")
+        assert self.vm is not None
+        self.vm.save_state(self.dir / "states" / name)
 
     def restore(self, name: str) -> None:
         assert self.vm is not None
-        self.vm.power_cut()
-        src = self.dir / "states" / name
-        shutil.rmtree(self.vm.tpm.state_dir)
-        shutil.copytree(src / "tpmstate", self.vm.tpm.state_dir)
-        shutil.copy2(src / "OVMF_VARS.fd", self.vm.vars)
+        self.vm.restore_state(self.dir / "states" / name)
 
 
 class DomainLab:

@@ -330,23 +330,13 @@ class Lab:
         """Keep the host's state (TPM state directory, firmware variables) as ``name``;
         the host must be powered off. The store and control disks are not written by
         boots (the payload mounts the store read-only) and are not part of it."""
-        assert self.vm is not None and self.vm.proc is None and not self.vm.tpm.running
-        dest = self.dir / "states" / name
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir(parents=True)
-        shutil.copytree(self.vm.tpm.state_dir, dest / "tpmstate")
-        shutil.copy2(self.vm.vars, dest / "OVMF_VARS.fd")
+        assert self.vm is not None
+        self.vm.save_state(self.dir / "states" / name)
 
     def restore_host(self, name: str) -> None:
         """Power the host off (a held guest is cut) and bring back saved state ``name``."""
         assert self.vm is not None
-        self.vm.power_cut()
-        src = self.dir / "states" / name
-        if not src.is_dir():
-            raise RuntimeError(f"no saved host state {name!r} in {src.parent}")
-        shutil.rmtree(self.vm.tpm.state_dir)
-        shutil.copytree(src / "tpmstate", self.vm.tpm.state_dir)
-        shutil.copy2(src / "OVMF_VARS.fd", self.vm.vars)
+        self.vm.restore_state(self.dir / "states" / name)
 
     def prepare(self, host: str, peers_cut: int = 0) -> None:
         """A boot's preconditions: the host in saved state ``host``, the first

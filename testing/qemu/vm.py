@@ -337,6 +337,24 @@ class Vm:
     def close(self) -> None:
         self.power_cut()
 
+    def save_state(self, dest: Path) -> None:
+        """Keep the powered-off guest's TPM state and firmware variables in ``dest``
+        (replaced): the disks are not part of it."""
+        assert self.proc is None and not self.tpm.running
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        shutil.copytree(self.tpm.state_dir, dest / "tpmstate")
+        shutil.copy2(self.vars, dest / "OVMF_VARS.fd")
+
+    def restore_state(self, src: Path) -> None:
+        """Power off (a running guest is cut) and bring back what :meth:`save_state` kept."""
+        self.power_cut()
+        if not src.is_dir():
+            raise RuntimeError(f"no saved guest state {src.name!r} in {src.parent}")
+        shutil.rmtree(self.tpm.state_dir)
+        shutil.copytree(src / "tpmstate", self.tpm.state_dir)
+        shutil.copy2(src / "OVMF_VARS.fd", self.vars)
+
     def boot(self, until: str, timeout: float = 240) -> Console:
         """Start, wait until the guest powers off, check ``until`` was printed."""
         self.start()
