@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -231,6 +232,19 @@ def imported_names(tree: ast.AST, name: str, is_package: bool) -> set[str]:
     return out
 
 
+def _parse(path: Path) -> ast.Module:
+    """A source file's syntax tree, parsed once while the file is unchanged: the passes
+    below (our import graph, PEP 562 ``__getattr__``, third-party deferred imports) read
+    some of the same files."""
+    st = path.stat()
+    return _parse_version(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_version(path: Path, _mtime_ns: int, _size: int) -> ast.Module:
+    return ast.parse(path.read_bytes(), os.fspath(path))
+
+
 def payload_graph(entry: Sequence[str]) -> tuple[dict[str, Path], set[str]]:
     """(our modules reachable from ``entry`` → source file, the outside module names
     they import). Read from the sources: nothing is imported here."""
@@ -252,7 +266,7 @@ def payload_graph(entry: Sequence[str]) -> tuple[dict[str, Path], set[str]]:
                 hint="bundle from a checkout or an installation of host-recover",
             )
         own[name] = path
-        tree = ast.parse(path.read_bytes(), os.fspath(path))
+        tree = _parse(path)
         for n in imported_names(tree, name, path.name == "__init__.py"):
             if n.split(".")[0] != top:
                 outside.add(n)
@@ -300,11 +314,9 @@ def lazy_attribute_imports(found: dict[str, Path | None]) -> set[str]:
     for name, path in found.items():
         if path is None or path.suffix != ".py":
             continue
-        source = path.read_bytes()
-        if b"def __getattr__" not in source:
+        if b"def __getattr__" not in path.read_bytes():
             continue
-        tree = ast.parse(source, os.fspath(path))
-        for node in tree.body:
+        for node in _parse(path).body:
             if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
                 out |= imported_names(node, name, path.name == "__init__.py")
     return out
@@ -319,7 +331,7 @@ def deferred_imports(found: dict[str, Path | None]) -> set[str]:
     for name, path in found.items():
         if path is None or path.suffix != ".py" or "site-packages" not in path.parts:
             continue
-        tree = ast.parse(path.read_bytes(), os.fspath(path))
+        tree = _parse(path)
         top = name.split(".")[0]
         out |= {
             n
