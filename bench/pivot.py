@@ -111,11 +111,7 @@ def one_boot(lab: labmod.Lab, store: Path, timeout: float) -> dict[str, Any]:
         "root": res.root,
         "wall_s": round(time.monotonic() - t0, 1),
         "phases": res.phases,
-        "steps_ms": {
-            k: v
-            for k, v in (rec.get("timeline_ms") or {}).items()
-            if k in ("unseal", "store", "image", "mount", "credentials", "payload-total")
-        },
+        "steps_ms": dict(rec.get("timeline_ms") or {}),
         "dm_ms": img.get("steps_ms", {}),
         "key_passing": img.get("key_passing"),
     }
@@ -129,9 +125,8 @@ def clean_boot(lab: labmod.Lab, timeout: float) -> dict[str, Any]:
     lab.prepare("provisioned", peers_cut=0)
     res = lab.boot("poweroff", timeout=timeout)
     rec: dict[str, Any] = dict(res.record or {})
-    steps = rec.get("timeline_ms") or {}
     return {"ok": res.root == "normal", "root": res.root, "phases": res.phases,
-            "steps_ms": {k: v for k, v in steps.items() if k == "payload-total"}}  # fmt: skip
+            "steps_ms": dict(rec.get("timeline_ms") or {})}  # fmt: skip
 
 
 def measure(
@@ -217,15 +212,23 @@ def _row(name: str, runs: list[dict[str, Any]]) -> str:
     if not ok:
         seen = " / ".join(runs[0].get("console") or []) or runs[0].get("error") or ""
         why = seen[:300].replace("|", "/").replace("\n", " ")
-        return f"| {name} | {size} | 0 of {len(runs)} | failed: {why} | | | | | |"
+        return f"| {name} | {size} | 0 of {len(runs)} | failed: {why} | | | | | | |"
 
     def steps(key: str) -> list[float]:
         return [r["steps_ms"][key] for r in ok if key in r.get("steps_ms", {})]
 
+    def med(key: str) -> str:
+        xs = steps(key)
+        return f"{_med(xs):.0f}" if xs else "–"
+
     roots = [r["phases"]["new-root"] for r in ok if "new-root" in r.get("phases", {})]
     total = _spread(steps("payload-total"), ".0f")
+    waits = f"{med('peers')} / {med('answer-wait')}"
     if name == CLEAN:
-        return f"| {name} | – | {len(ok)} of {len(runs)} | – | – | – | – | {total} | {_spread(roots, '.1f')} |"
+        return (
+            f"| {name} | – | {len(ok)} of {len(runs)} | {waits} | – | – | – | – | {total} | "
+            f"{_spread(roots, '.1f')} |"
+        )
     pivots = [p for p in map(_pivot_ms, ok) if p is not None]
     dm_keys = list(ok[0].get("dm_ms", {}))
     dm = (
@@ -236,7 +239,7 @@ def _row(name: str, runs: list[dict[str, Any]]) -> str:
         or "–"
     )
     return (
-        f"| {name} | {size} | {len(ok)} of {len(runs)} | {_med(steps('image')):.0f} | "
+        f"| {name} | {size} | {len(ok)} of {len(runs)} | {waits} | {_med(steps('image')):.0f} | "
         f"{_med(steps('mount')):.0f} | **{_spread(pivots, '.0f')}** | {dm} | {total} | "
         f"{_spread(roots, '.1f')} |"
     )
@@ -294,13 +297,15 @@ normal root after) and then every size and format once, each a recovery boot aft
 correlated power loss (host + 2 of 3 peers). The recovery image is the lab's recovery
 root plus one file of random data (uncompressed squashfs). "image" is the payload's image
 step (v1: decrypt the whole image into a tmpfs; v2: check the header, loop device,
-dm-verity and dm-crypt tables, of which the "dm" column), "mount" is mounting the file
+dm-verity and dm-crypt tables, of which the "dm" column), "peers / answer wait" the
+payload's peer rounds and, after its verdict, the time it kept answering peers that had
+not been answered yet (docs/verdict.md, "Staggered boots"), "mount" is mounting the file
 system under the overlay, "pivot" their sum — the part that depends on the image — and
 "new root" the console time (s since QEMU start) of the new root's init. Steps in ms,
 medians over the boots that reached their root; (min–max) where there are several.
 
-| boot | MiB | boots ok | image | mount | pivot | dm (ms) | payload total | new root (s) |
-|---|---:|---|---:|---:|---|---|---|---|
+| boot | MiB | boots ok | peers / answer wait | image | mount | pivot | dm (ms) | payload total | new root (s) |
+|---|---:|---|---|---:|---:|---|---|---|---|
 {chr(10).join(rows)}
 
 {chr(10).join(goals(results))}
@@ -309,7 +314,8 @@ A shared 2-core machine under TCG: the dm steps are process starts (losetup, dms
 kernel module loads whose times vary by seconds with the machine's load; nothing in them
 reads the image. The clean boot's payload stops at its verdict (no unseal, image or
 credentials step, which the recovery boot must do): the difference in "new root" is
-what a recovery costs, most of it not the image.
+what a recovery costs, most of it not the image but the peer rounds and the answer wait
+of a host whose peers lost power with it.
 
 v1 keeps the whole plaintext in RAM (a tmpfs sized for the image): in a 1 GiB guest an
 image of 1 GiB or more cannot be recovered at all, and below that its time grows with
