@@ -223,7 +223,7 @@ def _row(name: str, runs: list[dict[str, Any]]) -> str:
 
     roots = [r["phases"]["new-root"] for r in ok if "new-root" in r.get("phases", {})]
     total = _spread(steps("payload-total"), ".0f")
-    waits = f"{med('peers')} / {med('answer-wait')}"
+    waits = f"{med('decide.peers')} / {med('decide.answer-wait')}"
     if name == CLEAN:
         return (
             f"| {name} | – | {len(ok)} of {len(runs)} | {waits} | – | – | – | – | {total} | "
@@ -269,12 +269,27 @@ def goals(results: dict[str, list[dict[str, Any]]]) -> list[str]:
         diffs = ", ".join(
             f"{n[3:]}: {v - clean:+.1f} s" for n in v2 if (v := medians(n, root)) is not None
         )
+        net = ", ".join(
+            f"{n[3:]}: {v - clean:+.1f} s"
+            for n in v2
+            if (v := medians(n, _without_peers)) is not None
+        )
         if diffs:
             out.append(
                 f"v2 recovery boot's median time to the new root's init against the clean "
-                f"boot's ({clean:.1f} s): {diffs} (goal: within 1 s)."
+                f"boot's ({clean:.1f} s): {diffs} (goal: within 1 s); without its peer "
+                f"rounds and answer wait: {net}."
             )
     return out
+
+
+def _without_peers(r: dict[str, Any]) -> float | None:
+    """The new root's console time less the payload's peer rounds and answer wait (s)."""
+    at = r.get("phases", {}).get("new-root")
+    s = r.get("steps_ms", {})
+    if at is None:
+        return None
+    return float(at - (s.get("decide.peers", 0) + s.get("decide.answer-wait", 0)) / 1000)
 
 
 def section(m: dict[str, Any], sizes_arg: str) -> str:
@@ -314,8 +329,12 @@ A shared 2-core machine under TCG: the dm steps are process starts (losetup, dms
 kernel module loads whose times vary by seconds with the machine's load; nothing in them
 reads the image. The clean boot's payload stops at its verdict (no unseal, image or
 credentials step, which the recovery boot must do): the difference in "new root" is
-what a recovery costs, most of it not the image but the peer rounds and the answer wait
-of a host whose peers lost power with it.
+what a recovery costs, most of it not the image but the answer wait: after its verdict
+the payload keeps answering the peers seen in their payload until they have asked, up
+to max(`peers.timeout`, `peers.deadline`) (20 s in this lab, set for TCG; 5 s by
+default), and the lab's peers that lost power answer as payloads do but never ask
+(testing/qemu/lab.py), so every recovery boot here waits the whole of it
+(docs/verdict.md, "Staggered boots"). The last goal line takes the peer steps out.
 
 v1 keeps the whole plaintext in RAM (a tmpfs sized for the image): in a 1 GiB guest an
 image of 1 GiB or more cannot be recovered at all, and below that its time grows with
@@ -333,9 +352,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the whole matrix")
     ap.add_argument("--json", metavar="OUT", help="also write the measurement as JSON")
     ap.add_argument("--write", action="store_true", help="update docs/performance.md")
+    ap.add_argument("--from-json", metavar="IN", help="render a measurement --json wrote")
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    m = measure(sizes, args.timeout, args.repeats, Path(args.json) if args.json else None)
+    if args.from_json:
+        m = json.loads(Path(args.from_json).read_text())
+    else:
+        m = measure(sizes, args.timeout, args.repeats, Path(args.json) if args.json else None)
     text = section(m, args.sizes)
     print(text)
     if args.write:
