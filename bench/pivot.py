@@ -296,6 +296,27 @@ def section(m: dict[str, Any], sizes_arg: str) -> str:
     results: dict[str, list[dict[str, Any]]] = m["results"]
     rows = [_row(name, runs) for name, runs in results.items()]
     repeats = max((len(r) for r in results.values()), default=0)
+    waits = [
+        r["steps_ms"]["decide.answer-wait"]
+        for rs in results.values()
+        for r in rs
+        if r.get("ok") and "decide.answer-wait" in r.get("steps_ms", {})
+    ]
+    if waits and _med(waits) >= 1000:
+        waited = (
+            "Most of it is not the image but the answer wait: after its verdict the payload "
+            "kept answering the peers seen in their payload that had not said they were done "
+            "asking (`asking`, docs/peer-protocol.md), up to max(`peers.timeout`, "
+            "`peers.deadline`) (20 s in this lab, set for TCG; 5 s by default), and the "
+            'lab\'s peers that lost power never ask (docs/verdict.md, "Staggered boots"). '
+            "The last goal line takes the peer steps out."
+        )
+    else:
+        waited = (
+            "The answer wait is short: the lab's peers that lost power say they will not ask "
+            "(`asking: false`, docs/peer-protocol.md). The last goal line takes the peer "
+            "steps out."
+        )
     killed = ""
     if any("Killed" in " ".join(r.get("console") or []) for rs in results.values() for r in rs):
         killed = (
@@ -329,12 +350,7 @@ A shared 2-core machine under TCG: the dm steps are process starts (losetup, dms
 kernel module loads whose times vary by seconds with the machine's load; nothing in them
 reads the image. The clean boot's payload stops at its verdict (no unseal, image or
 credentials step, which the recovery boot must do): the difference in "new root" is
-what a recovery costs, most of it not the image but the answer wait: after its verdict
-the payload keeps answering the peers seen in their payload until they have asked, up
-to max(`peers.timeout`, `peers.deadline`) (20 s in this lab, set for TCG; 5 s by
-default), and the lab's peers that lost power answer as payloads do but never ask
-(testing/qemu/lab.py), so every recovery boot here waits the whole of it
-(docs/verdict.md, "Staggered boots"). The last goal line takes the peer steps out.
+what a recovery costs. {waited}
 
 v1 keeps the whole plaintext in RAM (a tmpfs sized for the image): in a 1 GiB guest an
 image of 1 GiB or more cannot be recovered at all, and below that its time grows with

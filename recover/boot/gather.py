@@ -340,8 +340,11 @@ def run(
 
         with contextlib.ExitStack() as stack:
             srv = None
+            decided = threading.Event()
             if serve and domain:
-                status = server.StatusSource(me, entry.failure_domain if entry else "", "boot", ev)
+                status = server.StatusSource(
+                    me, entry.failure_domain if entry else "", "boot", ev, decided=decided
+                )
                 try:
                     with step("serve-start", timings):
                         srv = stack.enter_context(
@@ -351,6 +354,7 @@ def run(
                     log.warning("not answering peers: %s", e.message)
             asked_at = time.monotonic()
             peers, conv = ask()
+            decided.set()  # from now on our replies say we will not ask again
             if srv is not None:
                 with step("answer-wait", timings):
                     ids = may_still_ask({p.id for p in domain}, peers)
@@ -451,10 +455,11 @@ class WitnessRead:
 
 
 def answer_wait(
-    srv: Any, ids: set[str], booting: set[str], agents: int, cfg: Config, end: float
+    srv: Any, ids: set[str], booting: set[str], settled: int, cfg: Config, end: float
 ) -> None:
     """After its own rounds, keep answering the peers that may still ask (``ids``; those
-    seen in their payload: ``booting``; ``agents`` others run their normal OS) until
+    seen in their payload: ``booting``; ``settled`` others run their normal OS or have
+    decided) until
     :func:`still_answering` says none will, or ``end`` (this host's own
     ``verdict.wait``) passes."""
     since = time.monotonic()
@@ -474,10 +479,10 @@ def answer_wait(
         time.sleep(0.05)
     answered = set(srv.last_answer)
     log.info(
-        "answered %d of %d peers that may ask (%d run their normal OS)%s",
+        "answered %d of %d peers that may ask (%d run their normal OS or have decided)%s",
         len(ids & answered),
         len(ids),
-        agents,
+        settled,
         "" if time.monotonic() < end else " (stopped at the end of verdict.wait)",
     )
 
@@ -538,16 +543,20 @@ def in_payload(peers: PeerResults) -> set[str]:
 def may_still_ask(domain_ids: set[str], peers: PeerResults) -> set[str]:
     """The peers of the domain that may still ask this host for its status.
 
-    Only a boot payload asks; ``host-recover agent`` (role ``agent``, the peer's normal
-    OS) only answers. A peer whose attested reply says it is an agent is therefore not
-    waited for; a peer in its own payload (role ``boot``), and one whose reply was not
-    verified (it may be booting still), are.
+    Only a boot payload asks, and only in its own rounds; ``host-recover agent`` (role
+    ``agent``, the peer's normal OS) only answers. A peer whose attested reply says it is
+    an agent, or a payload whose rounds have ended (``asking: false``: it has decided and
+    will not ask again), is therefore not waited for; a peer in its own payload that is
+    still asking or does not say (an older peer), and one whose reply was not verified
+    (it may be booting still), are.
     """
     from recover.core.protocol import Outcome
 
-    agents = {
+    done = {
         r.peer_id
         for r in peers.results
-        if r.outcome is Outcome.VERIFIED and r.status is not None and r.status.role == "agent"
+        if r.outcome is Outcome.VERIFIED
+        and r.status is not None
+        and (r.status.role == "agent" or (r.status.role == "boot" and r.status.asking is False))
     }
-    return domain_ids - agents
+    return domain_ids - done

@@ -20,8 +20,9 @@ def register(sub: Any) -> None:
         choices=("agent", "boot"),
         default="agent",
         help="the role to claim (default agent). 'boot' stands in for a peer in its boot "
-        "payload (labs, tests): peers believe it only while this TPM's lock PCR is at its "
-        "reset value, i.e. never in a normal OS whose payload locked",
+        "payload that has decided (labs, tests; it says asking: false): peers believe it "
+        "only while this TPM's lock PCR is at its reset value, i.e. never in a normal OS "
+        "whose payload locked",
     )
 
 

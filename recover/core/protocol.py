@@ -149,11 +149,16 @@ class PeerStatus:
     since_reset_s: float  # seconds since the peer's TPM reset when it answered
     since_reset_source: str  # "tpm" (TPM time) or "host" (the host's boot time)
     clock: Mapping[str, int]  # clock, reset_count, restart_count at answer time
+    # role boot: whether the peer's payload still runs its own rounds (may ask us);
+    # None: not said (an agent, or a peer older than the field).
+    asking: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["summary"] = str(self.summary)
         d["clock"] = dict(self.clock)
+        if self.asking is None:  # as the peer sent it: without the field
+            del d["asking"]
         return d
 
     @classmethod
@@ -173,6 +178,9 @@ class PeerStatus:
         orderly = d.get("orderly")
         if orderly is not None and not isinstance(orderly, bool):
             raise Rejected(Outcome.MALFORMED, "status.orderly: must be true, false or null")
+        asking = d.get("asking")
+        if asking is not None and not isinstance(asking, bool):
+            raise Rejected(Outcome.MALFORMED, "status.asking: must be true, false or absent")
         try:
             summary = Reading(need("summary", str))
         except ValueError:
@@ -194,6 +202,7 @@ class PeerStatus:
             since_reset_s=since,
             since_reset_source=need("since_reset_source", str),
             clock={k: int(clock[k]) for k in ("clock", "reset_count", "restart_count")},
+            asking=asking,
         )
 
 

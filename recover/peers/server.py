@@ -80,10 +80,13 @@ class StatusSource:
     role: str  # "boot" or "agent"
     evidence: Evidence
     boot_id: str = ""
+    # The boot payload's: set when its own rounds have ended (it will not ask again).
+    # Without one this host never asks (an agent, a simulated payload).
+    decided: threading.Event | None = None
 
     def build(self, clock: dict[str, int]) -> dict[str, Any]:
         seconds, source = since_reset(clock)
-        return {
+        out = {
             "host_id": self.host_id,
             "boot_id": self.boot_id or boot_id(),
             "failure_domain": self.failure_domain,
@@ -94,6 +97,9 @@ class StatusSource:
             "since_reset_source": source,
             "clock": {k: int(clock[k]) for k in ("clock", "reset_count", "restart_count")},
         }
+        if self.role == "boot":
+            out["asking"] = self.decided is not None and not self.decided.is_set()
+        return out
 
 
 def boot_id() -> str:

@@ -7,6 +7,7 @@ the test chooses."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -205,14 +206,16 @@ def _mutate(reply: dict, plan: tuple) -> dict:
 class _V2Maker:
     """Makes the hostile peer's VALID v2 reply to a request, then hands it to a mutator."""
 
-    def __init__(self, requester_pem: str) -> None:
+    def __init__(self, requester_pem: str, decided: threading.Event | None = None) -> None:
         from testing.peersim import evidence_of
 
         from recover.peers.server import Responder, StatusSource
 
         self.att = SoftwareAttestor()
         inv = parse([entry("self", 9, requester_pem), entry("hostile", 1, self.att.pem)])
-        status = StatusSource("hostile", "rack-1", "boot", evidence_of("abnormal"), "b")
+        status = StatusSource(
+            "hostile", "rack-1", "boot", evidence_of("abnormal"), "b", decided=decided
+        )
         self.responder = Responder(inv, self.att, status)
         self.mutate: Callable[[dict], bytes] = lambda r: json.dumps(r).encode()
         self.signed: list[dict] = []
@@ -311,3 +314,29 @@ def test_verify_reply_raises_only_rejected_for_a_mutated_v2_reply(plan) -> None:
 
 _PURE_ME = SoftwareAttestor()
 _PURE = (_PURE_ME, _V2Maker(_PURE_ME.pem))
+
+
+def test_asking_is_believed_only_as_signed() -> None:
+    """A payload still in its rounds says ``asking: true``; a man in the middle who turns
+    it into ``false`` (so that this host would stop answering that peer at once) breaks
+    the quote's binding: the edited reply is not believed. Once the payload has decided
+    it says ``false`` itself."""
+    from recover.core.protocol import Rejected, make_request, request_qualifying_data, verify_reply
+
+    me, decided = SoftwareAttestor(), threading.Event()
+    maker = _V2Maker(me.pem, decided)
+    peer = parse([entry("hostile", 1, maker.att.pem)]).peers[0]
+
+    def reply() -> tuple[bytes, dict]:
+        nonce = os.urandom(32)
+        req = make_request("self", nonce, me.quote(request_qualifying_data(nonce, "self")))
+        return nonce, json.loads(maker(req))
+
+    nonce, r = reply()
+    assert verify_reply(peer, nonce, r, {"hostile", "self"}, requester="self").asking is True
+    r["status"]["asking"] = False
+    with pytest.raises(Rejected):
+        verify_reply(peer, nonce, r, {"hostile", "self"}, requester="self")
+    decided.set()
+    nonce, r = reply()
+    assert verify_reply(peer, nonce, r, {"hostile", "self"}, requester="self").asking is False

@@ -316,7 +316,30 @@ def test_agents_are_not_waited_for_after_the_round(fleet: dict[str, Host], caplo
     assert {r.status.role for r in d.peers.results if r.status} == {"agent"}
     # Nobody is left who may ask: the answer window has nothing to wait for.
     assert gather.may_still_ask(set(NAMES[1:]), d.peers) == set()
-    assert "answered 0 of 0 peers that may ask (3 run their normal OS)" in caplog.text
+    assert "answered 0 of 0 peers that may ask (3 run their normal OS or have decided)" in (
+        caplog.text
+    )
+
+
+def test_payloads_that_have_decided_are_not_waited_for(fleet: dict[str, Host], caplog: Any) -> None:
+    """The peers answer as payloads that will not ask (`agent --role boot`: no rounds of
+    its own, as a payload after its verdict): their attested `asking: false` settles
+    them, and nobody is left to wait for after the round."""
+    boot(fleet, cut=set(NAMES))
+    write_inventory(fleet)
+    for n in ("p1", "p2", "p3"):
+        fleet[n].start_agent(role="boot")
+    caplog.set_level(logging.INFO)
+    # Quorum 3: no answer settles the verdict before all three have answered.
+    d = run_self(fleet, verdict_quorum="3")
+    assert str(d.verdict.kind) == "correlated-failure", d.verdict.reasons
+    assert d.peers is not None and d.peers.verified == 3
+    said = {r.peer_id: (r.status.role, r.status.asking) for r in d.peers.results if r.status}
+    assert said == {p: ("boot", False) for p in NAMES[1:]}
+    assert gather.may_still_ask(set(NAMES[1:]), d.peers) == set()
+    assert "answered 0 of 0 peers that may ask (3 run their normal OS or have decided)" in (
+        caplog.text
+    )
 
 
 def test_normal_os_claiming_boot_is_not_believed(fleet: dict[str, Host]) -> None:

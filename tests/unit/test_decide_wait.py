@@ -10,7 +10,7 @@ from recover.core.protocol import Outcome, PeerResult, PeerResults, PeerStatus
 DOMAIN = {"a", "b", "c", "d", "e"}
 
 
-def status(peer: str, role: str) -> PeerStatus:
+def status(peer: str, role: str, asking: bool | None = None) -> PeerStatus:
     return PeerStatus(
         host_id=peer,
         boot_id="b",
@@ -21,6 +21,7 @@ def status(peer: str, role: str) -> PeerStatus:
         since_reset_s=3.0,
         since_reset_source="tpm",
         clock={"clock": 1, "reset_count": 1, "restart_count": 0},
+        asking=asking,
     )
 
 
@@ -53,6 +54,22 @@ def test_unverified_agent_claim_is_not_believed() -> None:
     # a status that says "agent" but did not verify (e.g. a bad quote) settles nothing
     rs = results(PeerResult("a", Outcome.FORGED, "signature", status("a", "agent")))
     assert may_still_ask(DOMAIN, rs) == DOMAIN
+
+
+def test_a_payload_that_has_decided_is_not_waited_for() -> None:
+    got = may_still_ask(
+        DOMAIN,
+        results(
+            PeerResult("a", Outcome.VERIFIED, status=status("a", "boot", asking=False)),
+            PeerResult("b", Outcome.VERIFIED, status=status("b", "boot", asking=True)),
+            PeerResult("c", Outcome.VERIFIED, status=status("c", "boot")),  # older: not said
+            PeerResult("d", Outcome.FORGED, "signature", status("d", "boot", asking=False)),
+            PeerResult("e", Outcome.VERIFIED, status=status("e", "agent", asking=True)),
+        ),
+    )
+    # a's rounds are over; b still asks; c does not say; d's claim did not verify; e is
+    # an agent whatever it says
+    assert got == {"b", "c", "d"}
 
 
 def left(now: float, last: dict[str, float], booting: frozenset[str] = frozenset()) -> set[str]:
