@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,19 +19,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from testing.ports import free_ports
 from testing.swtpm import die_with_parent
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports on 127.0.0.1: every socket is held open until all are
-    picked (one at a time, the kernel may hand the same free port out twice: CI saw a
-    member's metrics port equal another member's peer port)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-
 
 #: Attempts to start a cluster: another process may still take a picked port before
 #: etcd binds it (then etcd exits with "address already in use" and fresh ports are tried).
@@ -139,7 +127,7 @@ class Etcd:
         self._pick_ports()
 
     def _pick_ports(self) -> None:
-        ports = _free_ports(3 * self.n)
+        ports = free_ports(3 * self.n)
         self.members = [
             EtcdMember(f"m{i}", self.base / f"m{i}", *ports[3 * i : 3 * i + 3])
             for i in range(self.n)
@@ -164,9 +152,7 @@ class Etcd:
             while not all(m.healthy() for m in self.members):
                 dead = [m.name for m in self.members if not m.running()]
                 if dead or time.monotonic() > deadline:
-                    logs = "\n".join(
-                        m.log.read_text(errors="replace")[-2000:] for m in self.members
-                    )
+                    logs = self.log_tail()
                     self.stop()
                     if "address already in use" in logs and attempt < START_ATTEMPTS:
                         break  # a port was taken meanwhile: fresh ports, fresh data
@@ -183,6 +169,14 @@ class Etcd:
     def stop(self) -> None:
         for m in self.members:
             m.stop()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of every member's log, for failure messages."""
+        return "\n".join(
+            f"--- etcd {m.name} log ---\n" + m.log.read_text(errors="replace")[-chars:]
+            for m in self.members
+            if m.log.exists()
+        )
 
     def close(self) -> None:
         self.stop()

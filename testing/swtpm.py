@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from testing.ports import free_port_pair
+
 
 def die_with_parent() -> None:
     """``preexec_fn``: the child is SIGKILLed when the process that started it dies, so a
@@ -22,23 +24,6 @@ def die_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def free_port_pair() -> int:
-    """A port P such that P and P+1 are free on 127.0.0.1 (server and control)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return int(port)
-    raise RuntimeError("no free port pair on 127.0.0.1")
 
 
 class SwTpm:

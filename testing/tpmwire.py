@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 
-from testing.swtpm import free_port_pair
+from testing.ports import free_port_pair
 
 #: Command codes a payload sends first, by name (TPM 2.0 Part 2, TPM_CC).
 CC_NAMES = {0x17A: "GetCapability", 0x173: "ReadPublic", 0x16E: "NV_Read", 0x144: "Startup"}

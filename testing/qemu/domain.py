@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from testing.ports import free_port
 from testing.qemu import harness
 from testing.qemu import vm as vmmod
 from testing.qemu.lab import HOST_IP, PEER_PORT
@@ -65,7 +66,7 @@ class Guest:
         self.name, self.index = name, index
         self.dir = workdir / name
         self.ip = f"10.0.2.{101 + index}"  # how the other guests address it
-        self.port = vmmod.free_port()  # 127.0.0.1:port → this guest's status port
+        self.port = free_port()  # 127.0.0.1:port → this guest's status port
         self.confdir = self.dir / "conf"
         self.credential = secrets.token_hex(32)
         self.control = self.dir / "control.ctl"

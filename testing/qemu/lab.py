@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from testing.netns import Netns
+from testing.ports import free_port
 from testing.qemu import harness
 from testing.qemu import vm as vmmod
 from testing.swtpm import SwTpm, die_with_parent
@@ -88,7 +89,7 @@ class PeerAgent:
         self.dir.mkdir(parents=True)
         self.id, self.guest_ip, self.netns = peer_id, guest_ip, netns
         self.tpm = SwTpm(self.dir / "tpmstate")
-        self.port = PEER_PORT if netns else vmmod.free_port()
+        self.port = PEER_PORT if netns else free_port()
         self.conf = self.dir / "host-recover.conf"
         self.inventory = self.dir / "peers.json"
         listen = f"{_host(guest_ip)}:{PEER_PORT}" if netns else f"127.0.0.1:{self.port}"

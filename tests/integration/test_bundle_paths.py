@@ -27,7 +27,7 @@ import pytest
 from test_boot_host import Host, _assert_nothing_left, _umount_all
 
 from testing.peersim import Fleet, SimPeer
-from testing.swtpm import free_port_pair
+from testing.ports import free_port_pair
 
 from recover import bundle
 

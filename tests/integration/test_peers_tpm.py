@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from testing.peersim import new_key, pub_pem
-from testing.swtpm import SwTpm, free_port_pair
+from testing.ports import free_port_pair
+from testing.swtpm import SwTpm
+from testing.waiting import until
 
 from recover import config
 from recover.boot import gather
@@ -83,25 +85,50 @@ class Host:
     def start_agent(self, host_id: str | None = None, role: str = "agent") -> None:
         """``role="boot"`` stands in for the peer's boot payload (its TPM just reset, the
         lock PCR not yet extended); with the lock PCR extended it is the lie of root in
-        the peer's normal OS."""
+        the peer's normal OS.
+
+        Ready is the agent's own line saying it answers on this host's port, not a
+        connection to the port: another listener on a reused port would answer that
+        probe while the agent itself failed to bind (docs: testing/ports.py)."""
         cfgfile = self.write_config(host_id)
-        self.agent = subprocess.Popen(
-            [sys.executable, "-m", "recover", "--config", str(cfgfile), "agent", "--role", role],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.agent.poll() is not None:
-                raise RuntimeError(f"agent {self.name} exited: {self.agent.stderr.read()}")  # type: ignore[union-attr]
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"agent {self.name} did not listen")
+        self.log_path = self.root / f"agent-{self.name}.log"
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:  # a file: nobody has to drain a pipe
+            self.agent = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "recover",
+                    "--config",
+                    str(cfgfile),
+                    "agent",
+                    "--role",
+                    role,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        ready = f"answering on 127.0.0.1:{self.port} "
+        agent = self.agent
+
+        def started() -> bool:
+            if ready in self.log_path.read_text(errors="replace")[offset:]:
+                return True
+            if agent.poll() is not None:
+                raise RuntimeError(f"agent {self.name} exited:\n{self.log_tail()}")
+            return False
+
+        try:
+            until(started, f"agent {self.name} answering on its port", timeout=60)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n{self.log_tail()}") from None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of this host's agent log (every start appends), for failure messages."""
+        path = getattr(self, "log_path", None)
+        if path is None or not path.exists():
+            return f"(agent {self.name}: no log)"
+        return f"--- agent {self.name} log ---\n" + path.read_text(errors="replace")[-chars:]
 
     def stop_agent(self) -> None:
         if self.agent is not None:
@@ -112,8 +139,6 @@ class Host:
                 self.agent.kill()
                 code = self.agent.wait(timeout=5)
             self.exit_codes.append(code)
-            if self.agent.stderr:
-                self.agent.stderr.close()
             self.agent = None
 
 

@@ -6,12 +6,12 @@ software (testing.peersim); the verifier and the verdict are the product's."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
 
 from testing.peersim import Fleet, SimPeer, SoftwareAttestor, entry, evidence_of
+from testing.ports import free_port
 from testing.waiting import returns
 
 from recover.core.evidence import Reading
@@ -25,12 +25,6 @@ pytestmark = pytest.mark.integration
 
 ME = "self"
 OWN_SINCE = 20.0  # peersim peers report 20 s since their reset (plus elapsed time)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_rounds(

@@ -79,8 +79,6 @@ def power_loss(fleet: dict[str, Host], etcd: Etcd) -> None:
         assert h.agent is not None
         h.agent.send_signal(signal.SIGKILL)
         h.agent.wait(timeout=10)
-        if h.agent.stderr:
-            h.agent.stderr.close()
         h.agent = None
     boot(fleet, cut=set(fleet))
     # The leases expire on etcd's clock: wait for the event, not for a duration.
@@ -99,7 +97,10 @@ def heartbeat_all(fleet: dict[str, Host], etcd: Etcd) -> None:
     for h in fleet.values():
         start_heartbeating(h, etcd.endpoints_setting)
     for n in NAMES:
-        until(lambda n=n: seq(etcd, n) >= 2, f"{n} heartbeated twice", timeout=60)
+        try:
+            until(lambda n=n: seq(etcd, n) >= 2, f"{n} heartbeated twice", timeout=60)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n{fleet[n].log_tail()}\n{etcd.log_tail()}") from None
 
 
 def test_peers_still_off_correlated_from_the_witness_alone(

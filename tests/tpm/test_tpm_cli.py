@@ -251,7 +251,7 @@ def test_attest_prints_an_inventory_entry(host: Host, capsys) -> None:
 
 
 def test_unreachable_tpm_exit_3(tmp_path: Path, capsys) -> None:
-    from testing.swtpm import free_port_pair
+    from testing.ports import free_port_pair
 
     h = Host(f"swtpm:host=127.0.0.1,port={free_port_pair()}", tmp_path)
     h.conf.write_text(h.conf.read_text().replace("[peers]", "timeout = 0.2\n[peers]"))

@@ -246,7 +246,7 @@ def test_signals(tpm: Tpm) -> None:
 
 
 def test_unreachable_tpm() -> None:
-    from testing.swtpm import free_port_pair
+    from testing.ports import free_port_pair
 
     with pytest.raises(TpmUnavailable, match="cannot connect"):
         Tpm.open(f"swtpm:host=127.0.0.1,port={free_port_pair()}", timeout=0.2)
