@@ -13,6 +13,11 @@ a file), and root can read it back with ``--showkeys`` while the mapping exists.
 
 No plaintext copy: RAM and time do not depend on the image size. A block whose hash does
 not match is an I/O error at read time (no corruption-mode argument: EIO).
+
+The kernel modules are loaded ahead, in the background (recover.boot.preload); the
+mapping waits for them, bounded. dmsetup manages its own device nodes
+(``DM_DISABLE_UDEV``): the initramfs may run no udev rules for device-mapper, and a
+separate ``dmsetup mknodes`` is one process start more.
 """
 
 from __future__ import annotations
@@ -47,12 +52,19 @@ class Mapping:
     steps_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+def _env(argv: list[str]) -> dict[str, str] | None:
+    """dmsetup creates and removes its nodes itself (no udev rules for it at boot)."""
+    return dict(os.environ, DM_DISABLE_UDEV="1") if argv[0] == "dmsetup" else None
+
+
 def _run(argv: list[str], stdin: bytes | None = None, timeout: float = 60) -> str:
     import subprocess
 
     log.debug("+ %s", " ".join(argv))
     try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            argv, input=stdin, capture_output=True, timeout=timeout, check=False, env=_env(argv)
+        )
     except (OSError, subprocess.SubprocessError) as e:
         raise SystemFault(
             f"{argv[0]} could not run: {e}",
@@ -111,16 +123,18 @@ class _Keyring:
                                c.c_long(serial)), "invalidate key")  # fmt: skip
 
 
-def _dm_create(name: str, table: str) -> None:
-    """A read-only mapping, its table on stdin; the node made by dmsetup itself (the
-    initramfs may run no udev rules for device-mapper)."""
-    _run(["dmsetup", "create", name, "--readonly", "--noudevsync"], stdin=table.encode())
-    _run(["dmsetup", "mknodes", name])
+def _dm_create(name: str, table: bytes) -> None:
+    """A read-only mapping, its table on stdin; its node made by dmsetup itself (the
+    initramfs may run no udev rules for device-mapper), else by ``dmsetup mknodes``."""
+    _run(["dmsetup", "create", name, "--readonly", "--noudevsync"], stdin=table)
+    if not os.path.exists(f"/dev/mapper/{name}"):
+        _run(["dmsetup", "mknodes", name])
+    _wait_node(f"/dev/mapper/{name}")
 
 
 def _wait_node(path: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):  # bounded: dmsetup mknodes made it, udev may re-make it
+    while not os.path.exists(path):  # bounded: dmsetup made it, udev may re-make it
         if time.monotonic() > deadline:
             raise SystemFault(f"{path} did not appear", hint="dmsetup mknodes failed?")
         time.sleep(0.05)
@@ -131,6 +145,11 @@ def map_image(path: str, header: HeaderV2, xts_key: bytearray) -> Mapping:
     key bytes are wiped before this returns. On failure nothing is left mapped."""
     m = Mapping()
     try:
+        from recover.boot import preload
+
+        waited = preload.wait()
+        if waited is not None:
+            m.steps_ms["modules"] = waited
         t = time.monotonic()
         m.loop = _run(
             ["losetup", "--find", "--show", "--read-only", "--offset", str(header.data_offset),
@@ -138,13 +157,12 @@ def map_image(path: str, header: HeaderV2, xts_key: bytearray) -> Mapping:
         )  # fmt: skip
         m.steps_ms["loop"] = _ms(t)
         t = time.monotonic()
-        _dm_create(VERITY_NAME, verity_table(header, m.loop))
+        _dm_create(VERITY_NAME, verity_table(header, m.loop).encode())
         m.steps_ms["verity"] = _ms(t)
         t = time.monotonic()
         _map_crypt(header, xts_key, m)
         m.steps_ms["crypt"] = _ms(t)
         m.device = f"/dev/mapper/{CRYPT_NAME}"
-        _wait_node(m.device)
     except BaseException:
         unmap(m.loop)
         raise
@@ -156,7 +174,6 @@ def map_image(path: str, header: HeaderV2, xts_key: bytearray) -> Mapping:
 
 def _map_crypt(header: HeaderV2, xts_key: bytearray, m: Mapping) -> None:
     verity_dev = f"/dev/mapper/{VERITY_NAME}"
-    _wait_node(verity_dev)
     try:
         ring = _Keyring()
         ring.join_session()
@@ -169,17 +186,14 @@ def _map_crypt(header: HeaderV2, xts_key: bytearray, m: Mapping) -> None:
         )
         table = bytearray(crypt_table(header, verity_dev, xts_key.hex()).encode())
         try:
-            _run(
-                ["dmsetup", "create", CRYPT_NAME, "--readonly", "--noudevsync"], stdin=bytes(table)
-            )
+            _dm_create(CRYPT_NAME, bytes(table))
         finally:
             table[:] = bytes(len(table))
-        _run(["dmsetup", "mknodes", CRYPT_NAME])
         m.key_passing = "table"
         return
     try:
         key_ref = f":{len(xts_key)}:logon:{KEY_DESCRIPTION}"
-        _dm_create(CRYPT_NAME, crypt_table(header, verity_dev, key_ref))
+        _dm_create(CRYPT_NAME, crypt_table(header, verity_dev, key_ref).encode())
     finally:
         with contextlib.suppress(OSError):
             ring.invalidate(serial)  # dm-crypt holds its own copy once the table is loaded
@@ -201,7 +215,7 @@ def _quiet(argv: list[str]) -> str | None:
     import subprocess
 
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+        proc = subprocess.run(argv, capture_output=True, timeout=30, check=False, env=_env(argv))
     except (OSError, subprocess.SubprocessError) as e:
         log.debug("%s: %s", argv[0], e)
         return None

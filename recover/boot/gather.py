@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -249,12 +249,18 @@ def run(
     serve: bool,
     pstore_dir: str = evidence.PSTORE_DIR,
     previous: Any = READ_FROM_TPM,
+    prepare: Callable[[], None] | None = None,
 ) -> Decision:
+    """``prepare`` is called once the evidence says the shutdown was not clean: a
+    recovery is possible, and what it will need can get ready while the peers answer
+    (the payload: recover.boot.preload). It must give nobody a secret."""
     timings: dict[str, float] = {}
     with step("evidence", timings):
         ev = gather(tpm, cfg, pstore_dir=pstore_dir, previous=previous)
     read_at = time.monotonic()
     log.info("evidence: %s", ev.summary)
+    if prepare is not None and ev.summary is not Reading.CLEAN:
+        prepare()
     if serve:  # the boot: the next boot must read the hybrid counter afresh
         rearm_orderly_counter(tpm, cfg)
     policy = Policy.from_config(cfg)

@@ -140,7 +140,7 @@ class Payload:
 
         tl = self.outcome.timeline_ms
         with step("decide", tl):
-            decision = gather.run(self.cfg, self._tpm(), serve=True)
+            decision = gather.run(self.cfg, self._tpm(), serve=True, prepare=self._preload)
         tl.update({f"decide.{k}": v for k, v in decision.timings.items()})
         self.outcome.verdict = decision.verdict.to_json()
         self.outcome.evidence = decision.evidence.to_json()
@@ -152,10 +152,18 @@ class Payload:
         self.outcome.action = str(v.action)
         return plan.route_of(v.action)
 
+    def _preload(self) -> None:
+        """The recovery's kernel modules, loading in the background (recover.boot.preload;
+        imported only here: a clean boot never loads it)."""
+        from recover.boot import preload
+
+        preload.start(self.cfg.store_device)
+
     def _steps(self, steps: tuple[plan.Step, ...]) -> None:
         from recover.boot.recovery import Recovery, run_steps
 
         if self.route is plan.Route.RECOVER:
+            self._preload()  # a forced recovery (boot.mode): load while the TPM unseals
             r = Recovery(self.cfg, self._tpm(), self.newroot, self.outcome, cmdline=self.cmdline)
             run_steps(r, steps)
             log.info("recovery root ready on %s", self.newroot)

@@ -56,7 +56,7 @@ def mount_store(cfg: Config) -> tuple[str, str]:
     mount_dir.mkdir(parents=True, exist_ok=True)
     if not is_mounted(mount_dir):
         options = STORE_MOUNT_OPTIONS
-        if _fstype(cfg.store_device).startswith("ext"):
+        if fstype(cfg.store_device).startswith("ext"):
             options += ",noload"  # a read-only ext3/4 mount would still replay the journal
         run_cmd(["mount", "-o", options, cfg.store_device, os.fspath(mount_dir)])
     return (
@@ -65,7 +65,7 @@ def mount_store(cfg: Config) -> tuple[str, str]:
     )
 
 
-def _fstype(device: str) -> str:
+def fstype(device: str) -> str:
     """The file system type blkid reports for ``device`` ('' when unknown)."""
     import subprocess
 

@@ -68,6 +68,8 @@ def test_recovery_boot_maps_the_v2_image(lab: Lab) -> None:
     assert res.root == "recovery" and rec["action"] == "recover", rec
     assert res.proof_ok is True
     assert rec["image"]["format"] == 2 and rec["image"]["key_passing"] == "keyring"
+    # the kernel modules were loaded ahead, by the payload's own modprobe (dmimage.preload)
+    assert "modules" in rec["image"]["steps_ms"], rec["image"]
     assert res.console.find(rf"^HR-PROBE ok {imgv2.PROBE_SHA256}"), res.console.text()[-3000:]
     # no plaintext copy: nothing mounted on the v1 path's tmpfs
     assert res.console.find(r"^HR-PLAINTEXT-TMPFS") is None

@@ -168,3 +168,29 @@ def test_evidence_cli_json(provisioned: Any, tmp_path: Path) -> None:
     data = json.loads(out.stdout)
     assert data["summary"] == "abnormal"
     assert Evidence.from_json(data).summary is Reading.ABNORMAL
+
+
+@pytest.mark.tpm
+def test_prepare_runs_only_when_a_recovery_is_possible(provisioned: Any, tmp_path: Path) -> None:
+    """gather.run's ``prepare`` (the payload: load the image's kernel modules in the
+    background) runs once the evidence is not clean, never on a clean boot."""
+    from recover.boot import gather as gather_mod
+    from recover.tpm import Tpm
+
+    calls: list[str] = []
+    c = cfg().replace(peers_inventory=str(tmp_path / "none.json"))  # alone: no peers
+    for event, expected in (("orderly", []), ("cut", ["prepare"])):
+        calls.clear()
+        if event == "orderly":
+            provisioned.reboot_orderly()
+        else:
+            provisioned.power_cut_and_restart()
+        with Tpm.open(provisioned.tcti) as tpm:
+            d = gather_mod.run(
+                c,
+                tpm,
+                serve=False,
+                pstore_dir=str(tmp_path),
+                prepare=lambda: calls.append("prepare"),
+            )
+        assert calls == expected, (event, d.evidence.summary)
