@@ -142,6 +142,7 @@ def measure(
     kid = imageformat.key_id(keys.image_root_key(master)).hex()
     lab = labmod.Lab(harness.BUILD / "bench-pivot-lab", n_peers=3, master=master)
     results: dict[str, list[dict[str, Any]]] = {}
+    rev = revision()  # the tree the initramfs is built from (edits during the run are not)
     work = harness.BUILD / "bench-pivot"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -149,7 +150,7 @@ def measure(
         results.setdefault(name, []).append(r)
         print(f"{name}: {json.dumps(r)}", file=sys.stderr, flush=True)
         if json_out is not None:
-            json_out.write_text(json.dumps(summary(sizes, results), indent=1) + "\n")
+            json_out.write_text(json.dumps(summary(sizes, results, rev), indent=1) + "\n")
 
     try:
         lab.setup()
@@ -179,11 +180,11 @@ def measure(
                     record(f"v{fmt} {label(size)}", r)
     finally:
         lab.close()
-    return summary(sizes, results)
+    return summary(sizes, results, rev)
 
 
-def summary(sizes: list[int], results: dict[str, Any]) -> dict[str, Any]:
-    return {"accel": vmmod.accel(), "memory_mib": int(vmmod.MEMORY), "revision": revision(),
+def summary(sizes: list[int], results: dict[str, Any], rev: str) -> dict[str, Any]:
+    return {"accel": vmmod.accel(), "memory_mib": int(vmmod.MEMORY), "revision": rev,
             "sizes": [label(s) for s in sizes], "results": results}  # fmt: skip
 
 
@@ -292,7 +293,61 @@ def _without_peers(r: dict[str, Any]) -> float | None:
     return float(at - (s.get("decide.peers", 0) + s.get("decide.answer-wait", 0)) / 1000)
 
 
-def section(m: dict[str, Any], sizes_arg: str) -> str:
+#: The recovery-path steps a before/after comparison shows (payload timeline keys).
+COMPARED_STEPS = ("store", "image", "mount", "payload-total")
+
+
+def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """A before/after table of two measurements (``--before``): the v2 boots' medians
+    of the recovery-path steps and of the new root against each run's own clean boot."""
+
+    def med(runs: list[dict[str, Any]], value: Any) -> float | None:
+        xs = [v for v in (value(r) for r in runs if r.get("ok")) if v is not None]
+        return _med(xs) if xs else None
+
+    def root(r: dict[str, Any]) -> float | None:
+        return r.get("phases", {}).get("new-root")
+
+    def cell(b: float | None, a: float | None, fmt: str) -> str:
+        if b is None or a is None:
+            return "–"
+        return f"{b:{fmt}} → {a:{fmt}}"
+
+    head = " | ".join(COMPARED_STEPS)
+    lines = [
+        f"| boot | {head} | new root − clean boot (s) | same, without the peer steps (s) |",
+        "|---" * (len(COMPARED_STEPS) + 3) + "|",
+    ]
+    clean_b = med(before["results"].get(CLEAN, []), root)
+    clean_a = med(after["results"].get(CLEAN, []), root)
+    for name in (n for n in after["results"] if n.startswith("v2 ")):
+        rb, ra = before["results"].get(name, []), after["results"].get(name, [])
+        steps = " | ".join(
+            cell(
+                med(rb, lambda r, k=k: r.get("steps_ms", {}).get(k)),
+                med(ra, lambda r, k=k: r.get("steps_ms", {}).get(k)),
+                ".0f",
+            )
+            for k in COMPARED_STEPS
+        )
+        deltas = []
+        for value in (root, _without_peers):
+            b, a = med(rb, value), med(ra, value)
+            deltas.append(
+                cell(
+                    b - clean_b if b is not None and clean_b is not None else None,
+                    a - clean_a if a is not None and clean_a is not None else None,
+                    "+.1f",
+                )
+            )
+        lines.append(f"| {name} | {steps} | {deltas[0]} | {deltas[1]} |")
+    return (
+        f"Before (tree {before['revision']}) → after (tree {after['revision']}), medians in ms "
+        f"unless said, each run against its own clean boot:\n\n" + "\n".join(lines)
+    )
+
+
+def section(m: dict[str, Any], sizes_arg: str, before: dict[str, Any] | None = None) -> str:
     results: dict[str, list[dict[str, Any]]] = m["results"]
     rows = [_row(name, runs) for name, runs in results.items()]
     repeats = max((len(r) for r in results.values()), default=0)
@@ -317,6 +372,7 @@ def section(m: dict[str, Any], sizes_arg: str) -> str:
             "(`asking: false`, docs/peer-protocol.md). The last goal line takes the peer "
             "steps out."
         )
+    compared = f"\n{compare(before, m)}\n" if before is not None else ""
     killed = ""
     if any("Killed" in " ".join(r.get("console") or []) for rs in results.values() for r in rs):
         killed = (
@@ -345,10 +401,11 @@ medians over the boots that reached their root; (min–max) where there are seve
 {chr(10).join(rows)}
 
 {chr(10).join(goals(results))}
-
-A shared 2-core machine under TCG: the dm steps are process starts (losetup, dmsetup) and
-kernel module loads whose times vary by seconds with the machine's load; nothing in them
-reads the image. The clean boot's payload stops at its verdict (no unseal, image or
+{compared}
+A shared 2-core machine under TCG: the dm steps are process starts (losetup, dmsetup) and,
+where the background preload had not loaded them yet ("modules": the step's wait for it,
+recover/boot/preload.py), kernel module loads; their times vary by seconds with the
+machine's load; nothing in them reads the image. The clean boot's payload stops at its verdict (no unseal, image or
 credentials step, which the recovery boot must do): the difference in "new root" is
 what a recovery costs. {waited}
 
@@ -357,6 +414,7 @@ image of 1 GiB or more cannot be recovered at all, and below that its time grows
 the size. v2 maps the image and reads only what the recovery OS touches.{killed}
 
 Reproduce: `{perfdoc.reproduce("pivot", f"--sizes {sizes_arg} --repeats {repeats} --write")}`
+(`--json OUT` keeps a run, `--before OLD.json` adds the comparison with an earlier one)
 (root, QEMU, swtpm; the images are cached under /var/cache/host-recover/bench-images/).
 """
 
@@ -369,13 +427,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", metavar="OUT", help="also write the measurement as JSON")
     ap.add_argument("--write", action="store_true", help="update docs/performance.md")
     ap.add_argument("--from-json", metavar="IN", help="render a measurement --json wrote")
+    ap.add_argument("--before", metavar="OLD", help="compare with an earlier --json run")
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     if args.from_json:
         m = json.loads(Path(args.from_json).read_text())
     else:
         m = measure(sizes, args.timeout, args.repeats, Path(args.json) if args.json else None)
-    text = section(m, args.sizes)
+    before = json.loads(Path(args.before).read_text()) if args.before else None
+    text = section(m, args.sizes, before)
     print(text)
     if args.write:
         perfdoc.write_section(TITLE, text)

@@ -1,0 +1,38 @@
+"""bench.pivot's before/after table: medians per step and the new root against each
+run's own clean boot (pure rendering of two --json runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.pivot import CLEAN, compare
+
+
+def boot(new_root: float, peers: float = 0, **steps: float) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "phases": {"new-root": new_root},
+        "steps_ms": {"decide.peers": peers, "decide.answer-wait": 0, **steps},
+    }
+
+
+def run(rev: str, clean: list[float], v2: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"revision": rev, "results": {CLEAN: [boot(c) for c in clean], "v2 64 MiB": v2}}
+
+
+def test_before_after_rows() -> None:
+    before = run(
+        "aaa",
+        [25.0, 26.0, 27.0],
+        [boot(28.0, 500, store=400, image=1200, mount=300), boot(29.0, 500, store=500)],
+    )
+    after = run("bbb", [25.5], [boot(26.0, 1000, store=100, image=600, mount=200)])
+    text = compare(before, after)
+    assert "tree aaa" in text and "tree bbb" in text
+    row = next(line for line in text.splitlines() if line.startswith("| v2 64 MiB"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # store: median of 400 and 500 → 100; image and mount from the one boot that has them
+    assert cells[1:4] == ["450 → 100", "1200 → 600", "300 → 200"]
+    assert cells[4] == "–"  # payload-total measured in neither
+    assert cells[5] == "+2.5 → +0.5"  # median 28.5 − 26.0; 26.0 − 25.5
+    assert cells[6] == "+2.0 → -0.5"  # less the peer rounds (0.5 s; 1.0 s)
