@@ -294,7 +294,7 @@ def _without_peers(r: dict[str, Any]) -> float | None:
 
 
 #: The recovery-path steps a before/after comparison shows (payload timeline keys).
-COMPARED_STEPS = ("store", "image", "mount", "payload-total")
+COMPARED_STEPS = ("decide", "store", "image", "mount", "payload-total")
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -341,9 +341,26 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
                 )
             )
         lines.append(f"| {name} | {steps} | {deltas[0]} | {deltas[1]} |")
+
+    def pooled(m: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+        runs = [r for n, rs in m["results"].items() if n.startswith("v2 ") for r in rs]
+        return med(runs, lambda r: sum(r["steps_ms"].get(k, 0) for k in keys) or None)
+
+    moved = [
+        f"{what}: {cell(pooled(before, keys), pooled(after, keys), '.0f')} ms"
+        for what, keys in (
+            ("store + image + mount", ("store", "image", "mount")),
+            ("decide", ("decide",)),
+            ("payload total", ("payload-total",)),
+        )
+    ]
     return (
         f"Before (tree {before['revision']}) → after (tree {after['revision']}), medians in ms "
-        f"unless said, each run against its own clean boot:\n\n" + "\n".join(lines)
+        f"unless said, each run against its own clean boot:\n\n"
+        + "\n".join(lines)
+        + "\n\nOver every v2 boot of each run: "
+        + "; ".join(moved)
+        + "."
     )
 
 

@@ -32,7 +32,9 @@ def test_before_after_rows() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| v2 64 MiB"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # store: median of 400 and 500 → 100; image and mount from the one boot that has them
-    assert cells[1:4] == ["450 → 100", "1200 → 600", "300 → 200"]
-    assert cells[4] == "–"  # payload-total measured in neither
-    assert cells[5] == "+2.5 → +0.5"  # median 28.5 − 26.0; 26.0 − 25.5
-    assert cells[6] == "+2.0 → -0.5"  # less the peer rounds (0.5 s; 1.0 s)
+    assert cells[1] == "–"  # decide measured in neither
+    assert cells[2:5] == ["450 → 100", "1200 → 600", "300 → 200"]
+    assert cells[6] == "+2.5 → +0.5"  # median 28.5 − 26.0; 26.0 − 25.5
+    assert cells[7] == "+2.0 → -0.5"  # less the peer rounds (0.5 s; 1.0 s)
+    # pooled over the boots: (400+1200+300, 500) → median 1200; after 100+600+200
+    assert "store + image + mount: 1200 → 900 ms" in text
