@@ -479,6 +479,7 @@ def answer_wait(
             srv.last_answer.copy(),  # written by the server's thread
             timeout=cfg.peers_timeout,
             deadline=cfg.peers_deadline,
+            receipts=srv.receipts.copy(),
         )
         if not waiting:
             break
@@ -502,6 +503,7 @@ def still_answering(
     *,
     timeout: float,
     deadline: float,
+    receipts: Mapping[str, float] | None = None,
 ) -> set[str]:
     """The peers this host must still answer at ``now``, its own rounds having ended at
     ``since`` (pure: docs/verdict.md, "Staggered boots").
@@ -518,15 +520,20 @@ def still_answering(
       answering sooner would leave that peer asking until its whole ``verdict.wait``
       ends, undetermined. (The peer's settings are taken to be this host's: a fleet's
       configuration.)
+    - a peer whose receipt (``receipts``: docs/peer-protocol.md, "Receipts") came after
+      its last answer has verified that answer and will not ask again: done at once.
     """
     from recover.peers.rounds import PAUSE_MAX
 
     round_max = max(timeout, deadline)
     quiet = round_max + PAUSE_MAX
+    receipts = receipts or {}
     left = set()
     for p in ids:
         at = last_answer.get(p)
         if at is not None:
+            if receipts.get(p, -1.0) >= at:
+                continue
             if now - at < quiet:
                 left.add(p)
         elif now - since < (round_max if p in booting else timeout):

@@ -507,3 +507,38 @@ def make_request(self_id: str, nonce: bytes, quote: Quote, version: int = VERSIO
             "pcrs": pcrs_to_json(quote.pcrs),
         }
     )
+
+
+# --- receipts (docs/peer-protocol.md, "Receipts") ----------------------------------------
+
+RECEIPT_PATH = "/v2/receipt"
+
+
+RECEIPT_CONTEXT = b"host-recover/v2/receipt"
+
+
+def receipt_tag(requester: str, nonce: bytes, signature: bytes) -> bytes:
+    """What a requester echoes once a v2 reply verified: bound to its request (requester,
+    nonce) and to the reply's quote signature, which only the requester and the network
+    path saw (peers in the same batch share the signature, never the nonce)."""
+    h = hashlib.sha256(RECEIPT_CONTEXT)
+    for part in (requester.encode(), nonce, signature):
+        h.update(len(part).to_bytes(4, "big") + part)
+    return h.digest()
+
+
+def make_receipt(self_id: str, nonce: bytes, signature: bytes) -> bytes:
+    """A receipt body: "your reply to my request ``nonce`` reached me and verified"."""
+    return canonical_json(
+        {
+            "version": 2,
+            "requester": self_id,
+            "nonce": nonce.hex(),
+            "tag": receipt_tag(self_id, nonce, signature).hex(),
+        }
+    )
+
+
+def reply_signature(reply: Mapping[str, Any]) -> bytes:
+    """The quote signature of a reply this host produced or verified (Rejected if none)."""
+    return Quote.from_json(reply.get("quote"), reply.get("pcrs")).signature

@@ -22,13 +22,16 @@ from recover.core.inventory import Peer
 from recover.core.protocol import (
     NONCE_SIZE,
     PATHS,
+    RECEIPT_PATH,
     VERSION,
     Outcome,
     PeerResult,
     PeerResults,
     PeerStatus,
     Rejected,
+    make_receipt,
     make_request,
+    reply_signature,
     request_qualifying_data,
     verify_reply,
 )
@@ -59,6 +62,12 @@ StopEarly = Callable[[Sequence[PeerResult], int], bool]
 
 
 MAX_DIGITS = 40  # longest integer a reply may carry (a 64-bit counter has 20 digits)
+
+
+RECEIPT_TIMEOUT = 1.0  # seconds for one receipt (one attempt, never retried)
+
+
+RECEIPT_GRACE = 0.2  # seconds the round's end waits for receipts still in flight
 
 
 def _bounded_int(text: str) -> int:
@@ -108,6 +117,22 @@ class _Round:
     retries: int
     end: float
     source: str | None
+    receipts: list[asyncio.Future[None]] = dataclasses.field(default_factory=list)
+
+
+async def _send_receipt(peer: Peer, rnd: _Round, body: bytes) -> None:
+    """Tell ``peer`` its answer reached us and verified, so it need not keep answering
+    us (docs/peer-protocol.md, "Receipts"). One attempt; whatever happens is only
+    logged: without the receipt the peer answers a while longer, as before."""
+    try:
+        code, _ = await http_post(
+            peer.host, peer.port, body, min(rnd.timeout, RECEIPT_TIMEOUT), RECEIPT_PATH, rnd.source
+        )
+    except Exception as e:  # noqa: BLE001 - a receipt never affects the round
+        log.debug("receipt to %s not delivered: %s", peer.id, e)
+        return
+    if code != 200:  # 404 from a peer that predates receipts
+        log.debug("receipt to %s: HTTP %d", peer.id, code)
 
 
 async def _ask(peer: Peer, rnd: _Round, version: int, timeout: float) -> PeerStatus:
@@ -140,7 +165,14 @@ async def _ask(peer: Peer, rnd: _Round, version: int, timeout: float) -> PeerSta
             raise Rejected(Outcome.BUSY, why, free_retry=True, retry_after=wait)
         outcome = Outcome.UNREACHABLE if code == 503 else Outcome.REFUSED
         raise Rejected(outcome, why)
-    return verify_reply(peer, rnd.nonce, reply, rnd.known, requester=rnd.self_id)
+    status = verify_reply(peer, rnd.nonce, reply, rnd.known, requester=rnd.self_id)
+    if version == 2:
+        import asyncio
+
+        assert isinstance(reply, dict)
+        body = make_receipt(rnd.self_id, rnd.nonce, reply_signature(reply))
+        rnd.receipts.append(asyncio.ensure_future(_send_receipt(peer, rnd, body)))
+    return status
 
 
 _RETRYABLE = (Outcome.TIMEOUT, Outcome.UNREACHABLE, Outcome.BUSY)
@@ -271,6 +303,12 @@ async def query_all_async(
         t.cancel()
     if pending:
         await asyncio.gather(*pending, return_exceptions=True)
+    if rnd.receipts:  # most went out while the round ran; the rest get a moment
+        _, unsent = await asyncio.wait(rnd.receipts, timeout=RECEIPT_GRACE)
+        for r in unsent:
+            r.cancel()
+        if unsent:
+            await asyncio.gather(*unsent, return_exceptions=True)
     why = (Outcome.SKIPPED, "verdict settled") if stopped else (Outcome.TIMEOUT, "deadline")
     done.extend(PeerResult(tasks[t].id, why[0], why[1]) for t in pending)
     order = {p.id: i for i, p in enumerate(peers)}

@@ -35,6 +35,7 @@ from recover.core.protocol import (
     MAX_BODY,
     NONCE_SIZE,
     PATHS,
+    RECEIPT_PATH,
     VERSION,
     VERSIONS,
     Batch,
@@ -42,7 +43,9 @@ from recover.core.protocol import (
     Rejected,
     canonical_json,
     check_peer_quote,
+    receipt_tag,
     reply_qualifying_data,
+    reply_signature,
     request_qualifying_data,
     status_hash,
 )
@@ -232,6 +235,42 @@ class Responder:
             while len(cache) > self.limits.cache_size:
                 cache.popitem(last=False)
 
+    def receipt(self, body: bytes) -> tuple[int, dict[str, Any], str | None]:
+        """A requester's receipt for an answer of ours (docs/peer-protocol.md,
+        "Receipts"): (HTTP code, reply, the requester when it counts). It counts only
+        for a request this host answered and still has in its answer cache, with the tag
+        of that very answer; no TPM work, no signature check (the tag is the secret)."""
+        import hmac
+
+        from recover.peers.client import loads_bounded
+
+        try:
+            obj = loads_bounded(body)
+        except (ValueError, UnicodeDecodeError):
+            return 400, _error("malformed", "receipt body is not JSON"), None
+        if not isinstance(obj, dict) or obj.get("version") != 2:
+            return 400, _error("malformed", "a receipt is a version 2 JSON object"), None
+        requester, nonce_hex, tag_hex = obj.get("requester"), obj.get("nonce"), obj.get("tag")
+        if not all(isinstance(x, str) for x in (requester, nonce_hex, tag_hex)):
+            return 400, _error("malformed", "requester, nonce and tag must be strings"), None
+        assert isinstance(requester, str) and isinstance(nonce_hex, str)
+        assert isinstance(tag_hex, str)
+        try:
+            nonce, tag = bytes.fromhex(nonce_hex), bytes.fromhex(tag_hex)
+        except ValueError:
+            return 400, _error("malformed", "nonce and tag must be hex"), None
+        answered = self._cache.get((requester, nonce, 2))
+        if answered is None:
+            return 404, _error("unknown", "no answer of this host to that request"), None
+        try:
+            expected = receipt_tag(requester, nonce, reply_signature(answered[1]))
+        except Rejected:  # pragma: no cover - a cached answer always carries its quote
+            return 404, _error("unknown", "no answer of this host to that request"), None
+        if not hmac.compare_digest(tag, expected):
+            log.warning("refused a receipt for %s: the tag does not match our answer", requester)
+            return 403, _error("mismatch", "the tag does not match this host's answer"), None
+        return 200, {"version": 2, "received": True}, requester
+
     # --- the TPM work -------------------------------------------------------------------
 
     def quote_batch(self, batch: list[Request]) -> list[Answer]:
@@ -385,6 +424,9 @@ class Server:
         # requesters that got a status); a requester that asks again did not receive an
         # answer (recover.boot.gather.answer_wait)
         self.last_answer: dict[str, float] = {}
+        # requester -> time.monotonic() of its latest receipt: it has verified an answer
+        # of ours and will not ask again (docs/peer-protocol.md, "Receipts")
+        self.receipts: dict[str, float] = {}
         self.server: asyncio.Server | None = None
 
     @property
@@ -420,6 +462,11 @@ class Server:
         except Rejected as e:
             return e.http_status, _error("malformed", e.reason)
         method, path = start.split(" ")[:2]
+        if method == "POST" and path == RECEIPT_PATH:
+            code, reply, requester = self.responder.receipt(body)
+            if requester is not None:
+                self.receipts[requester] = time.monotonic()
+            return code, reply
         version = next((v for v, p in PATHS.items() if p == path), None)
         if method != "POST" or version is None:
             return 404, _error("not-found", f"only POST {' or '.join(PATHS.values())}")

@@ -101,3 +101,18 @@ def test_a_booting_peer_that_has_not_asked_gets_its_round() -> None:
 def test_requesters_outside_may_ask_are_ignored() -> None:
     # an attested agent (not in may-ask) that asked anyway keeps nobody waiting
     assert left(101.6, {"z": 101.0}) == set()
+
+
+def test_a_receipt_after_the_last_answer_ends_the_wait_for_that_peer() -> None:
+    """A receipt says the peer verified our answer (it never asks again): no quiet time.
+    A receipt older than the peer's last request does not count (it asked again, so it
+    did not get that answer)."""
+
+    def with_receipts(now: float, last: dict[str, float], got: dict[str, float]) -> set[str]:
+        return still_answering(
+            now, 100.0, {"a", "b"}, set(), last, timeout=1.5, deadline=5, receipts=got
+        )
+
+    assert with_receipts(100.0, {"a": 99.0, "b": 99.5}, {"a": 99.2}) == {"b"}
+    assert with_receipts(100.0, {"a": 99.5}, {"a": 99.2}) == {"a", "b"}  # asked again
+    assert with_receipts(101.6, {"a": 99.0, "b": 99.5}, {"a": 99.2, "b": 99.6}) == set()
