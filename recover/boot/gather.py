@@ -486,9 +486,11 @@ def answer_wait(
         time.sleep(0.05)
     answered = set(srv.last_answer)
     log.info(
-        "answered %d of %d peers that may ask (%d run their normal OS or have decided)%s",
+        "answered %d of %d peers that may ask (%d receipted; %d run their normal OS or have "
+        "decided)%s",
         len(ids & answered),
         len(ids),
+        len(ids & set(srv.receipts)),
         settled,
         "" if time.monotonic() < end else " (stopped at the end of verdict.wait)",
     )

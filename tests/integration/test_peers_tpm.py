@@ -278,10 +278,15 @@ def test_requester_with_unexpected_pcrs_is_refused(fleet: dict[str, Host]) -> No
     assert all("PCR" in r.reason for r in d.peers.results)  # type: ignore[union-attr]
 
 
-def test_hosts_booting_together_find_each_other(fleet: dict[str, Host]) -> None:
-    """Two payloads, each serving while asking, started 0.5 s apart, decide together."""
+def test_hosts_booting_together_find_each_other(fleet: dict[str, Host], caplog: Any) -> None:
+    """Two payloads, each serving while asking, started 0.5 s apart, decide together;
+    each verified the other's answer and said so (a receipt), so neither keeps
+    answering the other for the quiet time after its rounds."""
+    import re
+
     from recover.tpm import Tpm
 
+    caplog.set_level(logging.INFO)
     boot(fleet, cut=set(NAMES))
     pair = {n: fleet[n] for n in ("self", "p1")}
     write_inventory(pair)
@@ -308,6 +313,10 @@ def test_hosts_booting_together_find_each_other(fleet: dict[str, Host]) -> None:
         d = results[name]
         assert str(d.verdict.kind) == "correlated-failure", (name, d.verdict.reasons)
         assert d.peers.verified == 1
+    waits = re.findall(r"answered (\d+) of (\d+) peers that may ask \((\d+) receipted", caplog.text)
+    assert len(waits) == 2, caplog.text
+    for answered, may_ask, receipted in waits:  # every peer answered has receipted
+        assert answered == may_ask == receipted, waits
 
 
 def test_cannot_listen_still_asks(fleet: dict[str, Host], caplog: Any) -> None:
@@ -341,8 +350,9 @@ def test_agents_are_not_waited_for_after_the_round(fleet: dict[str, Host], caplo
     assert {r.status.role for r in d.peers.results if r.status} == {"agent"}
     # Nobody is left who may ask: the answer window has nothing to wait for.
     assert gather.may_still_ask(set(NAMES[1:]), d.peers) == set()
-    assert "answered 0 of 0 peers that may ask (3 run their normal OS or have decided)" in (
-        caplog.text
+    assert (
+        "answered 0 of 0 peers that may ask (0 receipted; 3 run their normal OS or have decided)"
+        in (caplog.text)
     )
 
 
@@ -362,8 +372,9 @@ def test_payloads_that_have_decided_are_not_waited_for(fleet: dict[str, Host], c
     said = {r.peer_id: (r.status.role, r.status.asking) for r in d.peers.results if r.status}
     assert said == {p: ("boot", False) for p in NAMES[1:]}
     assert gather.may_still_ask(set(NAMES[1:]), d.peers) == set()
-    assert "answered 0 of 0 peers that may ask (3 run their normal OS or have decided)" in (
-        caplog.text
+    assert (
+        "answered 0 of 0 peers that may ask (0 receipted; 3 run their normal OS or have decided)"
+        in (caplog.text)
     )
 
 
