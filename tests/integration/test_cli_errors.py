@@ -278,13 +278,23 @@ def test_image_decrypt_to_full_or_read_only_destination(ws: dict[str, Path]) -> 
 
 
 def _interrupt_when_writing(argv: list[str | Path], out_dir: Path) -> subprocess.Popen[bytes]:
-    """Start the CLI, wait until it holds its unnamed output file open, then SIGINT it."""
-    p = subprocess.Popen(
-        [sys.executable, "-m", "recover", *map(str, argv)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "HOST_RECOVER_CONFIG": "/nonexistent"},
-    )
+    """Start the CLI, wait until it holds its unnamed output file open, then SIGINT it.
+
+    A shell without job control starts background commands with SIGINT ignored, and an
+    ignored signal stays ignored across exec: Python then installs no handler and the
+    child would run to its end (a local CI run started with ``&`` did exactly that). A
+    signal *caught* here is reset to the default at exec, so the child always starts with
+    SIGINT at its default and gets Python's KeyboardInterrupt handler."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "recover", *map(str, argv)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "HOST_RECOVER_CONFIG": "/nonexistent"},
+        )
+    finally:
+        signal.signal(signal.SIGINT, old)
     deadline = time.monotonic() + 20
     seen = False
     while not seen and time.monotonic() < deadline and p.poll() is None:
@@ -298,6 +308,11 @@ def _interrupt_when_writing(argv: list[str | Path], out_dir: Path) -> subprocess
     if not seen:
         _end(p)
         pytest.fail("the output was never opened (or the command finished too soon)")
+    with open(f"/proc/{p.pid}/status") as f:
+        ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    if ignored & 1 << (signal.SIGINT - 1):
+        _end(p)
+        pytest.fail("the child started with SIGINT ignored: it could not be interrupted")
     p.send_signal(signal.SIGINT)
     return p
 

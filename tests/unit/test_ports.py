@@ -34,6 +34,8 @@ def test_a_port_the_kernel_hands_back_is_skipped(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(ports, "_bind", bind)
     again = ports.free_port()
-    assert again != first and calls["n"] == 4
+    # all three hand-backs refused; more real picks may be refused too when the kernel
+    # returns a port this process handed out before (CI: the suite had many by then)
+    assert again != first and calls["n"] >= 4
     pair = ports.free_port_pair()
     assert {pair, pair + 1}.isdisjoint({first, again})
