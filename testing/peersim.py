@@ -250,6 +250,9 @@ class SimPeer:
     # agent liar liar-lockvalue old v1
     since_reset_s: float = 20.0
     domain: str = "rack-1"
+    # False: answer quotes are not paced (Limits.pace 0), for a fixture asked round after
+    # round for many test cases, which a real peer never is within 10 s
+    paced: bool = True
 
 
 async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -306,9 +309,8 @@ async def serve_fleet(spec: dict[str, Any]) -> tuple[list[dict], list[Any]]:
         else:
             cls = ReplayResponder if p.behaviour == "replay" else Responder
             kind = V1Server if p.behaviour == "v1" else Server
-            srv = await kind(cls(inventory, att, status), Limits(read_timeout=2.0)).start(
-                "127.0.0.1", 0
-            )
+            limits = Limits(read_timeout=2.0, pace=Limits.pace if p.paced else 0.0)
+            srv = await kind(cls(inventory, att, status), limits).start("127.0.0.1", 0)
             port = srv.port
         servers.append(srv)
         entries.append(entry(p.id, port, listed_pem, p.domain))

@@ -10,7 +10,10 @@ A request is answered only after the requester's quote verifies against the inve
 and too many connections get a clear JSON error; the server keeps serving. TPM use is
 serialised by the attestor's lock and runs off the event loop. Every request pending when
 the TPM becomes free is answered by ONE quote (v2 batches); a retry joins its pending
-answer, a replay is answered from the nonce cache, a full queue says ``busy``.
+answer, a replay is answered from the nonce cache, a full queue says ``busy``. Answer
+quotes are paced (:func:`next_quote_at`): the more this host quoted lately, the longer
+the next batch gathers, so a domain's requests trickling in over a second or two cost a
+few quotes, not one per quote time.
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ if TYPE_CHECKING:
     from recover.config import Config
 
 log = logging.getLogger("recover.agent")
+
+
+async def asyncio_sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
 
 
 _REASONS = {
@@ -131,6 +140,12 @@ class Limits:
     cache_size: int = 4096  # answered (requester, nonce) kept: replays and retries
     answer_timeout: float = 60.0  # a request waits this long for its batch's quote
     retry_after: float = 0.5  # what a busy server asks the client to wait (seconds)
+    # Pacing of answer quotes (next_quote_at): the n-th answer quote of the last
+    # ``pace_window`` seconds is followed by the next one no sooner than
+    # min(pace * n**2, pace_cap) after its start. 0 turns pacing off.
+    pace: float = 0.2
+    pace_cap: float = 1.5  # never longer than a client's default per-attempt timeout
+    pace_window: float = 10.0
     # False: the pre-v2 behaviour (one quote per request, no joining, no nonce cache, no
     # busy queue): bench/storm.py's "before".
     batching: bool = True
@@ -147,6 +162,27 @@ class Request:
 
 
 Answer = tuple[int, dict[str, Any]]
+
+
+def next_quote_at(starts: list[float], now: float, limits: Limits) -> float:
+    """When the next answer quote may start, given the start times of this host's
+    earlier answer quotes (oldest first) and the time now (one monotonic clock).
+
+    The n-th answer quote of the last ``pace_window`` seconds is followed by the next
+    one no sooner than ``min(pace * n**2, pace_cap)`` after its start: a quiet host's
+    first answer goes at once (a small domain, a peer booting late), a gap shorter than
+    the TPM's own quote time costs nothing, and a host
+    asked by a whole sample of a large domain gathers longer and longer batches. In
+    one round of the 1000-host storm (docs/performance.md) this cuts a host's quotes
+    from 11 to 5 at the most, for a longer tail of answer waits; a request waits
+    at most ``pace_cap`` for its batch on top of the TPM's own time.
+    """
+    if limits.pace <= 0 or not starts:
+        return now
+    n = sum(1 for t in starts if t > now - limits.pace_window)
+    if n == 0:
+        return now
+    return max(now, starts[-1] + min(limits.pace * n * n, limits.pace_cap))
 
 
 class Responder:
@@ -176,6 +212,9 @@ class Responder:
         self.cache_hits = 0
         self.joined = 0
         self.busy = 0
+        self.paced = 0  # batches that waited for the pace
+        self._starts: list[float] = []  # start times of answer quotes (pace_window)
+        self._sleep = asyncio_sleep  # the pace's wait (a test opens it by an event)
         self._verified: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._cache: OrderedDict[tuple[str, bytes, int], Answer] = OrderedDict()
         self._pending: dict[tuple[str, bytes, int], asyncio.Future[Answer]] = {}
@@ -387,8 +426,20 @@ class Responder:
         return await asyncio.to_thread(fn, *args)
 
     async def _work(self) -> None:
-        """Drain the queue: every request pending when the TPM becomes free is one batch."""
+        """Drain the queue: every request pending when the TPM becomes free and the pace
+        allows (:func:`next_quote_at`) is one batch."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
         while self._queue:
+            now = loop.time()
+            at = next_quote_at(self._starts, now, self.limits)
+            if at > now:
+                self.paced += 1
+                await self._sleep(at - now)
+            now = loop.time()
+            self._starts = [t for t in self._starts if t > now - self.limits.pace_window]
+            self._starts.append(now)
             n = self.limits.max_batch
             batch, self._queue = self._queue[:n], self._queue[n:]
             try:

@@ -70,12 +70,17 @@ class RawPeer:
         self.sock.close()
 
 
+# Asked once per test case, hundreds of rounds in a few seconds: paced, its answers would
+# soon wait up to 1.5 s, past this client's 1 s timeout (the pace: test_peers_v2.py).
+HONEST = SimPeer("honest", paced=False)
+
+
 @pytest.fixture(scope="module")
 def round_with_a_hostile_peer() -> Iterator[tuple[RawPeer, object]]:
     att = SoftwareAttestor()
     raw = RawPeer()
     me = entry("self", 9, att.pem)
-    with Fleet([SimPeer("honest")], [me]) as fleet:
+    with Fleet([HONEST], [me]) as fleet:
         inv = parse([me, *fleet.entries, entry("hostile", raw.port, att.pem)])
 
         def ask() -> dict[str, Outcome]:
@@ -238,7 +243,7 @@ def round_with_a_mutating_peer() -> Iterator[tuple[_V2Maker, Any]]:
     maker = _V2Maker(att.pem)
     raw.make = maker
     me = entry("self", 9, att.pem)
-    with Fleet([SimPeer("honest")], [me]) as fleet:
+    with Fleet([HONEST], [me]) as fleet:
         inv = parse([me, *fleet.entries, entry("hostile", raw.port, maker.att.pem)])
 
         def ask() -> Any:

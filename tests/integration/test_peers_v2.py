@@ -286,6 +286,38 @@ def test_a_retry_joins_the_pending_answer_and_one_quote_answers_the_queue(
         assert st.host_id == "srv"
 
 
+def test_requests_arriving_during_the_pace_share_one_quote(serve: Any, keys: Any) -> None:
+    """A quiet host answers its first request at once; the next batch waits for the pace
+    (next_quote_at), and what arrives meanwhile is answered by that batch's one quote.
+    The pace's wait is held open by the test (an event, not a clock)."""
+    att = SoftwareAttestor()
+    srv, _ = serve(att, max_per_source=64)
+    r = srv.responder
+    gate = threading.Event()
+    delays: list[float] = []
+
+    async def gated(seconds: float) -> None:
+        delays.append(seconds)
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+
+    r._sleep = gated
+    first = post_many(srv.port, [request(keys["r0"], "r0", b"\x00" * 32)])
+    assert first[0][0] == 200 and (r.quotes, delays) == (1, [])
+    bodies = [request(keys[w], w, bytes([i + 1]) * 32) for i, w in enumerate(("r1", "r2"))]
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.extend(post_many(srv.port, bodies)))
+    t.start()
+    until(lambda: len(delays) == 1 and len(r._queue) == 2, "two requests wait for the pace")
+    assert 0 < delays[0] <= Limits().pace
+    assert r.quotes == 1, "nothing is quoted while the pace holds"
+    gate.set()
+    t.join(30)
+    assert [code for code, _ in out] == [200, 200]
+    assert (r.quotes, r.batches, r.paced) == (2, 2, 1)
+    assert {a["batch"]["size"] for _, a in out} == {2}
+
+
 def test_a_full_queue_says_busy_and_the_client_waits(serve: Any, keys: Any) -> None:
     att = GatedAttestor()
     srv, inv = serve(att, max_pending=1, max_per_source=64, retry_after=0.1)
