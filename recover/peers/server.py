@@ -64,12 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("recover.agent")
 
 
-async def asyncio_sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
-
-
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -171,16 +165,14 @@ def next_quote_at(starts: list[float], now: float, limits: Limits) -> float:
     The n-th answer quote of the last ``pace_window`` seconds is followed by the next
     one no sooner than ``min(pace * n**2, pace_cap)`` after its start: a quiet host's
     first answer goes at once (a small domain, a peer booting late), a gap shorter than
-    the TPM's own quote time costs nothing, and a host
-    asked by a whole sample of a large domain gathers longer and longer batches. In
-    one round of the 1000-host storm (docs/performance.md) this cuts a host's quotes
-    from 11 to 5 at the most, for a longer tail of answer waits; a request waits
-    at most ``pace_cap`` for its batch on top of the TPM's own time.
+    the TPM's own quote time costs nothing, and a host asked by a whole sample of a
+    large domain gathers longer and longer batches. In one round of the 1000-host storm
+    (docs/performance.md) this cuts a host's quotes from 11 to 5 at the most, for a
+    longer tail of answer waits; a request waits at most ``pace_cap`` for its batch on
+    top of the TPM's own time.
     """
-    if limits.pace <= 0 or not starts:
-        return now
     n = sum(1 for t in starts if t > now - limits.pace_window)
-    if n == 0:
+    if limits.pace <= 0 or n == 0:
         return now
     return max(now, starts[-1] + min(limits.pace * n * n, limits.pace_cap))
 
@@ -214,7 +206,7 @@ class Responder:
         self.busy = 0
         self.paced = 0  # batches that waited for the pace
         self._starts: list[float] = []  # start times of answer quotes (pace_window)
-        self._sleep = asyncio_sleep  # the pace's wait (a test opens it by an event)
+        self._sleep: Any = None  # the pace's wait, asyncio.sleep (a test holds it by an event)
         self._verified: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._cache: OrderedDict[tuple[str, bytes, int], Answer] = OrderedDict()
         self._pending: dict[tuple[str, bytes, int], asyncio.Future[Answer]] = {}
@@ -436,7 +428,7 @@ class Responder:
             at = next_quote_at(self._starts, now, self.limits)
             if at > now:
                 self.paced += 1
-                await self._sleep(at - now)
+                await (self._sleep or asyncio.sleep)(at - now)
             now = loop.time()
             self._starts = [t for t in self._starts if t > now - self.limits.pace_window]
             self._starts.append(now)
