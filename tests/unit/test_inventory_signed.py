@@ -166,14 +166,18 @@ def test_signed_by_another_key_claiming_the_fleet_key_id() -> None:
         ),
         lambda d: d.update(floors={}),  # un-revoke
         lambda d: d.update(version=99),  # jump over a floor
-        lambda d: d.update(signature=d["signature"][:-2] + "00"),
+        lambda d: d.update(
+            signature=d["signature"][:-2] + f"{int(d['signature'][-2:], 16) ^ 1:02x}"
+        ),
         lambda d: d.update(comment=d["comment"] + " "),
     ],
 )
 def test_any_tampering_breaks_the_signature(change: Any) -> None:
     data = signed(source(floors={"web": 2}))
+    tampered = edit(data, change)
+    assert json.loads(tampered) != json.loads(data), "the change changed nothing"
     with pytest.raises(IntegrityError, match="bad signature|no signature"):
-        endorse.verify(edit(data, change), FLEET_PUB)
+        endorse.verify(tampered, FLEET_PUB)
 
 
 def test_a_correctly_signed_but_invalid_document_is_a_config_error() -> None:
