@@ -75,9 +75,10 @@ unit: venv
 	$(VPY) -m pytest -q
 
 # The whole suite: lint, then tests/unit, tpm, integration and e2e (QEMU) in one run;
-# --require-e2e fails the run when an e2e test skips or none was collected.
+# --require-e2e fails the run when an e2e test skips or none was collected; the 30
+# slowest tests are listed at the end (where the CI time goes).
 test: venv lint
-	$(VPY) -m pytest -q --require-e2e
+	$(VPY) -m pytest -q --require-e2e --durations=30
 
 demo: venv
 	$(VPY) qemu-env/demo.py
