@@ -553,9 +553,10 @@ def write_fixed_quote_docs(
         f"    {reproduce('storm', cmd)}\n\n"
         "The section above with every quote taking the same time (the issue's grid: 0, "
         "50 and 200 ms) instead of the 200/600 ms distribution. Each host asks a sample "
-        "of 75 of its 999 peers, as the payload does; the server paces its answer quotes. "
+        "of 75 of its 999 peers, as the payload does. *sampled*: the server paces its "
+        "answer quotes; *sampled-greedy*: without the pace, as before this release. "
         "Dilation as above. Most rounds any host needed: "
-        + ", ".join(f"{_quote_label(s.quote)}: {s.rounds}" for s in runs)
+        + ", ".join(f"{_quote_label(s.quote)} {s.mode}: {s.rounds}" for s in runs)
         + ".\n\n"
         f"{table}\n"
     )
