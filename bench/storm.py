@@ -487,6 +487,25 @@ def main() -> int:
     return 0
 
 
+def _measured(title: str, args: argparse.Namespace, load: float, took: float, cmd: str) -> str:
+    """A section's heading, when and how it was measured, and the command that reproduces
+    it (every storm section starts so)."""
+    from bench.perfdoc import reproduce
+
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = (
+        f"--sizes {args.sizes} --quotes {args.quotes} --modes {args.modes} "
+        f"--per-proc {args.per_proc} --dilation {args.dilation}" + cmd
+    )
+    return (
+        f"{title}\n\n"
+        f"Measured {now} on this machine ({os.cpu_count()} cores shared with other work, "
+        f"load average {load:.1f} at the start; the whole run took {took:.0f} s). "
+        "Reproduce:\n\n"
+        f"    {reproduce('storm', cmd)}\n\n"
+    )
+
+
 SAMPLED_SECTION = "## Storm at 1000 hosts: the payload's sampling"
 
 
@@ -495,22 +514,13 @@ def write_sampled_docs(
 ) -> None:
     """``--modes sampled-greedy,sampled``: its own section (the before/after table stays
     as measured)."""
-    from bench.perfdoc import reproduce, write_section
+    from bench.perfdoc import write_section
 
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = (
-        f"--sizes {args.sizes} --quotes {args.quotes} --modes {args.modes} "
-        f"--per-proc {args.per_proc} --dilation {args.dilation}"
-        + (f" --skip {args.skip}" if args.skip else "")
-    )
+    skip = f" --skip {args.skip}" if args.skip else ""
     table = "\n".join([HEADER, *(row(s) for s in runs)])
     section = (
-        f"{SAMPLED_SECTION}\n\n"
-        f"Measured {now} on this machine ({os.cpu_count()} cores shared with other work, "
-        f"load average {load:.1f} at the start; the whole run took {took:.0f} s). "
-        "Reproduce:\n\n"
-        f"    {reproduce('storm', cmd)}\n\n"
-        "The storm above, with each host doing what the boot payload does in a domain "
+        _measured(SAMPLED_SECTION, args, load, took, skip)
+        + "The storm above, with each host doing what the boot payload does in a domain "
         "larger than `verdict.sample_above` (64): it asks a uniform random sample of "
         "`verdict.sample_size` peers (75 of 999) in rounds (`recover.peers.rounds`, the "
         "payload's own code) and judges with the sampling rule at `verdict.sample_error` "
@@ -537,21 +547,13 @@ def write_fixed_quote_docs(
 ) -> None:
     """``--modes sampled`` with fixed quote times only (issue 10's grid): its own section,
     so the distribution's run above stays as measured."""
-    from bench.perfdoc import reproduce, write_section
+    from bench.perfdoc import write_section
 
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = (
-        f"--sizes {args.sizes} --quotes {args.quotes} --modes {args.modes} "
-        f"--per-proc {args.per_proc} --dilation {args.dilation}"
-    )
+    skip = f" --skip {args.skip}" if args.skip else ""
     table = "\n".join([HEADER, *(row(s) for s in runs)])
     section = (
-        f"{FIXED_SECTION}\n\n"
-        f"Measured {now} on this machine ({os.cpu_count()} cores shared with other work, "
-        f"load average {load:.1f} at the start; the whole run took {took:.0f} s). "
-        "Reproduce:\n\n"
-        f"    {reproduce('storm', cmd)}\n\n"
-        "The section above with every quote taking the same time (the issue's grid: 0, "
+        _measured(FIXED_SECTION, args, load, took, skip)
+        + "The section above with every quote taking the same time (the issue's grid: 0, "
         "50 and 200 ms) instead of the 200/600 ms distribution. Each host asks a sample "
         "of 75 of its 999 peers, as the payload does. *sampled*: the server paces its "
         "answer quotes; *sampled-greedy*: without the pace, as before this release. "
@@ -565,25 +567,16 @@ def write_fixed_quote_docs(
 
 
 def write_docs(args: argparse.Namespace, runs: list[Storm], load: float, took: float) -> None:
-    from bench.perfdoc import reproduce, write_section
+    from bench.perfdoc import write_section
 
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = (
-        f"--sizes {args.sizes} --quotes {args.quotes} --modes {args.modes} "
-        f"--per-proc {args.per_proc} --dilation {args.dilation}"
-        + (f" --real {args.real}" if args.real else "")
-    )
+    real = f" --real {args.real}" if args.real else ""
     table = "\n".join([HEADER, *(row(s) for s in runs)])
     injected = Counter[str]()
     for s in runs:
         injected.update(s.injected)
     section = (
-        "## Storm: the whole failure domain reboots at once\n\n"
-        f"Measured {now} on this machine ({os.cpu_count()} cores shared with other work, "
-        f"load average {load:.1f} at the start; the whole run took {took:.0f} s). "
-        "Reproduce:\n\n"
-        f"    {reproduce('storm', cmd)}\n\n"
-        "Every host runs the product's own status server and client (deadline 5 s, timeout "
+        _measured("## Storm: the whole failure domain reboots at once", args, load, took, real)
+        + "Every host runs the product's own status server and client (deadline 5 s, timeout "
         "1.5 s, retries 2, quorum 50%, stop when settled) on its own loopback address; all "
         "ask at one instant; every host's evidence says abnormal, so the right verdict is "
         "`correlated-failure` everywhere. The TPM is a per-host lock with the quote time "
