@@ -17,6 +17,8 @@ import threading
 from collections.abc import Sequence
 
 CLONE_NEWNET = 0x40000000
+#: The namespace's ephemeral ports (IPv4 and IPv6), disjoint from the default range.
+EPHEMERAL = "20000 29999"
 
 
 def _ip(*args: str) -> None:
@@ -30,6 +32,12 @@ class Netns:
         _ip("netns", "add", self.name)
         try:
             self.run("ip", "link", "set", "lo", "up")
+            # Its own ephemeral ports below the machine's (32768-60999 by default):
+            # ``forward`` binds, in here, loopback ports picked free *outside*
+            # (testing/ports.py), and a swtpm restarted on a new port pair must not
+            # find its port taken by a connection made in here (CI: EADDRINUSE when a
+            # power-cut peer's swtpm came back on a port an agent's connection held).
+            self.run("sysctl", "-q", "-w", f"net.ipv4.ip_local_port_range={EPHEMERAL}")
         except BaseException:
             self.close()
             raise
