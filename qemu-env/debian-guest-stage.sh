@@ -15,25 +15,32 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 # Straight to the serial console: marker lines start the line (the journal's console
 # forwarding would prefix them), and the journal keeps nothing the test needs.
 exec > /dev/console 2>&1
+
+# A marker line for the test. It starts with a newline, in the same write: the serial
+# getty's "login: " prompt ends without one, and a marker written after it would not
+# start its line (CI saw "hr-debian login: HR-STORY reseal rc=0").
+mark() {
+    printf '\n%s\n' "$*"
+}
 ctl=$(dd if=/dev/disk/by-id/virtio-hrcontrol bs=4096 count=1 2> /dev/null | tr -d '\000')
 action=$(sed -n 's/^action=//p' <<< "$ctl")
-echo "HR-NORMAL-ROOT up kernel=$(uname -r) action=$action"
+mark "HR-NORMAL-ROOT up kernel=$(uname -r) action=$action"
 if [ -r /run/host-recover/decision.json ]; then
-    echo "HR-NORMAL-RECORD $(tr -d '\n' < /run/host-recover/decision.json)"
+    mark "HR-NORMAL-RECORD $(tr -d '\n' < /run/host-recover/decision.json)"
 fi
-echo "HR-PCR15 $(cat /sys/class/tpm/tpm0/pcr-sha256/15 2> /dev/null)"
+mark "HR-PCR15 $(cat /sys/class/tpm/tpm0/pcr-sha256/15 2> /dev/null)"
 
 story() {
     local rc
     (cd /root && bash -ex "/usr/local/share/hr-e2e/story-$1.sh") 2>&1
     rc=$?
-    echo "HR-STORY $1 rc=$rc"
+    mark "HR-STORY $1 rc=$rc"
     return "$rc"
 }
 
 hold() {
     sync
-    echo "HR-GUEST-DONE action=$action"
+    mark "HR-GUEST-DONE action=$action"
     while :; do sleep 3600; done
 }
 
@@ -50,7 +57,7 @@ case "$action" in
     update)
         deb=$(ls /root/linux-image-*.deb)
         DEBIAN_FRONTEND=noninteractive apt-get install -y "$deb" 2>&1
-        echo "HR-UPDATE rc=$? $(ls /boot)"
+        mark "HR-UPDATE rc=$? $(ls /boot)"
         sync
         reboot
         ;;
