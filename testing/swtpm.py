@@ -17,6 +17,13 @@ from pathlib import Path
 
 from testing.ports import free_port_pair
 
+#: How many port pairs ``SwTpm.start`` tries when swtpm finds one taken.
+BIND_ATTEMPTS = 5
+
+
+class PortTaken(RuntimeError):
+    """swtpm could not bind its port pair: something took a port after it was picked."""
+
 
 def die_with_parent() -> None:
     """``preexec_fn``: the child is SIGKILLed when the process that started it dies, so a
@@ -55,8 +62,23 @@ class SwTpm:
         }
 
     def start(self) -> SwTpm:
-        """Power on (and TPM2_Startup(CLEAR), sent by swtpm itself)."""
+        """Power on (and TPM2_Startup(CLEAR), sent by swtpm itself).
+
+        The port pair is picked free, then released for swtpm to bind: in between, a
+        connection made by another process can be given one of the two ports as its
+        source port (Linux hands connect() the even ports, and the control port P+1 of
+        an odd P is even). swtpm then exits with "Address already in use": start again
+        on a new pair, a bounded number of times."""
         assert self.proc is None, "already running"
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                return self._start_once()
+            except PortTaken:
+                if attempt == BIND_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> SwTpm:
         self.port = free_port_pair()
         argv = [
             shutil.which("swtpm") or "swtpm",
@@ -79,6 +101,9 @@ class SwTpm:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                self._reap()
+                if "Address already in use" in err:
+                    raise PortTaken(f"swtpm on {self.port}/{self.port + 1}: {err.strip()}")
                 raise RuntimeError(f"swtpm exited: {err.strip()}")
             with (
                 contextlib.suppress(OSError),
