@@ -487,15 +487,18 @@ def main() -> int:
     return 0
 
 
-def _measured(title: str, args: argparse.Namespace, load: float, took: float, cmd: str) -> str:
+def _measured(
+    title: str, args: argparse.Namespace, load: float, took: float, extra_flags: str
+) -> str:
     """A section's heading, when and how it was measured, and the command that reproduces
-    it (every storm section starts so)."""
+    it (every storm section starts so); ``extra_flags``: the writer's own flags, e.g.
+    `` --skip …``."""
     from bench.perfdoc import reproduce
 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = (
         f"--sizes {args.sizes} --quotes {args.quotes} --modes {args.modes} "
-        f"--per-proc {args.per_proc} --dilation {args.dilation}" + cmd
+        f"--per-proc {args.per_proc} --dilation {args.dilation}" + extra_flags
     )
     return (
         f"{title}\n\n"
