@@ -188,13 +188,22 @@ def _import_quietly() -> Iterator[None]:
     """The cyclic garbage collector paused while tpm2_pytss (and with it cryptography)
     is first imported: tens of thousands of new objects, none of them garbage, that each
     collection during the import would only scan again (about a tenth of the import's
-    CPU, docs/performance.md); afterwards they are frozen out of later collections."""
-    if "tpm2_pytss" in sys.modules or not gc.isenabled():
+    CPU, docs/performance.md); afterwards they are frozen out of later collections.
+    Most of cryptography is not loaded until tpm2_pytss needs it (recover/tpm/deferred.py).
+    """
+    if "tpm2_pytss" in sys.modules:
         yield
+        return
+    from recover.tpm import deferred
+
+    if not gc.isenabled():
+        with deferred.importing():
+            yield
         return
     gc.disable()
     try:
-        yield
+        with deferred.importing():
+            yield
     finally:
         gc.freeze()
         gc.enable()

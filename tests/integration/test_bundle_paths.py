@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from test_boot_host import Host, _assert_nothing_left, _umount_all
 
+from testing import importtime
 from testing.peersim import Fleet, SimPeer
 from testing.ports import free_port_pair
 
@@ -43,7 +44,9 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def run_bundled(stage: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+def run_bundled(
+    stage: Path, *argv: str, python_options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     """``host-recover ARGV`` as the initramfs's wrapper runs it, from ``stage`` alone."""
     root = stage / "root"
     entry = bundle._ENTRY.format(site=os.fspath(root / bundle.SITE_DIR))
@@ -53,7 +56,7 @@ def run_bundled(stage: Path, *argv: str) -> subprocess.CompletedProcess[str]:
         "PYTHONHOME": os.fspath(root / "usr"),  # the bundle's stdlib, nothing else
     }
     proc = subprocess.run(
-        [os.path.realpath(sys.executable), "-S", "-B", "-P", "-c", entry, *argv],
+        [os.path.realpath(sys.executable), "-S", "-B", "-P", *python_options, "-c", entry, *argv],
         env=env,
         cwd="/",
         capture_output=True,
@@ -71,10 +74,13 @@ class BundledHost(Host):
 
     stage: Path
 
-    def boot_bundled(self, *options: str, tcti: str | None = None) -> tuple[int, dict, str]:
+    def boot_bundled(
+        self, *options: str, tcti: str | None = None, python_options: tuple[str, ...] = ()
+    ) -> tuple[int, dict, str]:
         proc = run_bundled(self.stage, "--config", str(self.conf), "--tcti",
                            tcti or self.tpm.tcti, *options, "boot", "--newroot",
-                           str(self.newroot), "--cmdline", str(self.cmdline))  # fmt: skip
+                           str(self.newroot), "--cmdline", str(self.cmdline),
+                           python_options=python_options)  # fmt: skip
         record = json.loads((self.run / "host-recover" / "decision.json").read_text())
         return proc.returncode, record, proc.stderr
 
@@ -142,6 +148,24 @@ def test_clean_boot_from_the_bundle(host: BundledHost) -> None:
     assert code == 0, rec
     assert rec["action"] == "normal" and rec["verdict"]["kind"] == "clean"
     assert rec["lock_pcr_extended"] is True
+    _assert_nothing_left(host)
+
+
+def test_clean_boot_leaves_most_of_cryptography_unloaded(host: BundledHost) -> None:
+    """tpm2-pytss's key conversions (x509, SSH keys, KDFs, ciphers) stay unloaded through
+    a whole clean boot (recover/tpm/deferred.py); the recovery below loads what it uses."""
+    host.tpm.reboot_orderly()
+    code, rec, err = host.boot_bundled(python_options=("-X", "importtime"))
+    assert code == 0 and rec["verdict"]["kind"] == "clean", rec
+    loaded = {r.name for r in importtime.parse(err)}
+    assert {"tpm2_pytss", "tpm2_pytss.types", "tpm2_pytss.ESAPI"} <= loaded
+    for name in (
+        "cryptography.x509",
+        "cryptography.hazmat.primitives.serialization.ssh",
+        "cryptography.hazmat.primitives.kdf.kbkdf",
+        "cryptography.hazmat.decrepit",
+    ):
+        assert name not in loaded, name
     _assert_nothing_left(host)
 
 

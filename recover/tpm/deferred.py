@@ -1,0 +1,180 @@
+"""Import tpm2-pytss without loading most of cryptography (issue 12: cold start).
+
+tpm2-pytss 3 imports, at module level, cryptography's key, KDF, cipher and x509
+modules for its key conversions (``tpm2_pytss.internal.crypto``), and
+``cryptography.hazmat.primitives.serialization`` for one default argument of
+``TPMT_SENSITIVE``'s methods. None of it runs for the commands of a clean boot, and the
+import is half of the payload's CPU before its first TPM command (docs/performance.md).
+
+While :func:`importing` is active, two modules are created *deferred*:
+
+* ``tpm2_pytss.internal.crypto``: a name in :data:`CRYPTO_FUNCTIONS` (the functions the
+  package's modules import from it) is bound to a forwarder that loads the real module on
+  its first call; any other attribute loads it at once.
+* ``cryptography.hazmat.primitives.serialization``: the names in
+  :data:`SERIALIZATION_EAGER` are the very objects of ``..._serialization``, where the
+  package itself takes them from (its SSH and key-loading modules stay unloaded); any
+  other attribute loads the real package.
+
+The deferred modules are in ``sys.modules`` only while :func:`importing` runs: the modules
+imported inside the block keep them as names, and afterwards the first use of one imports
+the real module the ordinary way (``importlib.import_module``: once, under the import
+system's own locks, package before submodules), whoever asks for it first. The deferral
+changes when the modules load, never what a name means: a forwarder calls the same
+function, an eager name is the same object. tests/unit/test_deferred.py checks both lists
+against the installed packages (names, kinds, identity) and the behaviour; the bundled
+payload runs with it on its every path (tests/integration/test_bundle_paths.py). Only the
+packages' own import statements are involved, so `host-recover bundle`, which imports
+both packages whole to find their files, still ships everything they may load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.machinery
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+CRYPTO = "tpm2_pytss.internal.crypto"
+SERIALIZATION = "cryptography.hazmat.primitives.serialization"
+SERIALIZATION_SOURCE = "cryptography.hazmat.primitives._serialization"
+
+#: What tpm2_pytss.types, .utils and .cryptography import from internal.crypto: all
+#: functions (tests/unit/test_deferred.py reads the import statements to keep this exact).
+CRYPTO_FUNCTIONS = frozenset(
+    {
+        "_calculate_sym_unique",
+        "_check_hmac",
+        "_decrypt",
+        "_ecc_sign_algorithm_to_scheme",
+        "_encrypt",
+        "_generate_seed",
+        "_get_curve",
+        "_get_digest",
+        "_get_digest_size",
+        "_get_signature_bytes",
+        "_getname",
+        "_hmac",
+        "_int_to_buffer",
+        "_kdfa",
+        "_private_from_encoding",
+        "_public_from_encoding",
+        "_public_to_pem",
+        "_rsa_decrypt_padding_to_scheme",
+        "_rsa_sign_padding_to_scheme",
+        "_secret_to_seed",
+        "_symdef_to_crypt",
+        "_verify_signature",
+        "private_to_key",
+        "public_to_key",
+    }
+)
+#: Defined in ``_serialization`` and re-exported by ``serialization``: the names
+#: tpm2_pytss.types uses when its classes are created.
+SERIALIZATION_EAGER = frozenset(
+    {
+        "BestAvailableEncryption",
+        "Encoding",
+        "KeySerializationEncryption",
+        "NoEncryption",
+        "ParameterFormat",
+        "PrivateFormat",
+        "PublicFormat",
+    }
+)
+
+
+class DeferredModule(types.ModuleType):
+    """Stands in for a module until one of its other names is used."""
+
+    _hr_functions: frozenset[str]
+    _hr_eager: frozenset[str]
+    _hr_eager_from: str
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # __path__, __file__, ...: asked by the import system
+            raise AttributeError(name)
+        if name in self._hr_functions:
+            return _forwarder(self, name)
+        if name in self._hr_eager:
+            return getattr(importlib.import_module(self._hr_eager_from), name)
+        return getattr(load(self), name)
+
+
+def _forwarder(mod: DeferredModule, name: str) -> Callable[..., Any]:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return getattr(load(mod), name)(*args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = name
+    forward.__module__ = mod.__name__
+    return forward
+
+
+def load(mod: DeferredModule) -> types.ModuleType:
+    """The real module behind ``mod``: imported the ordinary way on first use."""
+    return importlib.import_module(mod.__name__)
+
+
+class _Loader:
+    def __init__(self, functions: frozenset[str], eager: frozenset[str], eager_from: str) -> None:
+        self.functions, self.eager, self.eager_from = functions, eager, eager_from
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return DeferredModule(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        vars(module).update(
+            _hr_functions=self.functions, _hr_eager=self.eager, _hr_eager_from=self.eager_from
+        )
+
+
+class _Finder:
+    """On ``sys.meta_path`` while :func:`importing` runs; finds the two modules only."""
+
+    TABLE = {
+        CRYPTO: (CRYPTO_FUNCTIONS, frozenset(), ""),
+        SERIALIZATION: (frozenset(), SERIALIZATION_EAGER, SERIALIZATION_SOURCE),
+    }
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        entry = self.TABLE.get(fullname)
+        if entry is None or importlib.machinery.PathFinder.find_spec(fullname, path) is None:
+            return None
+        self.created.append(fullname)
+        return importlib.machinery.ModuleSpec(fullname, _Loader(*entry))  # type: ignore[arg-type]
+
+
+_deferred: set[str] = set()
+
+
+@contextlib.contextmanager
+def importing() -> Iterator[None]:
+    """Imports inside the block create the two modules deferred (if not loaded yet);
+    afterwards neither is in ``sys.modules`` until its first use imports it."""
+    finder = _Finder()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for name in finder.created:
+            mod = sys.modules.get(name)
+            if not isinstance(mod, DeferredModule):
+                continue
+            del sys.modules[name]
+            parent, _, child = name.rpartition(".")
+            package = sys.modules.get(parent)
+            if package is not None and vars(package).get(child) is mod:
+                delattr(package, child)
+            _deferred.add(name)
+
+
+def pending() -> list[str]:
+    """The modules deferred by :func:`importing` and not imported since."""
+    return sorted(name for name in _deferred if name not in sys.modules)

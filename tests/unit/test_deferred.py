@@ -1,0 +1,215 @@
+"""recover/tpm/deferred.py: tpm2-pytss imported with most of cryptography deferred.
+
+The lists of names are checked against the installed packages (a tpm2-pytss or
+cryptography upgrade that changes them fails here, not at boot); the behaviour runs in
+fresh interpreters, since this process has imported both packages already. No TPM."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.machinery
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from recover.tpm import deferred
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imported_from_crypto(path: Path) -> set[str]:
+    """Names a tpm2_pytss module imports from tpm2_pytss.internal.crypto."""
+    package = path.parent.relative_to(_package_dir().parent).parts
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module = node.module or ""
+        if node.level:
+            base = package[: len(package) - node.level + 1]
+            module = ".".join([*base, *([module] if module else [])])
+        if module == deferred.CRYPTO:
+            names |= {a.name for a in node.names}
+    return names
+
+
+def _package_dir() -> Path:
+    import tpm2_pytss
+
+    return Path(tpm2_pytss.__file__).parent
+
+
+def test_crypto_functions_are_exactly_what_tpm2_pytss_imports() -> None:
+    found: set[str] = set()
+    for path in sorted(_package_dir().rglob("*.py")):
+        found |= _imported_from_crypto(path)
+    assert found == deferred.CRYPTO_FUNCTIONS
+    real = importlib.import_module(deferred.CRYPTO)
+    kinds = {name: inspect.isfunction(getattr(real, name)) for name in found}
+    assert all(kinds.values()), kinds
+
+
+def test_serialization_eager_names_are_the_packages_own_objects() -> None:
+    real = importlib.import_module(deferred.SERIALIZATION)
+    source = importlib.import_module(deferred.SERIALIZATION_SOURCE)
+    for name in deferred.SERIALIZATION_EAGER:
+        assert getattr(real, name) is getattr(source, name), name
+
+
+def _fresh(code: str) -> dict:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *[p for p in sys.path if "site-packages" in p]]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(proc.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+_KEY_NAME = """
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    key = ec.derive_private_key(12345, ec.SECP256R1())
+    pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    pub = tpm2_pytss.TPM2B_PUBLIC.from_pem(pem)
+    name = bytes(pub.get_name()).hex()
+    digest = tpm2_pytss.utils._get_digest(tpm2_pytss.TPM2_ALG.SHA256).name
+"""
+
+
+def test_import_defers_and_first_use_loads_the_real_modules() -> None:
+    out = _fresh(
+        """
+        import json, sys
+        from recover.tpm import deferred
+        with deferred.importing():
+            import tpm2_pytss
+            import tpm2_pytss.utils
+        assert deferred.CRYPTO not in [f.__class__.__name__ for f in sys.meta_path]
+        before = sorted(m for m in sys.modules if m.startswith("cryptography"))
+        pending = deferred.pending()
+        default = tpm2_pytss.TPMT_SENSITIVE.to_pem.__defaults__
+        """
+        + textwrap.indent(textwrap.dedent(_KEY_NAME), "        ")
+        + """
+        crypto = sys.modules[deferred.CRYPTO]
+        print(json.dumps({
+            "before": before, "pending": pending, "after": deferred.pending(),
+            "real": type(crypto).__name__,
+            "parent": sys.modules["tpm2_pytss.internal"].crypto is crypto,
+            "name": name, "digest": digest, "finders": len(sys.meta_path),
+            "default": repr(default),
+        }))
+        """
+    )
+    reference = _fresh(
+        """
+        import json, sys
+        import tpm2_pytss, tpm2_pytss.utils
+        """
+        + textwrap.indent(textwrap.dedent(_KEY_NAME), "        ")
+        + """
+        print(json.dumps({"name": name, "digest": digest, "finders": len(sys.meta_path),
+                          "default": repr(tpm2_pytss.TPMT_SENSITIVE.to_pem.__defaults__)}))
+        """
+    )
+    assert out["pending"] == [deferred.SERIALIZATION, deferred.CRYPTO]
+    assert "cryptography.x509" not in out["before"]
+    assert "cryptography.hazmat.primitives.serialization.ssh" not in out["before"]
+    assert "cryptography.hazmat.decrepit" not in out["before"]
+    # the test's own key code loaded serialization; from_pem/get_name loaded crypto
+    assert out["after"] == [] and out["real"] == "module" and out["parent"] is True
+    for key in ("name", "digest", "finders", "default"):
+        assert out[key] == reference[key], key
+
+
+def test_a_submodule_imported_later_brings_the_real_package_first() -> None:
+    """The ordinary import order (package, then submodule) holds after the deferral, and
+    the name tpm2_pytss.types kept reaches the same objects."""
+    out = _fresh(
+        """
+        import json, sys
+        from recover.tpm import deferred
+        with deferred.importing():
+            import tpm2_pytss
+        before = deferred.pending()
+        from cryptography.hazmat.primitives.serialization.ssh import load_ssh_public_key
+        ser = sys.modules[deferred.SERIALIZATION]
+        kept = sys.modules["tpm2_pytss.types"].serialization
+        print(json.dumps({"before": before, "after": deferred.pending(),
+                          "same": ser.load_ssh_public_key is load_ssh_public_key,
+                          "kept": kept.load_ssh_public_key is load_ssh_public_key,
+                          "kept_kind": type(kept).__name__, "kind": type(ser).__name__}))
+        """
+    )
+    assert out["before"] == [deferred.SERIALIZATION, deferred.CRYPTO]
+    assert out["after"] == [deferred.CRYPTO]
+    assert out["same"] is True and out["kept"] is True
+    assert out["kind"] != "DeferredModule" and out["kept_kind"] == "DeferredModule"
+
+
+def _deferred_from(
+    tmp_path: Path, body: str, monkeypatch: pytest.MonkeyPatch
+) -> deferred.DeferredModule:
+    """A deferred stand-in for a module ``hr_deferred_probe`` with ``body``."""
+    (tmp_path / "hr_deferred_probe.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "hr_deferred_probe", raising=False)
+    spec = importlib.machinery.ModuleSpec("hr_deferred_probe", None)
+    loader = deferred._Loader(frozenset({"f"}), frozenset(), "")
+    mod = loader.create_module(spec)
+    loader.exec_module(mod)
+    assert isinstance(mod, deferred.DeferredModule)
+    return mod
+
+
+def test_a_failing_real_module_fails_each_use_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _deferred_from(tmp_path, "raise RuntimeError('broken dependency')\n", monkeypatch)
+    forward = mod.f
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="broken dependency"):
+            forward()
+        assert "hr_deferred_probe" not in sys.modules
+    with pytest.raises(RuntimeError, match="broken dependency"):
+        getattr(mod, "other")  # noqa: B009
+
+
+def test_threads_racing_to_the_first_use_execute_the_module_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    body = (
+        f"import time\nwith open({str(runs)!r}, 'a') as f:\n    f.write('run\\n')\n"
+        "time.sleep(0.05)\ndef f(x):\n    return x\n"
+    )
+    mod = _deferred_from(tmp_path, body, monkeypatch)
+    start = threading.Barrier(8)
+    results: list[object] = []
+
+    def use(i: int) -> None:
+        start.wait()
+        results.append(mod.f(i))
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(8)) and runs.read_text() == "run\n"
+    monkeypatch.delitem(sys.modules, "hr_deferred_probe")
