@@ -27,15 +27,20 @@ import dataclasses
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
-from recover.core.imageformat import HeaderV2, crypt_table, verity_table
 from recover.errors import SystemFault
+
+if TYPE_CHECKING:  # the tables are built on a recovery only; unmap serves every boot
+    from recover.core.imageformat import HeaderV2
 
 log = logging.getLogger(__name__)
 
 VERITY_NAME = "host-recover-verity"
 CRYPT_NAME = "host-recover-root"
 KEY_DESCRIPTION = "host-recover:image-xts"
+#: Where the kernel lists block devices (dm-N/dm/name, dm-N/slaves/).
+SYS_BLOCK = "/sys/block"
 
 #: (add_key, keyctl) system call numbers.
 _SYSCALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}
@@ -143,6 +148,8 @@ def _wait_node(path: str, timeout: float = 10) -> None:
 def map_image(path: str, header: HeaderV2, xts_key: bytearray) -> Mapping:
     """Set up loop → verity → crypt for the authenticated ``header`` of ``path``; the
     key bytes are wiped before this returns. On failure nothing is left mapped."""
+    from recover.core.imageformat import verity_table
+
     m = Mapping()
     try:
         from recover.boot import preload
@@ -173,6 +180,8 @@ def map_image(path: str, header: HeaderV2, xts_key: bytearray) -> Mapping:
 
 
 def _map_crypt(header: HeaderV2, xts_key: bytearray, m: Mapping) -> None:
+    from recover.core.imageformat import crypt_table
+
     verity_dev = f"/dev/mapper/{VERITY_NAME}"
     try:
         ring = _Keyring()
@@ -225,18 +234,45 @@ def _quiet(argv: list[str]) -> str | None:
     return proc.stdout.decode(errors="replace")
 
 
+def mapped() -> dict[str, list[str]] | None:
+    """Our mappings that exist, each with the devices below it (``loop3``), read from
+    sysfs: no process. None when sysfs cannot tell (not mounted): then ask dmsetup."""
+    try:
+        entries = os.listdir(SYS_BLOCK)
+    except OSError:
+        return None
+    found: dict[str, list[str]] = {}
+    for entry in entries:
+        if not entry.startswith("dm-"):
+            continue
+        try:
+            with open(os.path.join(SYS_BLOCK, entry, "dm", "name")) as f:
+                name = f.read().strip()
+            if name in (VERITY_NAME, CRYPT_NAME):
+                found[name] = sorted(os.listdir(os.path.join(SYS_BLOCK, entry, "slaves")))
+        except OSError:
+            return None  # a device going away under us, or an odd sysfs: ask dmsetup
+    return found
+
+
 def unmap(loop: str = "") -> None:
     """Remove the crypt and verity mappings (the key leaves the kernel with the crypt
     target) and detach their loop device (``loop``, else the verity target's backing
-    device); nothing raises (a cleanup path)."""
+    device); nothing raises (a cleanup path). Every failed or clean boot passes here:
+    when sysfs shows none of ours and no ``loop`` is given, no process is started."""
+    found = mapped()
+    if found is not None and not found and not loop:
+        return
     if not loop:
-        import re
+        below = (found or {}).get(VERITY_NAME, [])
+        if found is None or not below:
+            import re
 
-        found = re.search(
-            r"\((loop\d+)\)", _quiet(["dmsetup", "deps", "-o", "devname", VERITY_NAME]) or ""
-        )
-        loop = f"/dev/{found.group(1)}" if found else ""
-    _quiet(["dmsetup", "remove", "--retry", "--noudevsync", CRYPT_NAME])
-    _quiet(["dmsetup", "remove", "--retry", "--noudevsync", VERITY_NAME])
+            deps = _quiet(["dmsetup", "deps", "-o", "devname", VERITY_NAME]) or ""
+            below = re.findall(r"\((loop\d+)\)", deps)
+        loop = next((f"/dev/{d}" for d in below if d.startswith("loop")), "")
+    for name in (CRYPT_NAME, VERITY_NAME):
+        if found is None or name in found:
+            _quiet(["dmsetup", "remove", "--retry", "--noudevsync", name])
     if loop.startswith("/dev/loop"):
         _quiet(["losetup", "--detach", loop])
