@@ -60,6 +60,8 @@ installkernel() {
     hostonly='' instmods dm_mod dm_verity dm_crypt
     hostonly='' instmods -o dm_bufio xts ecb aes aesni_intel aes_generic sha256 \
         sha256_ssse3 sha256_generic
+    # AF_ALG, for the payload to build xts(aes) ahead of dm-crypt (recover/boot/preload.py).
+    hostonly='' instmods -o af_alg algif_skcipher
 }
 
 _hr_bundle() {

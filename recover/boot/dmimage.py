@@ -54,6 +54,7 @@ class Mapping:
     loop: str = ""
     device: str = ""  # /dev/mapper/host-recover-root once mapped
     key_passing: str = ""  # "keyring" | "table"
+    warmed: list[str] = dataclasses.field(default_factory=list)  # ciphers built ahead
     steps_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -157,6 +158,7 @@ def map_image(path: str, header: HeaderV2, xts_key: bytearray) -> Mapping:
         waited = preload.wait()
         if waited is not None:
             m.steps_ms["modules"] = waited
+            m.warmed = preload.warmed()
         t = time.monotonic()
         m.loop = _run(
             ["losetup", "--find", "--show", "--read-only", "--offset", str(header.data_offset),

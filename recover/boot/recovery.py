@@ -128,7 +128,9 @@ def _image(r: Recovery) -> None:
         header, data_key = image.open_v2(r.image_path, image_key, min_version=min_version)
         mapping = dmimage.map_image(r.image_path, header, bytearray(data_key))
         r.image_device = mapping.device
-        r.outcome.image.update(key_passing=mapping.key_passing, steps_ms=mapping.steps_ms)
+        r.outcome.image.update(
+            key_passing=mapping.key_passing, steps_ms=mapping.steps_ms, warmed=mapping.warmed
+        )
     else:
         plain_dir = Path(r.cfg.boot_state_dir) / "image"
         rootfs.tmpfs(plain_dir, size_bytes=header.plaintext_length + (1 << 20))

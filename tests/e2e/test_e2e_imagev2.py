@@ -70,6 +70,8 @@ def test_recovery_boot_maps_the_v2_image(lab: Lab) -> None:
     assert rec["image"]["format"] == 2 and rec["image"]["key_passing"] == "keyring"
     # the kernel modules were loaded ahead, by the payload's own modprobe (dmimage.preload)
     assert "modules" in rec["image"]["steps_ms"], rec["image"]
+    # and the guest kernel built xts(aes) ahead of dm-crypt, through AF_ALG
+    assert rec["image"]["warmed"] == ["xts(aes)"], rec["image"]
     assert res.console.find(rf"^HR-PROBE ok {imgv2.PROBE_SHA256}"), res.console.text()[-3000:]
     # no plaintext copy: nothing mounted on the v1 path's tmpfs
     assert res.console.find(r"^HR-PLAINTEXT-TMPFS") is None

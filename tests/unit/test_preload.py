@@ -55,3 +55,44 @@ def test_failed_modprobe_is_no_figure_and_says_why(
 def test_a_strange_file_system_name_is_not_passed_on(out: str) -> None:
     assert preload.names(out) == list(preload.MODULES)
     assert preload.names("vfat") == ["fs-vfat", *preload.MODULES]
+
+
+def test_cipher_warm_up_binds_af_alg_and_reports_what_worked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """This host may have no AF_ALG (a container): the names that bound are reported, a
+    failure is no error. The guest kernel's answer is checked in QEMU (test_e2e_imagev2)."""
+    import socket
+
+    bound: list[tuple[str, str]] = []
+
+    class Alg:
+        def __init__(self, family: int, kind: int, proto: int) -> None:
+            assert (family, kind) == (socket.AF_ALG, socket.SOCK_SEQPACKET)
+
+        def __enter__(self) -> Alg:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def bind(self, addr: tuple[str, str]) -> None:
+            if addr[1].startswith("nosuch"):
+                raise FileNotFoundError(2, "No such file or directory")
+            bound.append(addr)
+
+    monkeypatch.setattr(socket, "socket", Alg)
+    done = preload.instantiate((("skcipher", "xts(aes)"), ("skcipher", "nosuch(aes)")))
+    assert done == ["xts(aes)"] and bound == [("skcipher", "xts(aes)")]
+
+
+def test_cipher_warm_up_on_this_kernel_never_raises() -> None:
+    assert set(preload.instantiate(preload.CIPHERS)) <= {"xts(aes)"}
+
+
+def test_the_preload_reports_the_ciphers_it_built(tools: Path) -> None:
+    script(tools / "blkid", "exit 2")
+    script(tools / "modprobe", "exit 0")
+    preload.start("")
+    assert preload.wait(timeout=60) is not None
+    assert set(preload.warmed()) <= {"xts(aes)"}
