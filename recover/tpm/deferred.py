@@ -114,8 +114,25 @@ def _forwarder(mod: DeferredModule, name: str) -> Callable[..., Any]:
 
 
 def load(mod: DeferredModule) -> types.ModuleType:
-    """The real module behind ``mod``: imported the ordinary way on first use."""
-    return importlib.import_module(mod.__name__)
+    """The real module behind ``mod``: imported the ordinary way on first use. A use
+    while :func:`importing` still runs (tpm2-pytss calling one of the functions as it
+    loads, or another thread) first takes the stand-in out, so that it is not returned
+    again; the finder leaves that name alone from then on."""
+    name = mod.__name__
+    if sys.modules.get(name) is mod:
+        _released.add(name)
+        _forget(name, mod)
+    return importlib.import_module(name)
+
+
+def _forget(name: str, mod: types.ModuleType) -> None:
+    """Take the stand-in ``mod`` out of ``sys.modules`` and off its parent package."""
+    if sys.modules.get(name) is mod:
+        del sys.modules[name]
+    parent, _, child = name.rpartition(".")
+    package = sys.modules.get(parent)
+    if package is not None and vars(package).get(child) is mod:
+        delattr(package, child)
 
 
 class _Loader:
@@ -144,13 +161,16 @@ class _Finder:
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         entry = self.TABLE.get(fullname)
-        if entry is None or importlib.machinery.PathFinder.find_spec(fullname, path) is None:
+        if entry is None or fullname in _released:
+            return None
+        if importlib.machinery.PathFinder.find_spec(fullname, path) is None:
             return None
         self.created.append(fullname)
         return importlib.machinery.ModuleSpec(fullname, _Loader(*entry))  # type: ignore[arg-type]
 
 
-_deferred: set[str] = set()
+_deferred: set[str] = set()  # stood in for by importing() and taken out afterwards
+_released: set[str] = set()  # used before importing() ended: not stood in for again
 
 
 @contextlib.contextmanager
@@ -165,14 +185,9 @@ def importing() -> Iterator[None]:
         sys.meta_path.remove(finder)
         for name in finder.created:
             mod = sys.modules.get(name)
-            if not isinstance(mod, DeferredModule):
-                continue
-            del sys.modules[name]
-            parent, _, child = name.rpartition(".")
-            package = sys.modules.get(parent)
-            if package is not None and vars(package).get(child) is mod:
-                delattr(package, child)
-            _deferred.add(name)
+            if isinstance(mod, DeferredModule):
+                _forget(name, mod)
+                _deferred.add(name)
 
 
 def pending() -> list[str]:

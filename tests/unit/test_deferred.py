@@ -162,6 +162,31 @@ def test_a_submodule_imported_later_brings_the_real_package_first() -> None:
     assert out["kind"] != "DeferredModule" and out["kept_kind"] == "DeferredModule"
 
 
+def test_a_use_before_the_import_ends_loads_the_real_module_once() -> None:
+    """A forwarder or another name used while importing() still runs (as a tpm2-pytss
+    that called the function at load time would) reaches the real module, not the
+    stand-in again (no endless recursion), and the finder does not stand in again."""
+    out = _fresh(
+        """
+        import json, sys
+        from recover.tpm import deferred
+        with deferred.importing():
+            import tpm2_pytss
+            stand_in = sys.modules["tpm2_pytss.types"]._get_digest_size
+            size = stand_in(tpm2_pytss.TPM2_ALG.SHA256)
+            ser = sys.modules[deferred.SERIALIZATION]
+            loader = ser.load_pem_public_key
+            import cryptography.hazmat.primitives.serialization as again
+        kinds = [type(sys.modules[n]).__name__ for n in (deferred.CRYPTO, deferred.SERIALIZATION)]
+        print(json.dumps({"size": size, "kinds": kinds, "pending": deferred.pending(),
+                          "again": type(again).__name__,
+                          "same": again.load_pem_public_key is loader}))
+        """
+    )
+    assert out["size"] == 32 and out["pending"] == [] and out["same"] is True
+    assert "DeferredModule" not in out["kinds"] and out["again"] != "DeferredModule"
+
+
 def _deferred_from(
     tmp_path: Path, body: str, monkeypatch: pytest.MonkeyPatch
 ) -> deferred.DeferredModule:
