@@ -196,17 +196,16 @@ def _import_quietly() -> Iterator[None]:
         return
     from recover.tpm import deferred
 
-    if not gc.isenabled():
-        with deferred.importing():
-            yield
-        return
-    gc.disable()
+    pause = gc.isenabled()
+    if pause:
+        gc.disable()
     try:
         with deferred.importing():
             yield
     finally:
-        gc.freeze()
-        gc.enable()
+        if pause:
+            gc.freeze()
+            gc.enable()
 
 
 class TpmCore:
