@@ -267,7 +267,7 @@ def unmap(loop: str = "") -> None:
         return
     if not loop:
         below = (found or {}).get(VERITY_NAME, [])
-        if found is None or not below:
+        if found is None or (VERITY_NAME in found and not below):  # sysfs did not say
             import re
 
             deps = _quiet(["dmsetup", "deps", "-o", "devname", VERITY_NAME]) or ""

@@ -99,3 +99,12 @@ def test_an_unreadable_entry_falls_back_to_dmsetup(tmp_path: Path, ran: list[lis
 def test_this_hosts_sysfs_is_readable() -> None:
     """The real /sys/block of this machine gives an answer (the boot reads the same)."""
     assert dmimage.mapped() is not None
+
+
+def test_a_crypt_mapping_alone_is_removed_without_asking_for_verity(
+    tmp_path: Path, ran: list[list[str]]
+) -> None:
+    """sysfs shows no verity mapping: dmsetup is not asked for its devices."""
+    _dm(tmp_path / "block", 2, dmimage.CRYPT_NAME, ("dm-1",))
+    dmimage.unmap()
+    assert ran == [["dmsetup", "remove", "--retry", "--noudevsync", dmimage.CRYPT_NAME]]
