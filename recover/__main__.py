@@ -1,3 +1,3 @@
-from recover.cli.main import main
+from recover.cli.entry import main
 
 raise SystemExit(main())

@@ -595,14 +595,14 @@ def payload_entry() -> tuple[str, ...]:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "verb")
     handler = sub.choices["boot"].get_default("handler")  # type: ignore[index]
-    return ("recover.__main__", "recover.cli.main", "recover.log", "recover.config",
-            handler.__module__, "recover.boot.payload")  # fmt: skip
+    return ("recover.__main__", "recover.cli.entry", "recover.cli.run", "recover.cli.main",
+            "recover.log", "recover.config", handler.__module__, "recover.boot.payload")  # fmt: skip
 
 
 #: The payload's entry when run from the wrapper (-I ignores PYTHONPATH).
 _ENTRY = (
     "import sys; sys.path.insert(0, {site!r}); sys.argv[0] = 'host-recover'; "
-    "from recover.cli.main import main; raise SystemExit(main())"
+    "from recover.cli.entry import main; raise SystemExit(main())"
 )
 
 

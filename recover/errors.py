@@ -3,7 +3,7 @@
 Every exit code is declared here once, with its one-line meaning: the CLI epilog,
 docs/cli.md, the operator guide's table and the dracut hooks are generated from or
 tested against :data:`EXIT_CODES` (tests/unit/test_contracts.py). Every failure the
-program expects is one of the error classes below, caught once in ``recover.cli.main``
+program expects is one of the error classes below, caught once in ``recover.cli.run``
 and printed by :func:`report` as one line plus a hint.
 """
 

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recover.config import Config
 from recover.errors import HostRecoverError, UsageError
 
+if TYPE_CHECKING:  # the boot entry (recover.cli.entry) runs this module without argparse
+    import argparse
+
 log = logging.getLogger(__name__)
+
+#: The boot verb's options: flag → (default, help). Its parser below and the boot entry's
+#: own reading of the hooks' command line (recover.cli.entry) both use them.
+BOOT_OPTIONS = {
+    "--newroot": ("/sysroot", "where to mount the recovery root"),
+    "--cmdline": ("/proc/cmdline", "kernel command line file"),
+}
+
+
+def boot_defaults() -> dict[str, Any]:
+    """What the ``boot`` verb sets besides its options."""
+    return {"handler": cmd_boot, "baked_config": True, "on_config_error": boot_config_error}
 
 
 def register(sub: Any) -> None:
@@ -19,9 +33,9 @@ def register(sub: Any) -> None:
         "boot",
         help="The initramfs payload: evidence, peers, verdict, unseal, image, credentials.",
     )
-    p.set_defaults(handler=cmd_boot, baked_config=True, on_config_error=boot_config_error)
-    p.add_argument("--newroot", default="/sysroot", help="where to mount the recovery root")
-    p.add_argument("--cmdline", default="/proc/cmdline", help="kernel command line file")
+    p.set_defaults(**boot_defaults())
+    for flag, (default, text) in BOOT_OPTIONS.items():
+        p.add_argument(flag, default=default, help=text)
     p = sub.add_parser(
         "bundle", help="Compute the payload's file set for the initramfs (modules + libraries)."
     )
@@ -52,7 +66,7 @@ def cmd_boot(args: argparse.Namespace, cfg: Config) -> int:
 def boot_config_error(args: argparse.Namespace, error: HostRecoverError) -> int:
     """The baked-in configuration is broken: still lock, then end as the plan says."""
     from recover.boot.payload import boot_without_config
-    from recover.cli.main import overrides
+    from recover.cli.run import overrides
 
     try:
         cmdline = _cmdline(args.cmdline)

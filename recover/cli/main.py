@@ -1,18 +1,16 @@
-"""The ``host-recover`` command line: one parser, one top-level error handler.
+"""The ``host-recover`` command line: one parser for every verb.
 
 Each verb group is a module of this package with ``register(sub)``: its arguments sit
 next to its handler. Handlers take ``(args, cfg)`` and return an exit code; expected
-failures raise ``HostRecoverError`` and are reported here (recover.errors.report), and
-nowhere else. Handlers import what they need when they run, so that ``--help``,
-parsing and the clean boot stay light.
+failures raise ``HostRecoverError`` and are reported by the one top-level handler,
+recover.cli.run (recover.errors.report), and nowhere else. Handlers import what they
+need when they run, so that ``--help`` and parsing stay light. The boot verb as the
+hooks run it is read without this parser (recover.cli.entry), to the same namespace.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import traceback
 from collections.abc import Sequence
 
 from recover import __version__
@@ -31,11 +29,11 @@ from recover.cli import (
     reseal,
     store,
 )
-from recover.config import Config
-from recover.errors import ExitCode, HostRecoverError, UsageError, epilog, report
+from recover.cli.run import load_config, overrides, run
+from recover.errors import epilog
 from recover.settings import SETTINGS
 
-log = logging.getLogger("recover")
+__all__ = ["build_parser", "load_config", "main", "overrides"]
 
 
 #: Verb groups in the order --help lists them.
@@ -98,65 +96,5 @@ def _describe(parser: argparse.ArgumentParser) -> None:
                 _describe(sp)
 
 
-def overrides(args: argparse.Namespace) -> dict[str, str]:
-    """Setting name → raw value from ``--set NAME=VALUE`` and the settings' own flags."""
-    out: dict[str, str] = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(
-                f"--set {item!r}: expected NAME=VALUE", hint="e.g. --set tpm.pcrs=sha256:7"
-            )
-        out[name.strip()] = value
-    for s in SETTINGS:
-        value = getattr(args, s.cli.lstrip("-").replace("-", "_"), None) if s.cli else None
-        if value:
-            out[s.name] = value
-    return out
-
-
-def load_config(args: argparse.Namespace) -> Config:
-    """Defaults ← file ← drop-ins ← environment ← :func:`overrides`. A verb marked
-    ``baked_config`` (the boot payload) ignores the environment: init's environment
-    comes from the kernel command line, which does not decide trust."""
-    from recover import config as config_mod
-
-    baked = getattr(args, "baked_config", False)
-    return config_mod.load(args.config, overrides(args), env={} if baked else None)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from recover import log as logsetup
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    baked = getattr(args, "baked_config", False)
-    if baked:  # libtss2's debug log would print session keys: off, whatever init's env says
-        os.environ["TSS2_LOG"] = "all+none"
-    logsetup.setup(debug=args.debug, kmsg=baked)
-    try:
-        try:
-            cfg = load_config(args)
-        except HostRecoverError as e:
-            on_config_error = getattr(args, "on_config_error", None)
-            if on_config_error is None:
-                raise
-            return int(on_config_error(args, e))
-        return int(args.handler(args, cfg))
-    except HostRecoverError as e:
-        report(e, log)
-        if args.debug:
-            traceback.print_exc()
-        return int(e.exit_code)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as e:  # noqa: BLE001 - the one top-level handler
-        log.error("internal error: %s: %s", type(e).__name__, e)
-        if args.debug:
-            traceback.print_exc()
-        else:
-            log.error("hint: run again with --debug for a traceback, and report it")
-        return int(ExitCode.INTERNAL)
+    return run(build_parser().parse_args(argv))

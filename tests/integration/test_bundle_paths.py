@@ -155,9 +155,17 @@ def test_clean_boot_loads_no_key_conversions_and_starts_no_process(host: Bundled
     """tpm2-pytss's key conversions (x509, SSH keys, KDFs, ciphers) stay unloaded through
     a whole clean boot (recover/tpm/deferred.py; the recovery below loads what it uses),
     and its cleanup, finding no mapping in sysfs, starts no dmsetup or losetup (nothing
-    imports subprocess)."""
+    imports subprocess). The hooks' command line (``boot --newroot DIR``, here with
+    ``--config`` and ``--cmdline``) is read without argparse (recover.cli.entry)."""
     host.tpm.reboot_orderly()
-    code, rec, err = host.boot_bundled(python_options=("-X", "importtime"))
+    dropins = host.conf.with_name(host.conf.name + ".d")
+    dropins.mkdir(exist_ok=True)
+    (dropins / "tcti.conf").write_text(f"[tpm]\ntcti = {host.tpm.tcti}\n")
+    proc = run_bundled(host.stage, "--config", str(host.conf), "boot", "--newroot",
+                       str(host.newroot), "--cmdline", str(host.cmdline),
+                       python_options=("-X", "importtime"))  # fmt: skip
+    code, err = proc.returncode, proc.stderr
+    rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
     assert code == 0 and rec["verdict"]["kind"] == "clean", rec
     loaded = {r.name for r in importtime.parse(err)}
     assert {"tpm2_pytss", "tpm2_pytss.types", "tpm2_pytss.ESAPI"} <= loaded
@@ -168,6 +176,8 @@ def test_clean_boot_loads_no_key_conversions_and_starts_no_process(host: Bundled
         "cryptography.hazmat.decrepit",
         "subprocess",  # the cleanup found no mapping in sysfs: no dmsetup, no losetup
         "recover.core.imageformat",
+        "argparse",  # the boot entry read the command line
+        "recover.cli.main",
     ):
         assert name not in loaded, name
     _assert_nothing_left(host)
