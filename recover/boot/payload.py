@@ -160,9 +160,9 @@ class Payload:
         preload.start(self.cfg.store_device)
 
     def _steps(self, steps: tuple[plan.Step, ...]) -> None:
-        from recover.boot.recovery import Recovery, run_steps
-
         if self.route is plan.Route.RECOVER:
+            from recover.boot.recovery import Recovery, run_steps  # a clean boot never loads it
+
             self._preload()  # a forced recovery (boot.mode): load while the TPM unseals
             r = Recovery(self.cfg, self._tpm(), self.newroot, self.outcome, cmdline=self.cmdline)
             run_steps(r, steps)

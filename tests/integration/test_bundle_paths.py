@@ -176,6 +176,7 @@ def test_clean_boot_loads_no_key_conversions_and_starts_no_process(host: Bundled
         "cryptography.hazmat.decrepit",
         "subprocess",  # the cleanup found no mapping in sysfs: no dmsetup, no losetup
         "recover.core.imageformat",
+        "recover.boot.recovery",  # the clean route is record and lock
         "argparse",  # the boot entry read the command line
         "recover.cli.main",
     ):
