@@ -17,7 +17,8 @@ every row), in interleaved rounds after one warm-up round; medians and minima:
 Three ways to load the payload's code, per tree (testing/trees.py): ``bundle``, what the
 initramfs runs (dracut-module/module-setup.sh installs the staging directory of
 ``host-recover bundle``: sourceless .pyc, the stdlib as laid out by that tree's bundle,
-``-S``); ``src``, the source
+``-S -P``, started by the ``-c`` statement of that bundle's /usr/bin/host-recover, so each
+tree runs its own entry); ``src``, the source
 tree with a warm bytecode cache (filled by the warm-up round), like an installed package;
 ``src-nopyc``, sources compiled at every start: what an initramfs that ships only .py
 files pays.
@@ -83,7 +84,7 @@ class Payload:
 
     def argv(self, tree: Tree, mode: str, extra: Sequence[str] = ()) -> tuple[list[str], dict]:
         py, env = tree.python(mode)
-        args = ["-m", "recover", "--config", str(self.conf), "boot",
+        args = [*tree.entry(mode), "--config", str(self.conf), "boot",
                 "--cmdline", str(self.cmdline), "--newroot", str(self.work / "newroot")]  # fmt: skip
         return [*py, *extra, *args], env
 

@@ -61,6 +61,10 @@ VARIANTS = (
         "`import recover.cli.main` + `build_parser()`",
         "import recover.cli.main; recover.cli.main.build_parser()",
     ),
+    (
+        "the boot entry: `recover.cli.entry` reads `boot`, with `recover.cli.run`",
+        "from recover.cli import entry, run; entry.parse_boot(['boot'])",
+    ),
     ("what tpm2_pytss imports of cryptography (and the stdlib for it)", _TSS_CRYPTO),
 )
 
@@ -221,7 +225,7 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
 
     fb, fc = m("bundle"), m("bundle", "first_cpu_ms")
     v = {label: med(xs) for label, xs in res.variants.items()}
-    pkg, nogc, dfr, esapi, tctildr, x509, skip, cli, parser, tcrypto = (
+    pkg, nogc, dfr, esapi, tctildr, x509, skip, cli, parser, boot_entry, tcrypto = (
         v[label] for label, _ in VARIANTS
     )
     out = [
@@ -230,7 +234,8 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         "- The initramfs runs the bundle layout: dracut-module/module-setup.sh installs the "
         "staging directory of `host-recover bundle`, whose wrapper runs `/usr/bin/python3.11 "
         "-I -S -B` on the sourceless site and stdlib (a directory of .pyc since issue 12; "
-        "the bench runs it with `-S -m recover` and PYTHONHOME at the staging copy). The "
+        "the bench runs that wrapper's own `-c` statement with `-S -P` and PYTHONHOME at "
+        "the staging copy, as `-I` would ignore PYTHONHOME; testing/trees.py). The "
         ".pyc are used as they are: sourceless, nothing to check or recompile. Sources with "
         "a warm "
         f"bytecode cache take {m('src', 'first_cpu_ms') / fc:.2f}x the bundle's CPU to the "
@@ -254,14 +259,19 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         "are peer results. tests/unit/test_coldstart.py keeps these, tpm2_pytss, cryptography, "
         "asyncio, ssl, http, email and socket off the path up to `Tpm.open`.",
         *_effect(args, res),
-        "- Not deferrable on this path: argparse, logging, dataclasses (with inspect), "
-        "pathlib, configparser and json serve every boot; argparse imports shutil and locale "
-        "while it builds the parser (shutil would come anyway: tpm2_pytss FAPI → tempfile); "
+        "- The boot entry (issue 12, recover/cli/entry.py): the hooks' command line "
+        "(`boot --newroot DIR`) is read without argparse; any other goes to the full parser, "
+        "and both run the parsed command through recover.cli.run (tests/unit/test_entry.py "
+        "checks that they parse alike). Importing the full CLI and building its parser takes "
+        f"{parser:.0f} ms of CPU in a fresh interpreter ({parser - cli:.0f} ms of it building "
+        f"the parser), the boot entry with the configuration {boot_entry:.0f} ms. "
+        "tests/unit/test_coldstart.py and tests/integration/test_bundle_paths.py keep "
+        "argparse and recover.cli.main off the clean boot.",
+        "- Not deferrable on this path: logging, dataclasses (with inspect), "
+        "pathlib, configparser and json serve every boot; "
         "`_hashlib` (OpenSSL's libcrypto) comes with hashlib, which the policy digests need; "
-        "tpm2_pytss, with cryptography's `_rust`, is needed for the first command."
-        f" Building the whole CLI parser costs {parser - cli:.1f} ms "
-        "(rows `recover.cli`); a boot-only parser would save that, but the one parser is the "
-        "CLI contract (docs/cli.md is generated from it): not done. `python3 -I -c pass` in the venv pays for site and the "
+        "tpm2_pytss, with cryptography's `_rust`, is needed for the first command. "
+        "`python3 -I -c pass` in the venv pays for site and the "
         "editable-install finder, which the payload (`-S`) never loads.",
         "- Experiment `bundle-stdlib-zip` (the same sourceless stdlib .pyc files in "
         "python311.zip, as the bundle shipped them before; `host-recover bundle --stdlib zip`):"
@@ -288,11 +298,12 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         + ("met." if fb <= 60 else "not met.")
         + " What is left is spread thin: no import's own time is over 3 ms (run "
         "`-X importtime` on the bundle); the interpreter's start (bare `-S -c pass` in the "
-        f"bundle layout: {min(res.base[BUNDLE_PASS]):.0f} ms wall at best), our CLI with "
-        f"argparse, logging and the configuration ({cli:.0f} ms for `import recover.cli.main`),"
-        " dataclasses with inspect, the verdict and evidence modules, tpm2_pytss's own "
-        "modules. Next steps, not done: a boot entry point that builds no CLI parser, the "
-        "clean boot's few TPM commands marshalled without tpm2-pytss.",
+        f"bundle layout: {min(res.base[BUNDLE_PASS]):.0f} ms wall at best), the boot entry "
+        f"with logging and the configuration ({boot_entry:.0f} ms), dataclasses with inspect "
+        "(16 frozen dataclasses are created on the path, and Python 3.11 compiles each one's "
+        "generated methods one by one), the verdict and evidence modules, tpm2_pytss's own "
+        "modules. Next step, not done: the clean boot's few TPM commands marshalled without "
+        "tpm2-pytss.",
         f"- Exit: after the decision record is written, the interpreter's finalization "
         f"takes {m('bundle', 'teardown_ms'):.0f} ms of the clean boot's "
         f"{m('bundle', 'exit_ms'):.0f} ms"

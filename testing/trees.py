@@ -5,12 +5,17 @@ its bundle and bytecode caches; ``Tree.python(mode)`` gives the interpreter argv
 environment that load the payload's code three ways:
 
 * ``bundle``: what the initramfs runs: the staging directory of ``host-recover bundle``
-  (sourceless .pyc), Debian's python3 with ``-S`` and PYTHONHOME pointed at the staging
-  copy (experiments: ``bundle-stdlib-zip``, the same modules with the stdlib zipped,
+  (sourceless .pyc), Debian's python3 with ``-S -P`` and PYTHONHOME pointed at the
+  staging copy (experiments: ``bundle-stdlib-zip``, the same modules with the stdlib zipped,
   ``host-recover bundle --stdlib zip``; ``bundle-nofapi``, another tpm2-pytss in front of
   the bundle's site);
 * ``src``: the source tree with a warm bytecode cache (``-X pycache_prefix=DIR``);
 * ``src-nopyc``: sources compiled at every start (``-B``, an empty pycache prefix).
+
+``Tree.entry(mode)`` is how the payload is started in that mode: for the bundle modes the
+``-c`` statement of the staging directory's /usr/bin/host-recover (the wrapper the
+initramfs runs, with its site path pointed at the staging copy: ``-I`` would ignore
+PYTHONHOME, so the environment stands in for it); for the source modes ``-m recover``.
 
 bench/coldstart.py times a before and an after tree in the same run with these.
 """
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +37,7 @@ VENV_PY = sys.executable  # the venv's python: a symlink to Debian's python3.11
 SYS_PY = os.path.realpath(sys.executable)  # what the initramfs installs (binaries.list)
 SITE = next((p for p in sys.path if p.endswith("site-packages")), "")
 MODES = ("bundle", "src", "src-nopyc")
+SITE_IN_IMAGE = "/usr/lib/host-recover/site"  # recover/bundle.py
 EXTRA_MODES = ("bundle-stdlib-zip", "bundle-nofapi")  # experiments
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TSS2_LOG": "all+none"}
 
@@ -63,11 +71,11 @@ class Tree:
         """(interpreter argv, environment) for ``mode``."""
         if mode.startswith("bundle"):  # the wrapper's environment, staging dir as prefix
             root = self.bundle / "root"
-            site = f"{root}/usr/lib/host-recover/site"
+            site = f"{root}{SITE_IN_IMAGE}"
             if mode == "bundle-nofapi":
                 site = f"{self.nofapi}:{site}"
             home = self.stdlib_zip / "root" if mode == "bundle-stdlib-zip" else root
-            return [SYS_PY, "-S"], {
+            return [SYS_PY, "-S", "-P"], {  # -P: nothing before the site, as under -I
                 **BASE_ENV,
                 "PYTHONHOME": f"{home}/usr",
                 "PYTHONPATH": site,
@@ -77,6 +85,18 @@ class Tree:
         if mode == "src":
             return [VENV_PY, "-S", "-X", f"pycache_prefix={self.pycache}"], env
         return [VENV_PY, "-S", "-B", "-X", f"pycache_prefix={self.empty_pycache}"], env
+
+    def entry(self, mode: str) -> list[str]:
+        """The arguments that start the payload in ``mode`` (see the module docstring)."""
+        if not mode.startswith("bundle"):
+            return ["-m", "recover"]
+        root = (self.stdlib_zip if mode == "bundle-stdlib-zip" else self.bundle) / "root"
+        wrapper = (root / "usr/bin/host-recover").read_text()
+        found = re.search(r'^\s*\S*python\S* (?:-\S+ )*-c (".*?") "\$@"$', wrapper, re.M)
+        if found is None:
+            raise SystemExit(f"{self.label}: no python -c line in {root}/usr/bin/host-recover")
+        statement = shlex.split(found.group(1))[0]
+        return ["-c", statement.replace(SITE_IN_IMAGE, f"{root}{SITE_IN_IMAGE}")]
 
 
 @contextlib.contextmanager

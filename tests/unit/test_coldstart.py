@@ -38,15 +38,19 @@ DEFERRED = (
     "recover.store.provision",
     "recover.boot.recovery",
     "recover.bundle",
+    "argparse",  # the hooks' command line is read by recover.cli.entry
+    "recover.cli.main",
+    "recover.cli.store",
 )
 
-# What `host-recover boot` imports before Tpm.open(): the CLI, its parser, logging, the
+# What `host-recover boot` imports before Tpm.open(): the boot entry, logging, the
 # configuration, the payload, gather and the TPM package.
 _PROBE = """
 import json, sys
-from recover.cli import main
-parser = main.build_parser()
-args = parser.parse_args(["boot"])
+from recover.cli import entry
+args = entry.parse_boot(["boot", "--newroot", "/sysroot"])
+assert args is not None
+from recover.cli import run
 from recover import config, log
 log.setup(kmsg=False)
 config.load(None, {})
@@ -157,3 +161,23 @@ def test_tree_python_modes(tmp_path: Path, mode: str) -> None:
     else:
         assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
         assert ("-B" in argv) == (mode == "src-nopyc")
+
+
+def test_tree_entry_is_the_wrapper_s_own_statement(tmp_path: Path) -> None:
+    """The bench starts the bundle as the initramfs's /usr/bin/host-recover does: with the
+    ``-c`` statement that wrapper holds, its site pointed at the staging copy."""
+    from recover import bundle
+
+    tree = trees.Tree("t", ROOT, tmp_path)
+    wrapper = tree.bundle / "root" / bundle.WRAPPER
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(bundle._wrapper(trees.SITE_IN_IMAGE.lstrip("/")))
+    flag, statement = tree.entry("bundle")
+    assert flag == "-c"
+    site = f"{tree.bundle}/root{trees.SITE_IN_IMAGE}"
+    assert statement == bundle._ENTRY.format(site=site)
+    assert "recover.cli.entry" in statement
+    assert tree.entry("src") == ["-m", "recover"]
+    wrapper.write_text("#!/bin/sh\nexec /bin/false\n")
+    with pytest.raises(SystemExit, match="no python -c line"):
+        tree.entry("bundle")
