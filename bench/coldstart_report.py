@@ -32,9 +32,9 @@ _SKIP_INIT = (
     "from tpm2_pytss.ESAPI import ESAPI"
 )
 _NO_GC = "import gc; gc.disable(); import tpm2_pytss; gc.freeze(); gc.enable()"
-# What Tpm.open does since issue 12 (recover/tpm/core.py, recover/tpm/deferred.py).
+# What Tpm.open does since issue 12 (recover/tpm/core.py, recover/deferred.py).
 _DEFERRED = (
-    "import gc\nfrom recover.tpm import deferred\ngc.disable()\n"
+    "import gc\nfrom recover import deferred\ngc.disable()\n"
     "with deferred.importing():\n    import tpm2_pytss\ngc.freeze(); gc.enable()"
 )
 # What tpm2_pytss.internal.crypto imports at module level (with the stdlib it needs).
@@ -283,7 +283,7 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         f"- Cyclic GC: `import tpm2_pytss` takes {nogc:.0f} ms CPU with the collector paused "
         f"vs {pkg:.0f} ms ({nogc / pkg:.2f}x); `Tpm.open` pauses it for that first import and "
         "freezes the imported objects out of later collections (recover/tpm/core.py).",
-        "- Deferred cryptography (issue 12, recover/tpm/deferred.py): `Tpm.open` imports "
+        "- Deferred cryptography (issue 12, recover/deferred.py): `Tpm.open` imports "
         "tpm2_pytss with its key conversions (tpm2_pytss.internal.crypto, which imports x509, "
         "serialization with ssh, kbkdf, concatkdf, ciphers and decrepit at module level: "
         f"{tcrypto:.0f} ms with the stdlib they need, measured alone) and cryptography's "

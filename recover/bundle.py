@@ -111,6 +111,8 @@ SYSTEM_LIB_DIRS = (
 
 @dataclasses.dataclass(frozen=True)
 class Module:
+    """A module the payload imports, and where it is loaded from."""
+
     name: str
     path: Path | None  # None: built into the interpreter
     stdlib: bool
@@ -122,6 +124,8 @@ class Module:
 
 @dataclasses.dataclass(frozen=True)
 class BundleReport:
+    """What ``build`` wrote into the staging directory: counts, files and sizes."""
+
     output: Path
     entry: tuple[str, ...]
     modules: int

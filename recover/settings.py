@@ -222,6 +222,9 @@ def _quorum(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
+    """One setting: its name, parser, default and documentation, and where besides the
+    file it may be set (kernel command line, environment, CLI flag)."""
+
     name: str  # "section.key"
     parse: Callable[[str], Any]
     default: str

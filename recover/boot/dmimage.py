@@ -51,6 +51,9 @@ _KEY_SPEC_SESSION_KEYRING = -3
 
 @dataclasses.dataclass
 class Mapping:
+    """What setting up the v2 image's device-mapper targets made: the loop device, the
+    crypt device, how the key reached the kernel, the ciphers built ahead, step times."""
+
     loop: str = ""
     device: str = ""  # /dev/mapper/host-recover-root once mapped
     key_passing: str = ""  # "keyring" | "table"

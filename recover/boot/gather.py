@@ -192,6 +192,9 @@ BOOT_RESERVE = 60.0  # seconds of boot.timeout kept for unseal, image and lock a
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
+    """What the evidence and peer stage decided: the evidence, the peers' answers, the
+    verdict and the step timings."""
+
     evidence: Evidence
     peers: PeerResults | None  # None: no peers configured, or not asked (clean, forced)
     verdict: Verdict

@@ -26,6 +26,8 @@ _ALG_NAMES = {v: k for k, v in ALG_IDS.items()}
 
 @dataclasses.dataclass(frozen=True)
 class QuoteInfo:
+    """The fields of a TPMS_ATTEST quote structure the verifier checks."""
+
     qualified_signer: bytes
     extra_data: bytes
     clock: int

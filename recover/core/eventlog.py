@@ -134,6 +134,8 @@ class Event:
 
 @dataclasses.dataclass(frozen=True)
 class EventLog:
+    """A parsed TCG event log: its format, its hash banks and its events."""
+
     format: str  # "crypto-agile" or "sha1"
     banks: tuple[str, ...]
     events: tuple[Event, ...]  # the crypto-agile header event is not among them
@@ -677,6 +679,8 @@ class ProblemKind(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
+    """Why a component of the measured boot cannot be bound by the selected PCRs."""
+
     component: Component
     kind: ProblemKind
     message: str

@@ -32,6 +32,9 @@ class Strength(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True)
 class Signal:
+    """One piece of evidence about the previous shutdown, with how it reads and how
+    much it weighs."""
+
     name: str
     value: Any  # JSON-compatible raw value (None when it could not be read)
     reading: Reading
@@ -72,6 +75,8 @@ def summarize(signals: tuple[Signal, ...]) -> Reading:
 
 @dataclasses.dataclass(frozen=True)
 class Evidence:
+    """Everything read about the previous shutdown: the signals and the TPM's clock."""
+
     signals: tuple[Signal, ...]
     clock: dict[str, int] | None = None  # signed-clock fields: clock, reset_count, ...
     since_reset_s: float | None = None  # seconds since this host's TPM reset (this boot)

@@ -156,6 +156,8 @@ class Header:
 
 @dataclasses.dataclass(frozen=True)
 class _Keys:
+    """The two keys derived from an image root key: data encryption and commitment."""
+
     data: bytes
     commit: bytes
 

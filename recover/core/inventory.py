@@ -68,6 +68,9 @@ class Endorsement:
 
 @dataclasses.dataclass(frozen=True)
 class Peer:
+    """A host of the failure domain: where to ask it, its attestation key and the PCR
+    values its quotes must show."""
+
     id: str
     host: str
     port: int
@@ -132,6 +135,8 @@ class Peer:
 
 @dataclasses.dataclass(frozen=True)
 class Inventory:
+    """The peers this host asks, and the signed inventory's version if it came from one."""
+
     peers: tuple[Peer, ...]
     version: int | None = None  # the signed inventory's version; None: baked peers.json
 

@@ -107,6 +107,8 @@ class Result:
 
 @dataclasses.dataclass(frozen=True)
 class Ending:
+    """How a boot ends: the exit code, the hooks' action and why."""
+
     exit_code: ExitCode
     hook: HookAction
     reason: str

@@ -115,6 +115,8 @@ def reply_qualifying_data(status: Mapping[str, Any], nonce: bytes) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class Quote:
+    """A peer's TPM quote over its status: the attestation, its signature and the PCRs."""
+
     attest: bytes
     signature: bytes
     pcrs: PcrValues  # the values the quoter read (informative; the digest is what counts)
@@ -140,6 +142,8 @@ class Quote:
 
 @dataclasses.dataclass(frozen=True)
 class PeerStatus:
+    """What a peer says about its own previous shutdown (signed by its TPM's quote)."""
+
     host_id: str
     boot_id: str
     failure_domain: str
@@ -208,6 +212,8 @@ class PeerStatus:
 
 @dataclasses.dataclass(frozen=True)
 class PeerResult:
+    """The outcome of asking one peer, with its verified status if any."""
+
     peer_id: str
     outcome: Outcome
     reason: str = ""
@@ -228,6 +234,8 @@ class PeerResult:
 
 @dataclasses.dataclass(frozen=True)
 class PeerResults:
+    """The outcomes of one peer round over the failure domain."""
+
     results: tuple[PeerResult, ...]
     domain_size: int
     elapsed_ms: float = 0.0

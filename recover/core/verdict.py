@@ -54,6 +54,8 @@ def parse_quorum(text: str) -> tuple[int | None, float | None]:
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
+    """The verdict's settings: quorum, window, actions, mode, wait and sampling."""
+
     quorum: str = "50%"
     window: float = 120.0
     on_isolated: Action = Action.NORMAL
@@ -102,6 +104,8 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
+    """The decision, its action and its reasons, with the counts behind it."""
+
     kind: Kind
     action: Action
     reasons: tuple[str, ...]
@@ -122,6 +126,8 @@ class Verdict:
 
 @dataclasses.dataclass(frozen=True)
 class _Tally:
+    """The peers' answers, counted by what they say about this failure."""
+
     same: int  # verified, abnormal, TPM reset within the window of ours
     unknown: int  # verified, reset within the window, evidence unknown
     unaffected: int  # verified and clean, reset outside the window, or a normal-OS answer

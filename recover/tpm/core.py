@@ -189,12 +189,12 @@ def _import_quietly() -> Iterator[None]:
     is first imported: tens of thousands of new objects, none of them garbage, that each
     collection during the import would only scan again (about a tenth of the import's
     CPU, docs/performance.md); afterwards they are frozen out of later collections.
-    Most of cryptography is not loaded until tpm2_pytss needs it (recover/tpm/deferred.py).
+    Most of cryptography is not loaded until tpm2_pytss needs it (recover/deferred.py).
     """
     if "tpm2_pytss" in sys.modules:
         yield
         return
-    from recover.tpm import deferred
+    from recover import deferred
 
     pause = gc.isenabled()
     if pause:

@@ -1,7 +1,8 @@
-"""recover/tpm/deferred.py: tpm2-pytss imported with most of cryptography deferred.
+"""recover/deferred.py: tpm2-pytss imported with most of cryptography deferred, and
+dataclasses without inspect.
 
-The lists of names are checked against the installed packages (a tpm2-pytss or
-cryptography upgrade that changes them fails here, not at boot); the behaviour runs in
+The lists of names are checked against the installed packages and the interpreter's
+dataclasses (an upgrade that changes them fails here, not at boot); the behaviour runs in
 fresh interpreters, since this process has imported both packages already. No TPM."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from recover.tpm import deferred
+from recover import deferred
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,6 +65,67 @@ def test_serialization_eager_names_are_the_packages_own_objects() -> None:
         assert getattr(real, name) is getattr(source, name), name
 
 
+def test_inspect_functions_are_exactly_what_dataclasses_uses() -> None:
+    import dataclasses
+
+    used = {
+        node.attr
+        for node in ast.walk(ast.parse(Path(dataclasses.__file__).read_text()))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "inspect"
+    }
+    assert used == deferred.INSPECT_FUNCTIONS
+    assert all(inspect.isfunction(getattr(inspect, name)) for name in used)
+
+
+def test_every_dataclass_of_the_package_has_a_docstring() -> None:
+    """dataclasses calls inspect.signature for a class without one: on the boot path
+    that would load inspect after all (and each call costs its own time)."""
+    missing = []
+    for path in sorted((ROOT / "recover").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef) or ast.get_docstring(node) is not None:
+                continue
+            if any("dataclass" in ast.unparse(d) for d in node.decorator_list):
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert missing == []
+
+
+def test_dataclasses_with_inspect_deferred_behave_the_same() -> None:
+    out = _fresh(
+        """
+        import json, sys
+        from recover import deferred
+        with deferred.importing(deferred.DATACLASSES):
+            import dataclasses
+        before = "inspect" in sys.modules
+
+        @dataclasses.dataclass(frozen=True)
+        class Documented:
+            "A docstring of its own."
+            a: int
+
+        documented = "inspect" in sys.modules
+
+        @dataclasses.dataclass
+        class Bare:
+            a: int
+            b: str = "x"
+
+        real = sys.modules.get("inspect")
+        print(json.dumps({
+            "before": before, "documented": documented, "doc": Bare.__doc__,
+            "real": real is not None and hasattr(real, "Parameter"),
+            "pending": deferred.pending(),
+        }))
+        """
+    )
+    assert out["before"] is False and out["documented"] is False
+    assert out["doc"] == "Bare(a: int, b: str = 'x')"  # what a plain import writes
+    assert out["real"] is True and out["pending"] == []
+
+
 def _fresh(code: str) -> dict:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -95,7 +157,7 @@ def test_import_defers_and_first_use_loads_the_real_modules() -> None:
     out = _fresh(
         """
         import json, sys
-        from recover.tpm import deferred
+        from recover import deferred
         with deferred.importing():
             import tpm2_pytss
             import tpm2_pytss.utils
@@ -143,7 +205,7 @@ def test_a_submodule_imported_later_brings_the_real_package_first() -> None:
     out = _fresh(
         """
         import json, sys
-        from recover.tpm import deferred
+        from recover import deferred
         with deferred.importing():
             import tpm2_pytss
         before = deferred.pending()
@@ -169,7 +231,7 @@ def test_a_use_before_the_import_ends_loads_the_real_module_once() -> None:
     out = _fresh(
         """
         import json, sys
-        from recover.tpm import deferred
+        from recover import deferred
         with deferred.importing():
             import tpm2_pytss
             stand_in = sys.modules["tpm2_pytss.types"]._get_digest_size

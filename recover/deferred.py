@@ -1,4 +1,5 @@
-"""Import tpm2-pytss without loading most of cryptography (issue 12: cold start).
+"""Imports that leave some of what they import unloaded until it is used (issue 12: cold
+start): tpm2-pytss without most of cryptography, and dataclasses without inspect.
 
 tpm2-pytss 3 imports, at module level, cryptography's key, KDF, cipher and x509
 modules for its key conversions (``tpm2_pytss.internal.crypto``), and
@@ -6,7 +7,14 @@ modules for its key conversions (``tpm2_pytss.internal.crypto``), and
 ``TPMT_SENSITIVE``'s methods. None of it runs for the commands of a clean boot, and the
 import is half of the payload's CPU before its first TPM command (docs/performance.md).
 
-While :func:`importing` is active, two modules are created *deferred*:
+``dataclasses`` (Python 3.11) imports ``inspect``, with ``dis``, ``ast`` and their
+tables, to call ``inspect.signature`` when it writes a docstring for a class that has
+none: about 5 ms of the payload's cold start for a function the payload's classes (all
+with docstrings) never call.
+
+While :func:`importing` is active, these modules are created *deferred* (``names``
+selects them: :data:`TPM2_PYTSS` for ``Tpm.open``, :data:`DATACLASSES` for the boot
+entry, recover.cli.entry):
 
 * ``tpm2_pytss.internal.crypto``: a name in :data:`CRYPTO_FUNCTIONS` (the functions the
   package's modules import from it) is bound to a forwarder that loads the real module on
@@ -15,14 +23,17 @@ While :func:`importing` is active, two modules are created *deferred*:
   :data:`SERIALIZATION_EAGER` are the very objects of ``..._serialization``, where the
   package itself takes them from (its SSH and key-loading modules stay unloaded); any
   other attribute loads the real package.
+* ``inspect``: :data:`INSPECT_FUNCTIONS` (what dataclasses calls) are forwarders; any
+  other attribute loads the real module.
 
 The deferred modules are in ``sys.modules`` only while :func:`importing` runs: the modules
 imported inside the block keep them as names, and afterwards the first use of one imports
 the real module the ordinary way (``importlib.import_module``: once, under the import
 system's own locks, package before submodules), whoever asks for it first. The deferral
 changes when the modules load, never what a name means: a forwarder calls the same
-function, an eager name is the same object. tests/unit/test_deferred.py checks both lists
-against the installed packages (names, kinds, identity) and the behaviour; the bundled
+function, an eager name is the same object. tests/unit/test_deferred.py checks the lists
+against the installed packages and the interpreter's dataclasses (names, kinds,
+identity) and the behaviour; the bundled
 payload runs with it on its every path (tests/integration/test_bundle_paths.py). Only the
 packages' own import statements are involved, so `host-recover bundle`, which imports
 both packages whole to find their files, still ships everything they may load.
@@ -35,12 +46,13 @@ import importlib
 import importlib.machinery
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 CRYPTO = "tpm2_pytss.internal.crypto"
 SERIALIZATION = "cryptography.hazmat.primitives.serialization"
 SERIALIZATION_SOURCE = "cryptography.hazmat.primitives._serialization"
+INSPECT = "inspect"
 
 #: What tpm2_pytss.types, .utils and .cryptography import from internal.crypto: all
 #: functions (tests/unit/test_deferred.py reads the import statements to keep this exact).
@@ -85,6 +97,20 @@ SERIALIZATION_EAGER = frozenset(
         "PublicFormat",
     }
 )
+
+
+#: What dataclasses uses of inspect: it calls ``inspect.signature`` for a class without a
+#: docstring (tests/unit/test_deferred.py reads dataclasses.py to keep this exact).
+INSPECT_FUNCTIONS = frozenset({"signature"})
+
+#: The stand-ins: module → (names forwarded, names taken eagerly, from which module).
+STANDINS: dict[str, tuple[frozenset[str], frozenset[str], str]] = {
+    CRYPTO: (CRYPTO_FUNCTIONS, frozenset(), ""),
+    SERIALIZATION: (frozenset(), SERIALIZATION_EAGER, SERIALIZATION_SOURCE),
+    INSPECT: (INSPECT_FUNCTIONS, frozenset(), ""),
+}
+TPM2_PYTSS = (CRYPTO, SERIALIZATION)  # Tpm.open's import of tpm2_pytss
+DATACLASSES = (INSPECT,)  # the boot entry's import of dataclasses
 
 
 class DeferredModule(types.ModuleType):
@@ -149,18 +175,14 @@ class _Loader:
 
 
 class _Finder:
-    """On ``sys.meta_path`` while :func:`importing` runs; finds the two modules only."""
+    """On ``sys.meta_path`` while :func:`importing` runs; finds the chosen modules only."""
 
-    TABLE = {
-        CRYPTO: (CRYPTO_FUNCTIONS, frozenset(), ""),
-        SERIALIZATION: (frozenset(), SERIALIZATION_EAGER, SERIALIZATION_SOURCE),
-    }
-
-    def __init__(self) -> None:
+    def __init__(self, names: Iterable[str]) -> None:
+        self.table = {name: STANDINS[name] for name in names}
         self.created: list[str] = []
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        entry = self.TABLE.get(fullname)
+        entry = self.table.get(fullname)
         if entry is None or fullname in _released:
             return None
         if importlib.machinery.PathFinder.find_spec(fullname, path) is None:
@@ -174,10 +196,11 @@ _released: set[str] = set()  # used before importing() ended: not stood in for a
 
 
 @contextlib.contextmanager
-def importing() -> Iterator[None]:
-    """Imports inside the block create the two modules deferred (if not loaded yet);
-    afterwards neither is in ``sys.modules`` until its first use imports it."""
-    finder = _Finder()
+def importing(names: Iterable[str] = TPM2_PYTSS) -> Iterator[None]:
+    """Imports inside the block create the modules ``names`` (keys of :data:`STANDINS`)
+    deferred, if not loaded yet; afterwards none of them is in ``sys.modules`` until its
+    first use imports it."""
+    finder = _Finder(names)
     sys.meta_path.insert(0, finder)
     try:
         yield
