@@ -37,6 +37,13 @@ _DEFERRED = (
     "import gc\nfrom recover import deferred\ngc.disable()\n"
     "with deferred.importing():\n    import tpm2_pytss\ngc.freeze(); gc.enable()"
 )
+# dataclasses plainly and as the boot entry imports it (recover/cli/entry.py); both after
+# the modules recover.deferred itself imports, so the difference is inspect's share.
+_DATACLASSES = "import contextlib, importlib.machinery, types, typing\nimport dataclasses"
+_DATACLASSES_DEFERRED = (
+    "import contextlib, importlib.machinery, types, typing\nfrom recover import deferred\n"
+    "with deferred.importing(deferred.DATACLASSES):\n    import dataclasses"
+)
 # What tpm2_pytss.internal.crypto imports at module level (with the stdlib it needs).
 _TSS_CRYPTO = (
     "import inspect, secrets, logging, typing\n"
@@ -63,8 +70,11 @@ VARIANTS = (
     ),
     (
         "the boot entry: `recover.cli.entry` reads `boot`, with `recover.cli.run`",
-        "from recover.cli import entry, run; entry.parse_boot(['boot'])",
+        "from recover.cli import entry, run; entry._import_dataclasses(); "
+        "entry.parse_boot(['boot'])",
     ),
+    ("`import dataclasses` (after what recover.deferred imports)", _DATACLASSES),
+    ("`import dataclasses`, inspect deferred (as the boot entry does)", _DATACLASSES_DEFERRED),
     ("what tpm2_pytss imports of cryptography (and the stdlib for it)", _TSS_CRYPTO),
 )
 
@@ -224,8 +234,9 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         return med([getattr(r, field) for r in res.boot[(last, mode)]])
 
     fb, fc = m("bundle"), m("bundle", "first_cpu_ms")
+    fmin = min(r.first_ms for r in res.boot[(last, "bundle")])
     v = {label: med(xs) for label, xs in res.variants.items()}
-    pkg, nogc, dfr, esapi, tctildr, x509, skip, cli, parser, boot_entry, tcrypto = (
+    pkg, nogc, dfr, esapi, tctildr, x509, skip, cli, parser, boot_entry, dc, dc_dfr, tcrypto = (
         v[label] for label, _ in VARIANTS
     )
     out = [
@@ -244,7 +255,7 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         f"- Of the bundle's {fc:.0f} ms of CPU to the first TPM command ({fb:.0f} ms wall, "
         f"median, at this load), importing tpm2_pytss as `Tpm.open` does takes {dfr:.0f} ms "
         f"of CPU in a fresh interpreter (a plain `import tpm2_pytss`: {pkg:.0f} ms, of which "
-        f"`cryptography.x509` alone {x509:.0f} ms); the rest (the interpreter's start, our CLI, "
+        f"`cryptography.x509` alone {x509:.0f} ms); the rest (the interpreter's start, the boot entry, "
         "configuration and boot modules, the stdlib they need beyond what tpm2_pytss loads, "
         f"ESAPI init, the evidence step up to its first call) is {fc - dfr:.0f} ms.",
         f"- Importing tpm2_pytss submodules directly is not cheaper: ESAPI {esapi:.0f} ms, "
@@ -267,7 +278,14 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         f"the parser), the boot entry with the configuration {boot_entry:.0f} ms. "
         "tests/unit/test_coldstart.py and tests/integration/test_bundle_paths.py keep "
         "argparse and recover.cli.main off the clean boot.",
-        "- Not deferrable on this path: logging, dataclasses (with inspect), "
+        "- dataclasses without inspect (issue 12, recover/deferred.py): Python 3.11's "
+        "dataclasses imports inspect (with dis and ast) only to write a docstring for a class "
+        "that has none. Every dataclass of the package has one (tests/unit/test_deferred.py), "
+        "and the boot entry imports dataclasses with a stand-in for inspect that loads the "
+        f"real module on first use: {dc_dfr:.1f} ms of CPU instead of {dc:.1f} ms (rows "
+        "`import dataclasses`). The bundled clean boot loads only the stand-in "
+        "(tests/integration/test_bundle_paths.py).",
+        "- Not deferrable on this path: logging, dataclasses, "
         "pathlib, configparser and json serve every boot; "
         "`_hashlib` (OpenSSL's libcrypto) comes with hashlib, which the policy digests need; "
         "tpm2_pytss, with cryptography's `_rust`, is needed for the first command. "
@@ -296,10 +314,13 @@ def findings(args: argparse.Namespace, res: Results) -> list[str]:
         f"- Goal of issue 12, 60 ms from exec to the first TPM command: this run {fb:.0f} ms "
         f"wall, {fc:.0f} ms CPU (medians): "
         + ("met." if fb <= 60 else "not met.")
+        + f" The fastest boot took {fmin:.0f} ms; the other jobs' load shows in the bare "
+        f"interpreter's start, {med(res.base[BUNDLE_PASS]):.0f} ms median against "
+        f"{min(res.base[BUNDLE_PASS]):.0f} ms at best in the same run."
         + " What is left is spread thin: no import's own time is over 3 ms (run "
         "`-X importtime` on the bundle); the interpreter's start (bare `-S -c pass` in the "
         f"bundle layout: {min(res.base[BUNDLE_PASS]):.0f} ms wall at best), the boot entry "
-        f"with logging and the configuration ({boot_entry:.0f} ms), dataclasses with inspect "
+        f"with logging and the configuration ({boot_entry:.0f} ms), dataclasses "
         "(16 frozen dataclasses are created on the path, and Python 3.11 compiles each one's "
         "generated methods one by one), the verdict and evidence modules, tpm2_pytss's own "
         "modules. Next step, not done: the clean boot's few TPM commands marshalled without "
