@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.pivot import CLEAN, compare
+from bench.pivot import CLEAN, compare, goals
 
 
 def boot(new_root: float, peers: float = 0, **steps: float) -> dict[str, Any]:
@@ -38,3 +38,20 @@ def test_before_after_rows() -> None:
     assert cells[7] == "+2.0 → -0.5"  # less the peer rounds (0.5 s; 1.0 s)
     # pooled over the boots: (400+1200+300, 500) → median 1200; after 100+600+200
     assert "store + image + mount: 1200 → 900 ms" in text
+
+
+def test_goals_from_the_new_root_and_from_the_payload_start() -> None:
+    def at(start: float, new_root: float, peers: float = 0) -> dict[str, Any]:
+        b = boot(new_root, peers)
+        b["phases"]["payload-start"] = start
+        return b
+
+    results = {
+        CLEAN: [at(27.0, 32.0), at(25.0, 31.0)],  # new root 31.5; from the payload 5.5
+        "v2 64 MiB": [at(24.0, 30.5, 500), at(24.0, 30.5, 500)],  # 30.5; 6.5
+        "v2 4 GiB": [at(23.0, 29.0), boot(40.0)],  # no payload start in the second boot
+    }
+    lines = goals(results)
+    assert "(31.5 s): 64 MiB: -1.0 s, 4 GiB: +3.0 s (goal: within 1 s)" in lines[-2]
+    assert "without its peer rounds and answer wait: 64 MiB: -1.5 s" in lines[-2]
+    assert lines[-1].endswith("5.5 s; v2 recovery boots against it: 64 MiB: +1.0 s, 4 GiB: +0.5 s.")
