@@ -121,10 +121,11 @@ def verify_quote(
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from recover.core import p256
 
     try:
-        key = load_pem_public_key(pubkey_pem)
+        key = p256.public_key(pubkey_pem)
     except ValueError:
         raise IntegrityError("quote: the attestation key is not a valid PEM public key") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):

@@ -121,10 +121,11 @@ def key_id(pubkey_pem: bytes) -> str:
 
 def _public_key(pubkey_pem: bytes) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from recover.core import p256
 
     try:
-        key = load_pem_public_key(pubkey_pem)
+        key = p256.public_key(pubkey_pem)
     except ValueError:
         key = None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
@@ -137,13 +138,11 @@ def _public_key(pubkey_pem: bytes) -> Any:
 
 
 def _spki_der(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+    """DER SubjectPublicKeyInfo of a P-256 key (the only kind :func:`_public_key` and
+    ``load_signing_key`` let through)."""
+    from recover.core import p256
 
-    return bytes(
-        key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    return p256.spki_der(key)
 
 
 # --- the document ---------------------------------------------------------------------

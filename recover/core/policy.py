@@ -232,9 +232,10 @@ def _tpm2b(data: bytes) -> bytes:
 def ecc_public_area(pubkey_pem: bytes) -> bytes:
     """TPMT_PUBLIC of an external ECC P-256 verification key, coordinates padded to 32."""
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    key = load_pem_public_key(pubkey_pem)
+    from recover.core import p256
+
+    key = p256.public_key(pubkey_pem)
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise ConfigError("the policy key must be an ECC P-256 public key")
     nums = key.public_numbers()
@@ -354,7 +355,8 @@ class SignedPolicy:
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        from recover.core import p256
 
         if self.key_name != key_name(pubkey_pem):
             raise PolicyMismatch(
@@ -366,7 +368,7 @@ class SignedPolicy:
         )
         if self.approved_policy != approved:
             raise PolicyMismatch("signed policy: approved digest does not match its PCR values")
-        key = load_pem_public_key(pubkey_pem)
+        key = p256.public_key(pubkey_pem)
         assert isinstance(key, ec.EllipticCurvePublicKey)
         try:
             key.verify(

@@ -34,16 +34,11 @@ def rs_to_der(r: bytes, s: bytes) -> bytes:
 
 
 def ecc_pem(x: bytes, y: bytes) -> bytes:
-    """PEM (SubjectPublicKeyInfo) of a P-256 point."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    """PEM (SubjectPublicKeyInfo) of a P-256 point (recover.core.p256: without
+    cryptography's serialization package, on the boot's path)."""
+    from recover.core import p256
 
-    key = ec.EllipticCurvePublicNumbers(
-        int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
-    ).public_key()
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return p256.pem(x, y)
 
 
 class QuoteOps(TpmCore):

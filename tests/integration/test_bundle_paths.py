@@ -186,15 +186,29 @@ def test_clean_boot_loads_no_key_conversions_and_starts_no_process(host: Bundled
     _assert_nothing_left(host)
 
 
+#: Never loaded on the boot's routes: its P-256 keys are read and written without
+#: cryptography's serialization package, which imports SSH key support and every key
+#: type with it (recover/core/p256.py). The package's own name is in every run's rows:
+#: recover.deferred's stand-in for it, while tpm2-pytss loads; its modules are not.
+SERIALIZATION = (
+    "cryptography.hazmat.primitives.serialization.base",
+    "cryptography.hazmat.primitives.serialization.ssh",
+    "cryptography.x509",
+)
+
+
 def test_recovery_from_the_bundle(host: BundledHost) -> None:
     host.tpm.power_cut_and_restart()
-    code, rec, _ = host.boot_bundled()
+    code, rec, err = host.boot_bundled(python_options=("-X", "importtime"))
     try:
         assert code == 10, rec
         assert rec["action"] == "recover" and rec["credentials"] == ["restore-token"]
         assert (host.newroot / "RECOVERY-ROOT").read_text() == "this is the recovery root\n"
         for phase in ("unseal", "lock", "image", "mount", "credentials"):
             assert phase in rec["timeline_ms"], phase
+        loaded = {r.name for r in importtime.parse(err)}
+        assert "recover.store.unseal" in loaded
+        assert not loaded & set(SERIALIZATION), loaded & set(SERIALIZATION)
     finally:
         _umount_all(host.newroot)
 
@@ -236,14 +250,19 @@ def test_peer_stage_from_the_bundle(host: BundledHost) -> None:
         host.tpm.power_cut_and_restart()
         # p2 stays dark: the rounds would ask it for verdict.wait (240 s); 2 s will do.
         code, rec, err = host.boot_bundled(
-            "--set", f"peers.host_id={me['id']}", "--set", "verdict.wait=2"
-        )
+            "--set", f"peers.host_id={me['id']}", "--set", "verdict.wait=2",
+            python_options=("-X", "importtime"),
+        )  # fmt: skip
     try:
         assert rec["peers"] is not None, (rec, err)
         outcomes = {r["peer"]: r["outcome"] for r in rec["peers"]["results"]}
         assert set(outcomes) == {"p1", "p2"}, rec["peers"]
         assert outcomes["p2"] != outcomes["p1"], outcomes  # one answered, one did not
         assert code in (0, 10), rec
+        # this host's AK as PEM, p1's quote verified with its AK: no serialization package
+        loaded = {r.name for r in importtime.parse(err)}
+        assert "recover.core.attest" in loaded
+        assert not loaded & set(SERIALIZATION), loaded & set(SERIALIZATION)
     finally:
         _umount_all(host.newroot)
 
