@@ -17,7 +17,10 @@ The set is computed, never hand-listed, and holds only what the payload really l
   the directory loads faster, docs/performance.md; both are the same bytes on every
   rebuild, and dracut ``--reproducible`` clamps the files' times, so the initramfs and
   with it PCR 9 do not move), the other packages into ``usr/lib/host-recover/site/``
-  next to their extension modules.
+  next to their extension modules. Beside the ``recover`` package, the code of the
+  methods ``dataclasses`` writes while the payload's modules are imported, compiled by
+  the same interpreter (recover.dataclasscode: the boot then creates its dataclasses
+  without compiling their methods' source text).
 * ELF files: the interpreter, the extension modules (copied without their symbol table
   and debug sections: ``strip --strip-unneeded``) and the DT_NEEDED closure of all of
   them (read with pyelftools, resolved like ld.so: DT_RPATH/DT_RUNPATH with $ORIGIN,
@@ -345,17 +348,24 @@ def deferred_imports(found: dict[str, Path | None]) -> set[str]:
     return out
 
 
+def _probe_env() -> dict[str, str]:
+    """The environment of a probe subprocess: this package and the third-party ones, no
+    other PYTHON* variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in _search_path() if "site-packages" in p or p == _package_parent()
+    )
+    env["TSS2_LOG"] = "all+none"
+    return env
+
+
 def runtime_imports(
     own: Sequence[str], outside: Iterable[str], python: str = sys.executable
 ) -> dict[str, Path | None]:
     """Every module that importing the payload's modules (``own``, then the ``outside``
     names they import) makes the interpreter try, with its file (None: built in). One
     subprocess, ``-S`` like the boot."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in _search_path() if "site-packages" in p or p == _package_parent()
-    )
-    env["TSS2_LOG"] = "all+none"
+    env = _probe_env()
     spec = {
         "own": [n for n in own if not n.endswith("__main__")],  # __main__ would run
         "outside": sorted(outside),
@@ -377,6 +387,32 @@ def runtime_imports(
     return {
         n: (Path(f) if f else None) for n, f in raw.items() if n != "__main__" and not _excluded(n)
     }
+
+
+_RECORD = """
+import sys
+from recover import dataclasscode
+sys.stdout.buffer.write(dataclasscode.record(sys.stdin.read().split()))
+"""
+
+
+def dataclass_table(own: Iterable[str], python: str = sys.executable) -> bytes:
+    """The compiled code of the methods dataclasses writes while the payload's own
+    modules are imported (recover.dataclasscode): one subprocess, ``-S`` like the boot,
+    with the interpreter the bundle ships (the table is of its bytecode version)."""
+    names = sorted(n for n in own if not n.endswith("__main__"))
+    proc = subprocess.run(
+        [python, "-S", "-c", _RECORD],
+        input="\n".join(names).encode(),
+        capture_output=True,
+        env=_probe_env(),
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines() or ["?"]
+        raise ConfigError(f"compiling the dataclasses' methods failed: {err[-1]}")
+    return proc.stdout
 
 
 def _package_root(name: str, path: Path) -> Path:
@@ -693,6 +729,13 @@ def build(
             dest.write_bytes(_pyc_bytes(m.path, f"/{SITE_DIR}/{rel_s}.py"))
             site_pyc += 1
             site_bytes += dest.stat().st_size
+
+    from recover import dataclasscode
+
+    table = root / SITE_DIR / "recover" / dataclasscode.FILE
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_bytes(dataclass_table(own))
+    site_bytes += table.stat().st_size
 
     wrapper = root / WRAPPER
     wrapper.parent.mkdir(parents=True, exist_ok=True)

@@ -87,14 +87,19 @@ def _namespace(
 
 
 def _import_dataclasses() -> None:
-    """dataclasses, with inspect loaded on its first use; nothing to do when dataclasses
-    is loaded already (the tests, a program that embeds the CLI)."""
+    """dataclasses, with inspect loaded on its first use, and with the bundle's compiled
+    code of the methods it writes when there is one (recover.dataclasscode); nothing to
+    do when dataclasses is loaded already (the tests, a program that embeds the CLI)."""
     if "dataclasses" in sys.modules:
         return
-    from recover import deferred
+    import os
+
+    import recover
+    from recover import dataclasscode, deferred
 
     with deferred.importing(deferred.DATACLASSES):
         import dataclasses  # noqa: F401
+    dataclasscode.install(os.path.join(os.path.dirname(recover.__file__), dataclasscode.FILE))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -142,6 +142,37 @@ def test_bundle_sees_only_its_own_stdlib(staged: Path) -> None:
     assert all(p.startswith(os.fspath(root)) for p in eval(path)), path  # noqa: S307
 
 
+#: The modules of the boot's routes (clean, recovery, peer stage) and of its errors.
+ROUTES = (
+    "recover.boot.payload", "recover.boot.recovery", "recover.boot.dmimage",
+    "recover.peers.server", "recover.peers.rounds", "recover.peers.client",
+    "recover.core.attest", "recover.core.inventory", "recover.core.witness",
+    "recover.store.binding", "recover.store.unseal", "recover.store.image",
+    "recover.store.credentials", "recover.store.inventory",
+)  # fmt: skip
+
+
+def test_the_bundle_s_compiled_dataclass_code_serves_every_route(staged: Path) -> None:
+    """The boot entry installs the bundle's table (recover.dataclasscode), and every
+    dataclass the boot's routes create is in it: none compiled at boot."""
+    root = staged / "root"
+    site = os.fspath(root / bundle.SITE_DIR)
+    code = (
+        f"import importlib, sys; sys.path.insert(0, {site!r}); "
+        "from recover.cli import entry; entry._import_dataclasses(); "
+        f"[importlib.import_module(m) for m in {ROUTES!r}]; "
+        "from recover import dataclasscode; print(dataclasscode.stats())"
+    )
+    proc = subprocess.run(
+        [os.path.realpath(sys.executable), "-S", "-B", "-P", "-c", code],
+        env={"PATH": "/usr/bin:/bin", "PYTHONHOME": os.fspath(root / "usr")},
+        cwd="/", capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    hits, misses = map(int, proc.stdout.strip("()\n").split(","))
+    assert misses == 0 and hits > 100, proc.stdout
+
+
 def test_clean_boot_from_the_bundle(host: BundledHost) -> None:
     host.tpm.reboot_orderly()
     code, rec, _ = host.boot_bundled()
