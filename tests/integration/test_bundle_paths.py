@@ -77,9 +77,16 @@ class BundledHost(Host):
     def boot_bundled(
         self, *options: str, tcti: str | None = None, python_options: tuple[str, ...] = ()
     ) -> tuple[int, dict, str]:
-        proc = run_bundled(self.stage, "--config", str(self.conf), "--tcti",
-                           tcti or self.tpm.tcti, *options, "boot", "--newroot",
-                           str(self.newroot), "--cmdline", str(self.cmdline),
+        """``host-recover [OPTIONS] boot``; without OPTIONS and TCTI the hooks' own command
+        line (the TCTI then comes from a configuration drop-in, as baked settings do)."""
+        if options or tcti:
+            options = ("--tcti", tcti or self.tpm.tcti, *options)
+        else:
+            dropins = self.conf.with_name(self.conf.name + ".d")
+            dropins.mkdir(exist_ok=True)
+            (dropins / "tcti.conf").write_text(f"[tpm]\ntcti = {self.tpm.tcti}\n")
+        proc = run_bundled(self.stage, "--config", str(self.conf), *options, "boot",
+                           "--newroot", str(self.newroot), "--cmdline", str(self.cmdline),
                            python_options=python_options)  # fmt: skip
         record = json.loads((self.run / "host-recover" / "decision.json").read_text())
         return proc.returncode, record, proc.stderr
@@ -189,14 +196,7 @@ def test_clean_boot_loads_no_key_conversions_and_starts_no_process(host: Bundled
     imports subprocess). The hooks' command line (``boot --newroot DIR``, here with
     ``--config`` and ``--cmdline``) is read without argparse (recover.cli.entry)."""
     host.tpm.reboot_orderly()
-    dropins = host.conf.with_name(host.conf.name + ".d")
-    dropins.mkdir(exist_ok=True)
-    (dropins / "tcti.conf").write_text(f"[tpm]\ntcti = {host.tpm.tcti}\n")
-    proc = run_bundled(host.stage, "--config", str(host.conf), "boot", "--newroot",
-                       str(host.newroot), "--cmdline", str(host.cmdline),
-                       python_options=("-X", "importtime"))  # fmt: skip
-    code, err = proc.returncode, proc.stderr
-    rec = json.loads((host.run / "host-recover" / "decision.json").read_text())
+    code, rec, err = host.boot_bundled(python_options=("-X", "importtime"))
     assert code == 0 and rec["verdict"]["kind"] == "clean", rec
     loaded = {r.name for r in importtime.parse(err)}
     assert {"tpm2_pytss", "tpm2_pytss.types", "tpm2_pytss.ESAPI"} <= loaded
