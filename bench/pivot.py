@@ -50,6 +50,12 @@ def label(size: int) -> str:
     return f"{size >> 30} GiB" if size >= 1 << 30 else f"{size >> 20} MiB"
 
 
+def size_arg(text: str) -> str:
+    """The ``--sizes`` word of a :func:`label` ("4 GiB" → "4G")."""
+    number, unit = text.split()
+    return number + unit[0]
+
+
 def plain_image(size: int) -> Path:
     """The lab's recovery root plus /bench.bin (random) as uncompressed squashfs of about
     ``size`` bytes; cached by size (and the recovery root's inputs)."""
@@ -378,8 +384,11 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
     )
 
 
-def section(m: dict[str, Any], sizes_arg: str, before: dict[str, Any] | None = None) -> str:
+def section(m: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """The docs section of a measurement; its Reproduce line names the measurement's own
+    sizes and rounds (also when it is rendered from ``--json`` by another command)."""
     results: dict[str, list[dict[str, Any]]] = m["results"]
+    sizes_arg = ",".join(size_arg(s) for s in m["sizes"])
     rows = [_row(name, runs) for name, runs in results.items()]
     repeats = max((len(r) for r in results.values()), default=0)
     waits = [
@@ -466,7 +475,7 @@ def main(argv: list[str]) -> int:
     else:
         m = measure(sizes, args.timeout, args.repeats, Path(args.json) if args.json else None)
     before = json.loads(Path(args.before).read_text()) if args.before else None
-    text = section(m, args.sizes, before)
+    text = section(m, before)
     print(text)
     if args.write:
         perfdoc.write_section(TITLE, text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.pivot import CLEAN, compare, goals
+from bench.pivot import CLEAN, compare, goals, label, parse_size, section, size_arg
 
 
 def boot(new_root: float, peers: float = 0, **steps: float) -> dict[str, Any]:
@@ -55,3 +55,23 @@ def test_goals_from_the_new_root_and_from_the_payload_start() -> None:
     assert "(31.5 s): 64 MiB: -1.0 s, 4 GiB: +3.0 s (goal: within 1 s)" in lines[-2]
     assert "without its peer rounds and answer wait: 64 MiB: -1.5 s" in lines[-2]
     assert lines[-1].endswith("5.5 s; v2 recovery boots against it: 64 MiB: +1.0 s, 4 GiB: +0.5 s.")
+
+
+def test_the_reproduce_line_names_the_measurement_s_own_sizes_and_rounds() -> None:
+    """Rendered from a --json run of 64M,4G x 2, the command says so, not the defaults."""
+    for text in ("64M", "1G", "4G", "512M"):
+        assert size_arg(label(parse_size(text))) == text
+    boot = {"ok": True, "root": "recovery", "wall_s": 30.2,
+            "phases": {"payload-start": 23.57, "payload-exit": 27.78, "new-root": 29.45},
+            "steps_ms": {"decide": 1717.2, "decide.answer-wait": 8.8, "decide.peers": 660.4,
+                         "image": 372.0, "mount": 197.3, "payload-total": 3344.6,
+                         "store": 178.1},
+            "dm_ms": {"crypt": 135.8, "loop": 73.9, "modules": 0.1, "verity": 93.6},
+            "key_passing": "keyring", "plain_bytes": 65847296}  # fmt: skip
+    clean = {"ok": True, "root": "normal",
+             "phases": {"payload-start": 23.08, "payload-exit": 24.46, "new-root": 27.33},
+             "steps_ms": {"decide": 168.3, "payload-total": 641.2}}  # fmt: skip
+    m = {"accel": "tcg", "memory_mib": 1024, "revision": "abc1234", "sizes": ["64 MiB", "4 GiB"],
+         "results": {CLEAN: [clean, clean], "v2 64 MiB": [boot, boot], "v2 4 GiB": [boot, boot]}}  # fmt: skip
+    text = section(m)
+    assert "bench.pivot --sizes 64M,4G --repeats 2 --write" in text, text
