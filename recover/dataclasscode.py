@@ -52,10 +52,12 @@ def _compile(source: str) -> Any:
 
 
 class _Exec:
-    """``exec`` for dataclasses.py: a source text of the table runs its code object."""
+    """``exec`` for dataclasses.py: a source text of the table runs its code object; any
+    other is compiled (and, when ``recording``, added to the table)."""
 
-    def __init__(self, table: dict[str, Any]) -> None:
+    def __init__(self, table: dict[str, Any], recording: bool = False) -> None:
         self.table = table
+        self.recording = recording
         self.hits = 0
         self.misses = 0
 
@@ -64,6 +66,8 @@ class _Exec:
         if code is None:
             self.misses += 1
             code = _compile(source) if isinstance(source, str) else source
+            if self.recording and isinstance(source, str):
+                self.table[source] = code
         else:
             self.hits += 1
         builtins.exec(code, globals, locals)
@@ -114,20 +118,11 @@ def record(modules: list[str]) -> bytes:
     import dataclasses
     import importlib
 
-    table: dict[str, Any] = {}
-
-    def recording(source: Any, globals: Any = None, locals: Any = None, /) -> None:
-        if isinstance(source, str):
-            code = table.get(source)
-            if code is None:
-                code = table[source] = _compile(source)
-            source = code
-        builtins.exec(source, globals, locals)
-
-    dataclasses.exec = recording  # type: ignore[attr-defined]
+    hook = _Exec({}, recording=True)
+    dataclasses.exec = hook  # type: ignore[attr-defined]
     try:
         for name in modules:
             importlib.import_module(name)
     finally:
         del dataclasses.exec  # type: ignore[attr-defined]
-    return HEADER + marshal.dumps(table)
+    return HEADER + marshal.dumps(hook.table)

@@ -64,12 +64,6 @@ def pem(x: bytes | int, y: bytes | int) -> bytes:
     return _pem_of_der(SPKI_PREFIX + point)
 
 
-def key_pem(key: Any) -> bytes:
-    """PEM of a cryptography P-256 public key object."""
-    numbers = key.public_numbers()
-    return _pem_of_der(SPKI_PREFIX + encoded_point(numbers.x, numbers.y))
-
-
 def spki_der(key: Any) -> bytes:
     """DER SubjectPublicKeyInfo of a cryptography P-256 public key object."""
     numbers = key.public_numbers()

@@ -45,11 +45,12 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_bundled(
-    stage: Path, *argv: str, python_options: tuple[str, ...] = ()
+    stage: Path, *argv: str, python_options: tuple[str, ...] = (), code: str = bundle._ENTRY
 ) -> subprocess.CompletedProcess[str]:
-    """``host-recover ARGV`` as the initramfs's wrapper runs it, from ``stage`` alone."""
+    """``host-recover ARGV`` as the initramfs's wrapper runs it, from ``stage`` alone;
+    ``code``: another statement for the bundle's interpreter (``{site}``: its site)."""
     root = stage / "root"
-    entry = bundle._ENTRY.format(site=os.fspath(root / bundle.SITE_DIR))
+    entry = code.format(site=os.fspath(root / bundle.SITE_DIR))
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "TSS2_LOG": "all+none",
@@ -162,19 +163,13 @@ ROUTES = (
 def test_the_bundle_s_compiled_dataclass_code_serves_every_route(staged: Path) -> None:
     """The boot entry installs the bundle's table (recover.dataclasscode), and every
     dataclass the boot's routes create is in it: none compiled at boot."""
-    root = staged / "root"
-    site = os.fspath(root / bundle.SITE_DIR)
     code = (
-        f"import importlib, sys; sys.path.insert(0, {site!r}); "
+        "import importlib, sys; sys.path.insert(0, {site!r}); "
         "from recover.cli import entry; entry._import_dataclasses(); "
         f"[importlib.import_module(m) for m in {ROUTES!r}]; "
         "from recover import dataclasscode; print(dataclasscode.stats())"
     )
-    proc = subprocess.run(
-        [os.path.realpath(sys.executable), "-S", "-B", "-P", "-c", code],
-        env={"PATH": "/usr/bin:/bin", "PYTHONHOME": os.fspath(root / "usr")},
-        cwd="/", capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    proc = run_bundled(staged, code=code)
     assert proc.returncode == 0, proc.stderr
     hits, misses = map(int, proc.stdout.strip("()\n").split(","))
     assert misses == 0 and hits > 100, proc.stdout
