@@ -8,16 +8,19 @@ keyring as a ``logon`` key (the kernel reads it, user space cannot) in a session
 of this process's own, and is invalidated as soon as the table is loaded: the table then
 names the key (``:64:logon:host-recover:…``) instead of holding it, so ``dmsetup table
 --showkeys`` shows no key. Without a usable keyring (unknown architecture, no
-CONFIG_KEYS) the key is put into the table, handed to dmsetup on stdin (never argv, never
-a file), and root can read it back with ``--showkeys`` while the mapping exists.
+CONFIG_KEYS) the key is put into the table, loaded with the secure-data flag from a
+buffer wiped afterwards (never argv, never a file), and root can read it back with
+``--showkeys`` while the mapping exists.
 
 No plaintext copy: RAM and time do not depend on the image size. A block whose hash does
 not match is an I/O error at read time (no corruption-mode argument: EIO).
 
 The kernel modules are loaded ahead, in the background (recover.boot.preload); the
-mapping waits for them, bounded. dmsetup manages its own device nodes
-(``DM_DISABLE_UDEV``): the initramfs may run no udev rules for device-mapper, and a
-separate ``dmsetup mknodes`` is one process start more.
+mapping waits for them, bounded. The loop device and the two targets are set up by ioctl
+(recover.boot.sysmount, recover.boot.devmapper), which also make /dev/mapper/NAME: the
+initramfs may run no udev rules for device-mapper. losetup and dmsetup remain for a
+missing control node, for removal and for status (failure and cleanup paths), with
+``DM_DISABLE_UDEV``: dmsetup then manages its nodes itself.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class Mapping:
     device: str = ""  # /dev/mapper/host-recover-root once mapped
     key_passing: str = ""  # "keyring" | "table"
     warmed: list[str] = dataclasses.field(default_factory=list)  # ciphers built ahead
+    #: processes started for the mapping: none when the ioctls could be used
+    tools: list[str] = dataclasses.field(default_factory=list)
     steps_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -93,13 +98,15 @@ class _Keyring:
 
     def __init__(self) -> None:
         import ctypes
-        import platform
 
-        nrs = _SYSCALLS.get(platform.machine())
+        from recover.boot import sysmount
+
+        machine = os.uname().machine
+        nrs = _SYSCALLS.get(machine)
         if nrs is None:
-            raise OSError(f"no keyring system call numbers for {platform.machine()}")
+            raise OSError(f"no keyring system call numbers for {machine}")
         self._ctypes = ctypes
-        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc = sysmount.libc()
         self._libc.syscall.restype = ctypes.c_long
         self._add, self._keyctl = nrs
 
@@ -111,7 +118,8 @@ class _Keyring:
 
     def join_session(self) -> None:
         """A new anonymous session keyring for this process (its children inherit it):
-        the key is found by dmsetup, and by nothing started before."""
+        dm-crypt finds the key there when this process (or dmsetup) loads the table,
+        and nothing started before does."""
         c = self._ctypes
         self._check(
             self._libc.syscall(c.c_long(self._keyctl), c.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
@@ -132,13 +140,34 @@ class _Keyring:
                                c.c_long(serial)), "invalidate key")  # fmt: skip
 
 
-def _dm_create(name: str, table: bytes) -> None:
-    """A read-only mapping, its table on stdin; its node made by dmsetup itself (the
-    initramfs may run no udev rules for device-mapper), else by ``dmsetup mknodes``."""
-    _run(["dmsetup", "create", name, "--readonly", "--noudevsync"], stdin=table)
-    if not os.path.exists(f"/dev/mapper/{name}"):
-        _run(["dmsetup", "mknodes", name])
-    _wait_node(f"/dev/mapper/{name}")
+def _dm_create(name: str, table: bytes, *, secure: bool = False) -> list[str]:
+    """A read-only mapping of the one-target ``table`` (``0 SECTORS TYPE PARAMS``) and its
+    node (the initramfs may run no udev rules for device-mapper): by ioctl
+    (recover.boot.devmapper), or by dmsetup, its table on stdin, where the control node
+    is missing. ``secure``: the table holds the key (the kernel wipes its copy)."""
+    from recover.boot import devmapper
+
+    if not os.path.exists(devmapper.CONTROL):
+        _run(["dmsetup", "create", name, "--readonly", "--noudevsync"], stdin=table)
+        if not os.path.exists(f"/dev/mapper/{name}"):
+            _run(["dmsetup", "mknodes", name])
+        _wait_node(f"/dev/mapper/{name}")
+        return ["dmsetup"]
+    start, sectors, kind, params = table.split(b" ", 3)
+    if start != b"0" or not sectors.isdigit():
+        raise SystemFault(f"malformed table for {name}")
+    log.debug("+ device-mapper ioctl: create %s %s %s", name, sectors.decode(), kind.decode())
+    buf = bytearray(params)
+    try:
+        devmapper.create(name, int(sectors), kind.decode(), buf, secure=secure)
+    except (OSError, ValueError) as e:
+        raise SystemFault(
+            f"device-mapper {kind.decode()} target {name}: {e}",
+            hint="the initramfs needs the dm_verity, dm_crypt, xts and loop modules",
+        ) from None
+    finally:
+        buf[:] = bytes(len(buf))
+    return []
 
 
 def _wait_node(path: str, timeout: float = 10) -> None:
@@ -163,13 +192,10 @@ def map_image(path: str, header: HeaderV2, xts_key: bytearray) -> Mapping:
             m.steps_ms["modules"] = waited
             m.warmed = preload.warmed()
         t = time.monotonic()
-        m.loop = _run(
-            ["losetup", "--find", "--show", "--read-only", "--offset", str(header.data_offset),
-             "--sizelimit", str(header.container_length - header.data_offset), path]
-        )  # fmt: skip
+        m.loop = _attach_loop(path, header, m.tools)
         m.steps_ms["loop"] = _ms(t)
         t = time.monotonic()
-        _dm_create(VERITY_NAME, verity_table(header, m.loop).encode())
+        m.tools += _dm_create(VERITY_NAME, verity_table(header, m.loop).encode())
         m.steps_ms["verity"] = _ms(t)
         t = time.monotonic()
         _map_crypt(header, xts_key, m)
@@ -182,6 +208,28 @@ def map_image(path: str, header: HeaderV2, xts_key: bytearray) -> Mapping:
         for i in range(len(xts_key)):
             xts_key[i] = 0
     return m
+
+
+def _attach_loop(path: str, header: HeaderV2, tools: list[str]) -> str:
+    """The container's data area (hash tree and ciphertext) on a read-only loop device,
+    by ioctl (recover.boot.sysmount): no losetup process unless /dev/loop-control is
+    missing."""
+    from recover.boot import sysmount
+
+    size = header.container_length - header.data_offset
+    if not os.path.exists(sysmount.LOOP_CONTROL):
+        # no loop driver yet (its preload failed) and no static node: losetup finds or
+        # loads one the ways it knows
+        tools.append("losetup")
+        return _run(["losetup", "--find", "--show", "--read-only", "--offset",
+                     str(header.data_offset), "--sizelimit", str(size), path])  # fmt: skip
+    try:
+        return sysmount.attach_loop(path, offset=header.data_offset, sizelimit=size)
+    except OSError as e:
+        raise SystemFault(
+            f"loop device for {path}: {e.strerror}",
+            hint="the initramfs needs the loop module and /dev/loop-control",
+        ) from None
 
 
 def _map_crypt(header: HeaderV2, xts_key: bytearray, m: Mapping) -> None:
@@ -200,14 +248,14 @@ def _map_crypt(header: HeaderV2, xts_key: bytearray, m: Mapping) -> None:
         )
         table = bytearray(crypt_table(header, verity_dev, xts_key.hex()).encode())
         try:
-            _dm_create(CRYPT_NAME, bytes(table))
+            m.tools += _dm_create(CRYPT_NAME, bytes(table), secure=True)
         finally:
             table[:] = bytes(len(table))
         m.key_passing = "table"
         return
     try:
         key_ref = f":{len(xts_key)}:logon:{KEY_DESCRIPTION}"
-        _dm_create(CRYPT_NAME, crypt_table(header, verity_dev, key_ref).encode())
+        m.tools += _dm_create(CRYPT_NAME, crypt_table(header, verity_dev, key_ref).encode())
     finally:
         with contextlib.suppress(OSError):
             ring.invalidate(serial)  # dm-crypt holds its own copy once the table is loaded
@@ -280,4 +328,14 @@ def unmap(loop: str = "") -> None:
         if found is None or name in found:
             _quiet(["dmsetup", "remove", "--retry", "--noudevsync", name])
     if loop.startswith("/dev/loop"):
-        _quiet(["losetup", "--detach", loop])
+        _detach(loop)
+
+
+def _detach(loop: str) -> None:
+    """Detach ``loop`` by ioctl (the kernel does it once dm-verity let go of it)."""
+    from recover.boot import sysmount
+
+    try:
+        sysmount.detach_loop(loop)
+    except OSError as e:
+        log.debug("detach %s: %s", loop, e)

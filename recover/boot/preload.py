@@ -52,9 +52,9 @@ def names(store_fstype: str) -> list[str]:
 
 
 def _run(store_device: str) -> None:
-    from recover.boot.rootfs import fstype
+    from recover.boot.rootfs import store_fstype
 
-    wanted = names(fstype(store_device) if store_device else "")
+    wanted = names(store_fstype(store_device) if store_device else "")
     _result["names"] = " ".join(wanted)
     try:
         proc = subprocess.run(

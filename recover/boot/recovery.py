@@ -129,7 +129,10 @@ def _image(r: Recovery) -> None:
         mapping = dmimage.map_image(r.image_path, header, bytearray(data_key))
         r.image_device = mapping.device
         r.outcome.image.update(
-            key_passing=mapping.key_passing, steps_ms=mapping.steps_ms, warmed=mapping.warmed
+            key_passing=mapping.key_passing,
+            steps_ms=mapping.steps_ms,
+            warmed=mapping.warmed,
+            tools=mapping.tools,
         )
     else:
         plain_dir = Path(r.cfg.boot_state_dir) / "image"

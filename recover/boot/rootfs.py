@@ -1,5 +1,10 @@
 """Mounts of the recovery boot: the store partition, the decrypted image, the tmpfs
 overlay on $NEWROOT, and the cleanup that leaves nothing behind after a failure.
+
+They are system calls (recover.boot.sysmount), not mount(8) processes; mount(8) and
+blkid remain for what the payload does not recognise itself: a store whose file system
+type is not in ``sysmount.probe_fstype``, a raw image of such a type, a v1 image
+(``-o loop`` on the decrypted file).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from recover.boot import sysmount
 from recover.config import Config
 from recover.errors import SystemFault
 
@@ -37,6 +43,26 @@ def run_cmd(argv: list[str]) -> None:
         )
 
 
+def sys_mount(source: str, target: str, fstype: str, options: str) -> None:
+    """mount(2) (recover.boot.sysmount); a failure is a SystemFault like mount(8)'s."""
+    log.debug("mount(2) -t %s -o %s %s %s", fstype, options, source, target)
+    try:
+        sysmount.mount(source, target, fstype, options)
+    except OSError as e:
+        raise SystemFault(
+            f"{e.strerror}",
+            hint="check that the initramfs carries the loop, squashfs and overlay modules",
+        ) from None
+
+
+def sys_umount(target: str, *, lazy: bool = False) -> None:
+    log.debug("umount2(2)%s %s", " lazy" if lazy else "", target)
+    try:
+        sysmount.umount(target, lazy=lazy)
+    except OSError as e:
+        raise SystemFault(f"{e.strerror}") from None
+
+
 def is_mounted(path: str | os.PathLike[str]) -> bool:
     target = os.path.realpath(path)
     with open("/proc/self/mounts", encoding="utf-8") as f:
@@ -56,13 +82,23 @@ def mount_store(cfg: Config) -> tuple[str, str]:
     mount_dir.mkdir(parents=True, exist_ok=True)
     if not is_mounted(mount_dir):
         options = STORE_MOUNT_OPTIONS
-        if fstype(cfg.store_device).startswith("ext"):
+        known = sysmount.read_fstype(cfg.store_device)
+        if (known or fstype(cfg.store_device)).startswith("ext"):
             options += ",noload"  # a read-only ext3/4 mount would still replay the journal
-        run_cmd(["mount", "-o", options, cfg.store_device, os.fspath(mount_dir)])
+        if known:
+            sys_mount(cfg.store_device, os.fspath(mount_dir), known, options)
+        else:  # a type the payload does not recognise: mount(8) and blkid find it
+            run_cmd(["mount", "-o", options, cfg.store_device, os.fspath(mount_dir)])
     return (
         os.fspath(mount_dir / os.path.basename(cfg.store_image)),
         os.fspath(mount_dir / os.path.basename(cfg.store_credentials)),
     )
+
+
+def store_fstype(device: str) -> str:
+    """``device``'s file system type from its superblock (recover.boot.sysmount), else
+    from blkid ('' when neither knows)."""
+    return sysmount.read_fstype(device) or fstype(device)
 
 
 def fstype(device: str) -> str:
@@ -88,7 +124,7 @@ def unmount_store(cfg: Config, *, in_use: bool = False) -> None:
     mount is detached (``umount -l``): gone from every mount table, alive until the
     mapping goes."""
     if cfg.store_device and is_mounted(store_dir(cfg)):
-        run_cmd(["umount", *(["-l"] if in_use else []), os.fspath(store_dir(cfg))])
+        sys_umount(os.fspath(store_dir(cfg)), lazy=in_use)
 
 
 def tmpfs(path: Path, size_bytes: int | None = None, mode: str = "0700") -> None:
@@ -96,7 +132,7 @@ def tmpfs(path: Path, size_bytes: int | None = None, mode: str = "0700") -> None
     if is_mounted(path):
         return
     opts = f"mode={mode}" + (f",size={size_bytes}" if size_bytes else "")
-    run_cmd(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", os.fspath(path)])
+    sys_mount("tmpfs", os.fspath(path), "tmpfs", opts)
 
 
 def mount_image(plain: Path, payload_type: str, work: Path, newroot: str) -> None:
@@ -105,14 +141,19 @@ def mount_image(plain: Path, payload_type: str, work: Path, newroot: str) -> Non
     ``newroot``."""
     lower, upper = work / "lower", work / "overlay"
     lower.mkdir(parents=True, exist_ok=True)
-    fstype = {"squashfs": "squashfs", "erofs": "erofs"}.get(payload_type, "auto")
-    opts = "ro,nodev" if plain.is_block_device() else "ro,loop,nodev"
-    run_cmd(["mount", "-t", fstype, "-o", opts, os.fspath(plain), os.fspath(lower)])
+    fstype = {"squashfs": "squashfs", "erofs": "erofs"}.get(payload_type, "")
+    if plain.is_block_device():  # a v2 image's dm-crypt device
+        fstype = fstype or sysmount.read_fstype(os.fspath(plain))
+    if fstype and plain.is_block_device():
+        sys_mount(os.fspath(plain), os.fspath(lower), fstype, "ro,nodev")
+    else:  # a v1 image's plaintext file (-o loop), or a raw image of a type unknown here
+        opts = "ro,nodev" if plain.is_block_device() else "ro,loop,nodev"
+        run_cmd(["mount", "-t", fstype or "auto", "-o", opts, os.fspath(plain), os.fspath(lower)])
     tmpfs(upper, mode="0755")
     (upper / "upper").mkdir(exist_ok=True)
     (upper / "work").mkdir(exist_ok=True)
     opts = f"lowerdir={lower},upperdir={upper}/upper,workdir={upper}/work"
-    run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts, newroot])
+    sys_mount("overlay", newroot, "overlay", opts)
 
 
 def cleanup(newroot: str, cfg: Config) -> None:
@@ -123,7 +164,7 @@ def cleanup(newroot: str, cfg: Config) -> None:
     for path in (newroot, work / "overlay", work / "lower", work / "image", cred):
         with contextlib.suppress(OSError, SystemFault):
             if is_mounted(path):
-                run_cmd(["umount", "-l", os.fspath(path)])
+                sys_umount(os.fspath(path), lazy=True)
     from recover.boot import dmimage
 
     dmimage.unmap()  # a v2 image's mappings: the image key leaves the kernel with them

@@ -68,6 +68,8 @@ def test_recovery_boot_maps_the_v2_image(lab: Lab) -> None:
     assert res.root == "recovery" and rec["action"] == "recover", rec
     assert res.proof_ok is True
     assert rec["image"]["format"] == 2 and rec["image"]["key_passing"] == "keyring"
+    # loop device and both targets set up by ioctl: no losetup or dmsetup process
+    assert rec["image"]["tools"] == [], rec["image"]
     # the kernel modules were loaded ahead, by the payload's own modprobe (dmimage.preload)
     assert "modules" in rec["image"]["steps_ms"], rec["image"]
     # and the guest kernel built xts(aes) ahead of dm-crypt, through AF_ALG

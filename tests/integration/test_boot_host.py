@@ -676,15 +676,35 @@ def test_the_store_partition_is_mounted_inert_and_not_left_mounted(
             .replace(str(host.disk / "recovery.hri"), "recovery.hri")
             .replace(str(host.disk / "credentials.hrc"), "credentials.hrc")
         )
-        seen: list[list[str]] = []
-        real = rootfs.run_cmd
-        monkeypatch.setattr(rootfs, "run_cmd", lambda argv: (seen.append(argv), real(argv))[1])
+        seen: list[tuple[str, ...]] = []
+        real = rootfs.sysmount.mount
+
+        def spy(source: str, target: str, fstype: str, options: str = "") -> None:
+            seen.append((source, target, fstype, options))
+            if source == loop:  # the kernel's own view of the store mount, while it is up
+                real(source, target, fstype, options)
+                mounted = [
+                    ln.split() for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+                ]
+                seen.append(tuple(next(m[5] for m in mounted if m[4] == target).split(",")))
+            else:
+                real(source, target, fstype, options)
+
+        monkeypatch.setattr(rootfs.sysmount, "mount", spy)
+        processes: list[list[str]] = []
+        run_cmd, blkid = rootfs.run_cmd, rootfs.fstype
+        monkeypatch.setattr(rootfs, "run_cmd", lambda a: (processes.append(a), run_cmd(a))[1])
+        monkeypatch.setattr(rootfs, "fstype", lambda d: (processes.append([d]), blkid(d))[1])
         host.tpm.power_cut_and_restart()
         code, rec = host.boot()
         assert code == 10, rec
-        store_mount = next(a for a in seen if a[0] == "mount" and loop in a)
-        options = store_mount[store_mount.index("-o") + 1].split(",")
-        assert {"ro", "nodev", "nosuid", "noexec", "noload"} <= set(options)
+        at = next(i for i, a in enumerate(seen) if a[0] == loop)
+        assert seen[at][2] == "ext4"
+        assert {"ro", "nodev", "nosuid", "noexec", "noload"} <= set(seen[at][3].split(","))
+        assert {"ro", "nodev", "nosuid", "noexec"} <= set(seen[at + 1])  # the kernel's flags
+        # the store: no mount(8), umount(8) or blkid, system calls only (the v1 image
+        # this host has is still mounted by mount(8) -o loop)
+        assert [a for a in processes if loop in a] == []
         assert not any(loop in line for line in Path("/proc/self/mounts").read_text().splitlines())
         assert (host.newroot / "RECOVERY-ROOT").exists()
     finally:

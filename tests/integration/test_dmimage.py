@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from recover.core.imageformat import HeaderV2
 from recover.errors import SystemFault
 from recover.store import image
 
@@ -60,6 +61,17 @@ def _dm_usable() -> bool:
     return proc.returncode == 0 and "Driver version" in proc.stdout
 
 
+def _v2_image(tmp_path: Path) -> tuple[Path, HeaderV2, bytes]:
+    """A v2 container of 50 kB of random data: its path, header and XTS key."""
+    src = tmp_path / "p.raw"
+    src.write_bytes(os.urandom(50_000))
+    img = tmp_path / "i.hri"
+    key = os.urandom(32)
+    image.encrypt_file(src, img, key, image_version=1, payload_type="raw")
+    header, xts = image.open_v2(img, key)
+    return img, header, xts
+
+
 def test_failed_mapping_leaves_no_loop_and_wipes_the_key(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("losetup") is None or shutil.which("dmsetup") is None:
         pytest.fail("needs root, losetup and dmsetup")
@@ -67,15 +79,37 @@ def test_failed_mapping_leaves_no_loop_and_wipes_the_key(tmp_path: Path) -> None
         pytest.skip("device-mapper works here: the failure is not reproducible this way")
     from recover.boot import dmimage
 
-    src = tmp_path / "p.raw"
-    src.write_bytes(os.urandom(50_000))
-    img = tmp_path / "i.hri"
-    key = os.urandom(32)
-    image.encrypt_file(src, img, key, image_version=1, payload_type="raw")
-    header, xts = image.open_v2(img, key)
+    img, header, xts = _v2_image(tmp_path)
     secret = bytearray(xts)
-    with pytest.raises(SystemFault, match="dmsetup"):
+    with pytest.raises(SystemFault, match="device-mapper|dmsetup"):
         dmimage.map_image(os.fspath(img), header, secret)
     assert secret == bytearray(len(xts))  # wiped
     left = subprocess.run(["losetup", "-j", os.fspath(img)], capture_output=True, text=True)
     assert left.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("control", ["real", "missing"])
+def test_the_loop_device_holds_exactly_the_data_area(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, control: str
+) -> None:
+    """The loop under dm-verity: read-only, the container's data area (hash tree and
+    ciphertext) and nothing else, by ioctl, or by losetup where /dev/loop-control is
+    missing (the loop driver not loaded yet)."""
+    from recover.boot import dmimage, sysmount
+
+    if control == "missing":
+        monkeypatch.setattr(sysmount, "LOOP_CONTROL", os.fspath(tmp_path / "loop-control"))
+    img, header, _ = _v2_image(tmp_path)
+    tools: list[str] = []
+    loop = dmimage._attach_loop(os.fspath(img), header, tools)
+    assert tools == ([] if control == "real" else ["losetup"])
+    try:
+        name = os.path.basename(loop)
+        assert Path(f"/sys/block/{name}/ro").read_text().strip() == "1"
+        with open(loop, "rb") as d:
+            seen = d.read()
+        data = img.read_bytes()[header.data_offset : header.container_length]
+        assert seen == data and len(data) > 0
+    finally:
+        sysmount.detach_loop(loop)
+    assert not Path(f"/sys/block/{os.path.basename(loop)}/loop").exists()

@@ -2,7 +2,7 @@
 
 Every boot that does not recover (the clean boot above all) ends in rootfs.cleanup, which
 removes a v2 image's mappings. Under TCG a process start costs hundreds of ms, so the
-cleanup asks sysfs first and starts dmsetup/losetup only for what exists; when sysfs
+cleanup asks sysfs first and starts dmsetup (or detaches a loop device) only for what exists; when sysfs
 cannot tell, it falls back to dmsetup (fail closed: the key must leave the kernel). The
 mappings themselves are tested in QEMU (tests/e2e/test_e2e_imagev2.py)."""
 
@@ -36,6 +36,7 @@ def ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
     monkeypatch.setattr(dmimage, "SYS_BLOCK", str(tmp_path / "block"))
     monkeypatch.setattr(dmimage, "_quiet", quiet)
+    monkeypatch.setattr(dmimage, "_detach", lambda loop: calls.append(["detach", loop]))
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "loop0").mkdir()
     return calls
@@ -61,16 +62,16 @@ def test_both_mappings_are_removed_and_their_loop_detached(
     assert ran == [
         ["dmsetup", "remove", "--retry", "--noudevsync", dmimage.CRYPT_NAME],
         ["dmsetup", "remove", "--retry", "--noudevsync", dmimage.VERITY_NAME],
-        ["losetup", "--detach", "/dev/loop3"],
+        ["detach", "/dev/loop3"],
     ]
 
 
 def test_a_failed_mapping_detaches_the_given_loop_only(
     tmp_path: Path, ran: list[list[str]]
 ) -> None:
-    """map_image failed after losetup, before any mapping: the loop it attached goes."""
+    """map_image failed after attaching the loop device, before any mapping: the loop it attached goes."""
     dmimage.unmap("/dev/loop5")
-    assert ran == [["losetup", "--detach", "/dev/loop5"]]
+    assert ran == [["detach", "/dev/loop5"]]
 
 
 def test_no_sysfs_falls_back_to_dmsetup(tmp_path: Path, ran: list[list[str]]) -> None:
@@ -81,7 +82,7 @@ def test_no_sysfs_falls_back_to_dmsetup(tmp_path: Path, ran: list[list[str]]) ->
         ["dmsetup", "deps", "-o", "devname", dmimage.VERITY_NAME],
         ["dmsetup", "remove", "--retry", "--noudevsync", dmimage.CRYPT_NAME],
         ["dmsetup", "remove", "--retry", "--noudevsync", dmimage.VERITY_NAME],
-        ["losetup", "--detach", "/dev/loop7"],
+        ["detach", "/dev/loop7"],
     ]
 
 
@@ -92,7 +93,7 @@ def test_an_unreadable_entry_falls_back_to_dmsetup(tmp_path: Path, ran: list[lis
         ["dmsetup", "deps"],
         ["dmsetup", "remove"],
         ["dmsetup", "remove"],
-        ["losetup", "--detach"],
+        ["detach", "/dev/loop7"],
     ]
 
 
