@@ -442,10 +442,13 @@ medians over the boots that reached their root; (min–max) where there are seve
 
 {chr(10).join(goals(results))}
 {compared}
-A shared 2-core machine under TCG: the dm steps are process starts (losetup, dmsetup) and,
-where the background preload had not loaded them yet ("modules": the step's wait for it,
-recover/boot/preload.py), kernel module loads; their times vary by seconds with the
-machine's load; nothing in them reads the image. The clean boot's payload stops at its verdict (no unseal, image or
+A shared 2-core machine under TCG: the dm steps are ioctls (recover/boot/sysmount.py,
+recover/boot/devmapper.py; before 2458b23 losetup and dmsetup processes), in which the
+kernel builds the targets, and, where the background preload had not loaded them yet
+("modules": the step's wait for it, recover/boot/preload.py), kernel module loads; their
+times vary with the machine's load; nothing in them reads the image. "store" and "mount"
+are mount(2) calls since 2458b23 (before: blkid, mount and umount processes); the store
+step also pays the first import of ctypes. The clean boot's payload stops at its verdict (no unseal, image or
 credentials step, which the recovery boot must do): the difference in "new root" is
 what a recovery costs. {waited}
 

@@ -369,6 +369,8 @@ def run(
                     ids = may_still_ask({p.id for p in domain}, peers)
                     booting = in_payload(peers) & ids
                     answer_wait(srv, ids, booting, len(domain) - len(ids), cfg, asked_at + wait)
+                with step("serve-stop", timings):  # the server closed, its TPM work done
+                    stack.close()
         log.info(
             "peers: %d of %d verified in %.0f ms, %d round%s (%s)",
             peers.verified,
