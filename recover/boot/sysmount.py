@@ -105,9 +105,11 @@ def probe_fstype(head: bytes) -> str:
 
 
 def read_fstype(device: str) -> str:
-    """``probe_fstype`` of ``device``'s first bytes ('' when unreadable or unknown)."""
+    """``probe_fstype`` of ``device``'s first bytes ('' when unreadable or unknown). A
+    symbolic link is followed, as blkid and the kernel's mount do (``store.device`` may
+    name /dev/disk/by-partlabel/…)."""
     try:
-        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
     try:

@@ -112,7 +112,10 @@ def test_ext4_store_mounted_inert_by_system_call(tmp_path: Path) -> None:
     dev = sysmount.attach_loop(os.fspath(img))
     try:
         assert sysmount.read_fstype(dev) == "ext4"
-        sysmount.mount(dev, os.fspath(mnt), "ext4", "ro,nodev,nosuid,noexec,noload")
+        link = tmp_path / "by-partlabel-store"  # as udev names a partition
+        link.symlink_to(dev)
+        assert sysmount.read_fstype(os.fspath(link)) == "ext4"
+        sysmount.mount(os.fspath(link), os.fspath(mnt), "ext4", "ro,nodev,nosuid,noexec,noload")
         try:
             info = _mountinfo(mnt)
             assert info is not None
