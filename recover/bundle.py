@@ -331,8 +331,10 @@ def lazy_attribute_imports(found: dict[str, Path | None]) -> set[str]:
 
 def deferred_imports(found: dict[str, Path | None]) -> set[str]:
     """What the third-party modules found import inside their functions, within their
-    own package: ``cryptography``'s ``ECDSA()`` imports its OpenSSL backend only when a
-    signature is first checked, unseen by a probe that only imports. The standard
+    own package: ``cryptography``'s ``ECDSA()`` imports its OpenSSL backend in its
+    constructor, unseen by a probe that only imports (the payload makes that object
+    without the constructor, ``p256.ecdsa_sha256``, and falls back to it on another
+    cryptography version: the backend is shipped for that case). The standard
     library's deferred imports are left to the test that runs every payload path."""
     out: set[str] = set()
     for name, path in found.items():

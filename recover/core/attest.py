@@ -119,7 +119,6 @@ def verify_quote(
 ) -> QuoteInfo:
     """Verify a quote by ``pubkey_pem`` (ECDSA P-256, SHA-256); raise IntegrityError."""
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from recover.core import p256
@@ -131,7 +130,7 @@ def verify_quote(
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise IntegrityError("quote: the attestation key is not an ECC key")
     try:
-        key.verify(signature, attest, ec.ECDSA(hashes.SHA256()))
+        key.verify(signature, attest, p256.ecdsa_sha256())
     except (InvalidSignature, ValueError):
         raise IntegrityError("quote: bad signature") from None
     info = parse_attest(attest)

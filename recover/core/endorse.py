@@ -276,9 +276,7 @@ def parse_document(doc: Any, origin: str, *, fields: tuple[str, ...] = SIGNED_FI
 
 def sign(doc: Document, private_pem: bytes) -> bytes:
     """The signed inventory file for ``doc`` (its key_id set from the key)."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
+    from recover.core import p256
     from recover.core.policy import load_signing_key
 
     key = load_signing_key(private_pem, "inventory")
@@ -286,7 +284,7 @@ def sign(doc: Document, private_pem: bytes) -> bytes:
         doc, key_id=hashlib.sha256(_spki_der(key.public_key())).hexdigest()
     )
     body = signed.body()
-    sig = key.sign(CONTEXT + canonical(body), ec.ECDSA(hashes.SHA256()))
+    sig = key.sign(CONTEXT + canonical(body), p256.ecdsa_sha256())
     return (json.dumps({**body, "signature": sig.hex()}, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -297,8 +295,8 @@ def verify(
     ``version >= floor``. IntegrityError (RollbackError for an old version); ConfigError
     when correctly signed content is invalid."""
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from recover.core import p256
 
     key = _public_key(pubkey_pem)
     doc = loads_strict(data, origin)
@@ -324,7 +322,7 @@ def verify(
             hint="check inventory.key and the key `inventory sign` used",
         )
     try:
-        key.verify(signature, CONTEXT + canonical(doc), ec.ECDSA(hashes.SHA256()))
+        key.verify(signature, CONTEXT + canonical(doc), p256.ecdsa_sha256())
     except (InvalidSignature, ValueError):
         raise IntegrityError(f"{origin}: bad signature (forged or altered)", _SIGN_HINT) from None
     parsed = parse_document(doc, origin)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
 from typing import Any
 
 #: DER of SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (0 unused bits) }
@@ -95,3 +96,42 @@ def public_key(data: bytes) -> Any:
 
         return load_pem_public_key(data)
     return _key_of_point(point)
+
+
+_ecdsa: Any = None
+_ecdsa_lock = threading.Lock()
+
+
+def ecdsa_sha256() -> Any:
+    """``ec.ECDSA(hashes.SHA256())`` (random nonces, not RFC 6979), made without running
+    its constructor. That constructor imports cryptography's OpenSSL backend module, only
+    to check that deterministic signing is supported when it is asked for, which it never
+    is here; the import costs about 4 ms on a workstation and a quarter of a second in the
+    lab's TCG guest, on the recovery route's first peer answer (docs/performance.md).
+    The object is cryptography's own class, with the two attributes its constructor sets;
+    the signature code reads them through the class's ``algorithm`` and
+    ``deterministic_signing`` properties, and this checks that those properties return
+    what was set. When they do not (another cryptography version keeps them elsewhere),
+    the constructor is used, so the result is always what the constructor would give.
+    Made once; an ECDSA object is not changed by signing or verifying."""
+    global _ecdsa
+    with _ecdsa_lock:
+        if _ecdsa is None:
+            _ecdsa = _make_ecdsa_sha256()
+        return _ecdsa
+
+
+def _make_ecdsa_sha256() -> Any:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    algorithm = hashes.SHA256()
+    made = ec.ECDSA.__new__(ec.ECDSA)
+    try:
+        made._algorithm = algorithm
+        made._deterministic_signing = False
+        if made.algorithm is algorithm and made.deterministic_signing is False:
+            return made
+    except AttributeError:
+        pass
+    return ec.ECDSA(algorithm)

@@ -353,7 +353,6 @@ class SignedPolicy:
         policy the host does not satisfy.
         """
         from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
         from recover.core import p256
@@ -371,10 +370,8 @@ class SignedPolicy:
         key = p256.public_key(pubkey_pem)
         assert isinstance(key, ec.EllipticCurvePublicKey)
         try:
-            key.verify(
-                self.signature, self.approved_policy + self.policy_ref, ec.ECDSA(hashes.SHA256())
-            )
-            key.verify(self.payload_signature, self.payload(), ec.ECDSA(hashes.SHA256()))
+            key.verify(self.signature, self.approved_policy + self.policy_ref, p256.ecdsa_sha256())
+            key.verify(self.payload_signature, self.payload(), p256.ecdsa_sha256())
         except InvalidSignature:
             raise PolicyMismatch(
                 "signed policy: bad signature (forged or corrupted)",
@@ -401,8 +398,9 @@ def sign_policy(
 ) -> SignedPolicy:
     """Sign ``pcr_values`` for ``selection`` with the offline policy key, valid while the
     TPM's policy counter at ``policy_nv`` is at most ``policy_version``."""
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import serialization
+
+    from recover.core import p256
 
     key = load_signing_key(private_pem, "policy")
     pub_pem = key.public_key().public_bytes(
@@ -419,11 +417,11 @@ def sign_policy(
         key_name=key_name(pub_pem),
         policy_version=policy_version,
         policy_nv=policy_nv,
-        signature=key.sign(approved, ec.ECDSA(hashes.SHA256())),
+        signature=key.sign(approved, p256.ecdsa_sha256()),
         payload_signature=b"",
     )
     return dataclasses.replace(
-        unsigned, payload_signature=key.sign(unsigned.payload(), ec.ECDSA(hashes.SHA256()))
+        unsigned, payload_signature=key.sign(unsigned.payload(), p256.ecdsa_sha256())
     )
 
 

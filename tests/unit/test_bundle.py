@@ -87,7 +87,7 @@ def test_only_what_the_payload_imports(staged: tuple[Path, bundle.BundleReport])
     for lazy in ("asyncio/base_events.pyc", "concurrent/futures/thread.pyc", "uuid.pyc"):
         assert (stdlib / lazy).is_file(), lazy
     assert (site / "recover/peers/client.pyc").is_file()
-    # imported inside ec.ECDSA() when the first quote is checked (a boot in QEMU found it)
+    # imported inside ec.ECDSA()'s constructor: p256.ecdsa_sha256's fallback needs it
     assert (site / "cryptography/hazmat/backends/openssl/backend.pyc").is_file()
 
 

@@ -167,3 +167,110 @@ def test_the_boot_s_key_handling_never_loads_the_serialization_package() -> None
     loaded = json.loads(proc.stdout)
     assert "cryptography.hazmat.primitives.serialization" not in loaded, loaded
     assert "cryptography.hazmat.primitives.serialization.ssh" not in loaded, loaded
+
+
+# --- ECDSA without its constructor ---------------------------------------------------
+
+
+def test_ecdsa_sha256_is_what_the_constructor_makes() -> None:
+    from cryptography.hazmat.primitives import hashes
+
+    made = p256.ecdsa_sha256()
+    built = ec.ECDSA(hashes.SHA256())
+    assert type(made) is ec.ECDSA
+    assert isinstance(made.algorithm, hashes.SHA256)
+    assert made.deterministic_signing is False
+    assert {k: type(v) for k, v in vars(made).items()} == {
+        k: type(v) for k, v in vars(built).items()
+    }
+    assert made is p256.ecdsa_sha256(), "made once"
+
+
+def test_ecdsa_sha256_signatures_verify_both_ways_and_forgeries_do_not() -> None:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    other = ec.generate_private_key(ec.SECP256R1())
+    built = ec.ECDSA(hashes.SHA256())
+    by_helper = key.sign(b"message", p256.ecdsa_sha256())
+    by_constructor = key.sign(b"message", built)
+    assert by_helper != key.sign(b"message", p256.ecdsa_sha256()), "random nonces"
+    key.public_key().verify(by_helper, b"message", built)
+    key.public_key().verify(by_constructor, b"message", p256.ecdsa_sha256())
+    with pytest.raises(InvalidSignature):
+        key.public_key().verify(by_constructor, b"massage", p256.ecdsa_sha256())
+    with pytest.raises(InvalidSignature):
+        other.public_key().verify(by_constructor, b"message", p256.ecdsa_sha256())
+    # the hash really is SHA-256: a signature over SHA-384 does not verify
+    with pytest.raises(InvalidSignature):
+        key.public_key().verify(
+            key.sign(b"message", ec.ECDSA(hashes.SHA384())), b"message", p256.ecdsa_sha256()
+        )
+
+
+def test_ecdsa_sha256_runs_no_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("ECDSA's constructor ran")
+
+    monkeypatch.setattr(ec.ECDSA, "__init__", refuse)
+    made = p256._make_ecdsa_sha256()
+    assert made.algorithm.name == "sha256" and made.deterministic_signing is False
+
+
+def test_ecdsa_sha256_uses_the_constructor_when_the_class_keeps_its_fields_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cryptography whose properties read other attributes: the object made without
+    the constructor would not say SHA-256, so the constructor makes it."""
+    ran: list[object] = []
+
+    def init(self: object, algorithm: object, deterministic_signing: bool = False) -> None:
+        ran.append(algorithm)
+        self.__dict__["_hash"] = algorithm
+        self.__dict__["_rfc6979"] = deterministic_signing
+
+    monkeypatch.setattr(ec.ECDSA, "__init__", init)
+    monkeypatch.setattr(ec.ECDSA, "algorithm", property(lambda self: self._hash))
+    monkeypatch.setattr(ec.ECDSA, "deterministic_signing", property(lambda self: self._rfc6979))
+    made = p256._make_ecdsa_sha256()
+    assert len(ran) == 1
+    assert made.algorithm is ran[0] and made.deterministic_signing is False
+
+
+def test_checking_a_quote_does_not_load_the_openssl_backend_module() -> None:
+    """In a fresh interpreter: a quote signed and checked (attest.verify_quote), and a
+    forged one refused, without importing cryptography's OpenSSL backend module."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from recover.core import attest, p256
+        from recover.errors import IntegrityError
+        private = ec.generate_private_key(ec.SECP256R1())
+        n = private.public_key().public_numbers()
+        pem = p256.pem(n.x, n.y)
+        att = attest.make_attest(
+            qualified_signer=b"\\x00\\x0b" + bytes(32), extra_data=b"nonce",
+            selection="sha256:0", pcr_values={"sha256": {0: bytes(32)}},
+            reset_count=1, restart_count=0, clock=1,
+        )
+        sig = private.sign(att, p256.ecdsa_sha256())
+        attest.verify_quote(pem, att, sig, qualifying_data=b"nonce")
+        try:
+            attest.verify_quote(pem, att[:-1] + b"\\x01", sig, qualifying_data=b"nonce")
+        except IntegrityError:
+            refused = True
+        else:
+            refused = False
+        print(json.dumps([refused, sorted(m for m in sys.modules if ".backends" in m)]))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.fspath(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    refused, loaded = json.loads(proc.stdout)
+    assert refused
+    assert "cryptography.hazmat.backends.openssl.backend" not in loaded, loaded
