@@ -80,9 +80,10 @@ def create(name: str, sectors: int, kind: str, params: bytearray, *, secure: boo
     """A live read-only mapping ``name`` of one ``kind`` target over ``sectors`` 512-byte
     sectors; its /dev/mapper path. ``secure``: ``params`` hold key material (wiped here,
     with every buffer that held them). On failure nothing named ``name`` is left."""
-    ctl = os.open(CONTROL, os.O_RDWR | os.O_CLOEXEC)
+    ctl = -1
     table = bytearray()
     try:
+        ctl = os.open(CONTROL, os.O_RDWR | os.O_CLOEXEC)
         buf = pack(name)
         _ioctl(ctl, DM_DEV_CREATE, buf)
         dev = _DM_IOCTL.unpack_from(buf)[10]
@@ -100,7 +101,8 @@ def create(name: str, sectors: int, kind: str, params: bytearray, *, secure: boo
         table[:] = bytes(len(table))
         if secure:
             params[:] = bytes(len(params))
-        os.close(ctl)
+        if ctl >= 0:
+            os.close(ctl)
 
 
 def _node(name: str, dev: int) -> str:

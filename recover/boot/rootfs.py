@@ -142,12 +142,13 @@ def mount_image(plain: Path, payload_type: str, work: Path, newroot: str) -> Non
     lower, upper = work / "lower", work / "overlay"
     lower.mkdir(parents=True, exist_ok=True)
     fstype = {"squashfs": "squashfs", "erofs": "erofs"}.get(payload_type, "")
-    if plain.is_block_device():  # a v2 image's dm-crypt device
+    block = plain.is_block_device()  # a v2 image's dm-crypt device
+    if block:
         fstype = fstype or sysmount.read_fstype(os.fspath(plain))
-    if fstype and plain.is_block_device():
+    if fstype and block:
         sys_mount(os.fspath(plain), os.fspath(lower), fstype, "ro,nodev")
     else:  # a v1 image's plaintext file (-o loop), or a raw image of a type unknown here
-        opts = "ro,nodev" if plain.is_block_device() else "ro,loop,nodev"
+        opts = "ro,nodev" if block else "ro,loop,nodev"
         run_cmd(["mount", "-t", fstype or "auto", "-o", opts, os.fspath(plain), os.fspath(lower)])
     tmpfs(upper, mode="0755")
     (upper / "upper").mkdir(exist_ok=True)

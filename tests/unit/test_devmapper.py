@@ -111,3 +111,14 @@ def test_a_failed_load_or_resume_removes_the_device(
     assert calls[-1][0] == dm.DM_DEV_REMOVE
     assert dm._DM_IOCTL.unpack_from(calls[-1][1])[11].rstrip(b"\0") == b"host-recover-root"
     assert params == bytearray(len(params))
+
+
+def test_a_missing_control_device_still_wipes_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dm, "CONTROL", str(tmp_path / "no-control"))
+    monkeypatch.setattr(dm, "_ioctl", lambda *_a: pytest.fail("no ioctl without control"))
+    params = bytearray(b"aes-xts-plain64 " + b"k" * 64 + b" 0 /dev/mapper/v 0")
+    with pytest.raises(FileNotFoundError):
+        dm.create("host-recover-root", 64, "crypt", params, secure=True)
+    assert params == bytearray(len(params))
