@@ -40,7 +40,8 @@ from recover.store import inventory as inventory_store
 if TYPE_CHECKING:
     from recover.config import Config
     from recover.core.inventory import Inventory
-    from recover.core.protocol import PeerResults
+    from recover.core.protocol import PeerResult, PeerResults
+    from recover.peers.rounds import Session
     from recover.tpm import Tpm
 
 
@@ -281,7 +282,7 @@ def run(
             from recover.core import inventory
             from recover.peers import server
             from recover.peers.attestor import TpmAttestor
-            from recover.peers.rounds import converge
+            from recover.peers.rounds import Session
 
             inv = _load_inventory(cfg, ev, serve)
         if serve and not cfg.peers_host_id:
@@ -327,14 +328,14 @@ def run(
             witness = WitnessRead(cfg, inv, me, ak_pem, own_pcrs, _previous_boot(ev))
             judge.witness = witness.peek
 
-        def ask() -> tuple[PeerResults, verdict_mod.Convergence]:
+        def ask(session: Session) -> tuple[PeerResults, verdict_mod.Convergence]:
             if serve and domain and cfg.peers_network_wait > 0:
                 from recover.boot.network import wait_for_routes
 
                 with step("network-wait", timings):  # dracut's ip=: docs/boot.md#network
                     wait_for_routes((p.host for p in domain), cfg.peers_network_wait)
             with step("peers", timings):
-                return converge(
+                return session.converge(
                     inv,
                     me,
                     attestor,
@@ -361,14 +362,19 @@ def run(
                         )
                 except ConfigError as e:  # cannot listen: still ask, peers may decide
                     log.warning("not answering peers: %s", e.message)
+            # The queries still out when the verdict settles keep running through the
+            # answer wait (closed before the server stops: the stack unwinds in order).
+            session = stack.enter_context(Session(keep_late=srv is not None))
             asked_at = time.monotonic()
-            peers, conv = ask()
+            peers, conv = ask(session)
             decided.set()  # from now on our replies say we will not ask again
             if srv is not None:
                 with step("answer-wait", timings):
                     ids = may_still_ask({p.id for p in domain}, peers)
                     booting = in_payload(peers) & ids
-                    answer_wait(srv, ids, booting, len(domain) - len(ids), cfg, asked_at + wait)
+                    answer_wait(
+                        srv, ids, booting, len(domain) - len(ids), cfg, asked_at + wait, session
+                    )
                 with step("serve-stop", timings):  # the server closed, its TPM work done
                     stack.close()
         log.info(
@@ -466,16 +472,43 @@ class WitnessRead:
 
 
 def answer_wait(
-    srv: Any, ids: set[str], booting: set[str], settled: int, cfg: Config, end: float
+    srv: Any,
+    ids: set[str],
+    booting: set[str],
+    settled: int,
+    cfg: Config,
+    end: float,
+    session: Session,
 ) -> None:
     """After its own rounds, keep answering the peers that may still ask (``ids``; those
     seen in their payload: ``booting``; ``settled`` others run their normal OS or have
     decided) until
     :func:`still_answering` says none will, or ``end`` (this host's own
-    ``verdict.wait``) passes."""
+    ``verdict.wait``) passes. The queries still out when the verdict settled run on in
+    ``session`` (recover.peers.rounds.Session): a peer whose late answer is attested to
+    come from its normal OS, or from a payload that will not ask, is not waited for; one
+    whose late answer says it runs its payload gets its round, as a peer seen booting in
+    the rounds does."""
+    ids, booting = set(ids), set(booting)
+    out = session.still_out()
+    if out:
+        log.info(
+            "answer wait: %d quer%s of the settled round still out", out, "y" if out == 1 else "ies"
+        )
+    heard = done_late = 0
     since = time.monotonic()
     end = max(end, since + max(cfg.peers_timeout, cfg.peers_deadline))
     while time.monotonic() < end:
+        for r in session.late():
+            heard += 1
+            if r.peer_id not in ids:
+                continue
+            if will_not_ask(r):
+                ids.discard(r.peer_id)
+                booting.discard(r.peer_id)
+                done_late += 1
+            elif says_booting(r):
+                booting.add(r.peer_id)  # in its payload: it asks within its round
         waiting = still_answering(
             time.monotonic(),
             since,
@@ -488,15 +521,16 @@ def answer_wait(
         )
         if not waiting:
             break
-        time.sleep(0.05)
+        session.sleep(0.05)
     answered = set(srv.last_answer)
     log.info(
         "answered %d of %d peers that may ask (%d receipted; %d run their normal OS or have "
-        "decided)%s",
+        "decided)%s%s",
         len(ids & answered),
         len(ids),
         len(ids & set(srv.receipts)),
-        settled,
+        settled + done_late,
+        f"; {heard} of {out} late answers in, {done_late} of them not asking" if out else "",
         "" if time.monotonic() < end else " (stopped at the end of verdict.wait)",
     )
 
@@ -551,13 +585,14 @@ def still_answering(
 def in_payload(peers: PeerResults) -> set[str]:
     """The peers whose verified reply says they run their boot payload (role boot): they
     ask this host in their own rounds."""
+    return {r.peer_id for r in peers.results if says_booting(r)}
+
+
+def says_booting(r: PeerResult) -> bool:
+    """Whether a peer's verified reply attests that it runs its boot payload."""
     from recover.core.protocol import Outcome
 
-    return {
-        r.peer_id
-        for r in peers.results
-        if r.outcome is Outcome.VERIFIED and r.status is not None and r.status.role == "boot"
-    }
+    return r.outcome is Outcome.VERIFIED and r.status is not None and r.status.role == "boot"
 
 
 def may_still_ask(domain_ids: set[str], peers: PeerResults) -> set[str]:
@@ -570,13 +605,16 @@ def may_still_ask(domain_ids: set[str], peers: PeerResults) -> set[str]:
     still asking or does not say (an older peer), and one whose reply was not verified
     (it may be booting still), are.
     """
+    return domain_ids - {r.peer_id for r in peers.results if will_not_ask(r)}
+
+
+def will_not_ask(r: PeerResult) -> bool:
+    """Whether a peer's verified reply attests that it will not ask this host: it runs
+    its normal OS (role ``agent``), or its payload has decided (``asking: false``)."""
     from recover.core.protocol import Outcome
 
-    done = {
-        r.peer_id
-        for r in peers.results
-        if r.outcome is Outcome.VERIFIED
+    return (
+        r.outcome is Outcome.VERIFIED
         and r.status is not None
         and (r.status.role == "agent" or (r.status.role == "boot" and r.status.asking is False))
-    }
-    return domain_ids - done
+    )

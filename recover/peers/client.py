@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from recover.core.inventory import Peer
 from recover.core.protocol import (
@@ -235,6 +235,51 @@ async def _query_peer(peer: Peer, rnd: _Round, sem: asyncio.Semaphore) -> PeerRe
     return PeerResult(peer.id, last.outcome, last.reason, None, None, attempt)
 
 
+class Late:
+    """The queries still out when a round stopped because the verdict was settled, left
+    running instead of cancelled: the verdict does not wait for them, but what those
+    peers say tells the payload whether they may still ask it (recover.boot.gather's
+    answer wait). Each query keeps its own bounds (``peers.timeout``, the round's
+    deadline); :meth:`close` cancels what is left. Their results stay out of the
+    round's (there they are ``skipped``)."""
+
+    def __init__(self, tasks: dict[asyncio.Future[PeerResult], Peer], rnd: _Round) -> None:
+        self._tasks = tasks
+        self._rnd = rnd
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def finished(self) -> list[PeerResult]:
+        """The results of the queries that have ended since the last call."""
+        done = [t for t in self._tasks if t.done()]
+        out = []
+        for t in done:
+            del self._tasks[t]
+            if not t.cancelled() and t.exception() is None:
+                out.append(t.result())
+        return out
+
+    async def close(self) -> None:
+        """Cancel the queries still out; the receipts of late answers get the round's
+        grace (:data:`RECEIPT_GRACE`), then the rest is cancelled. Returns once every
+        one of them has ended."""
+        import asyncio
+
+        left: list[asyncio.Future[Any]] = [t for t in self._tasks if not t.done()]
+        self._tasks.clear()
+        for t in left:
+            t.cancel()
+        receipts = [r for r in self._rnd.receipts if not r.done()]
+        if receipts:
+            _, unsent = await asyncio.wait(receipts, timeout=RECEIPT_GRACE)
+            for r in unsent:
+                r.cancel()
+            left += unsent
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+
+
 async def query_all_async(
     peers: Sequence[Peer],
     known_ids: set[str],
@@ -248,10 +293,13 @@ async def query_all_async(
     *,
     version: int = VERSION,
     source: str | None = None,
+    late: list[Late] | None = None,
 ) -> PeerResults:
     """One round (see the module doc). ``version``: the protocol to ask with (2; 1 is the
     pre-batching protocol, for benchmarks and old fleets); ``source``: the local address
-    to connect from."""
+    to connect from; ``late``: when given and the round stops early (the verdict is
+    settled), its queries still out are appended to it as a :class:`Late` and left
+    running (the caller closes it), instead of cancelled."""
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -297,12 +345,15 @@ async def query_all_async(
         # Peers retrying a refused connection end their own loop at the deadline with
         # their real outcome (unreachable): a moment's grace keeps it from being
         # reported as a bare "deadline".
-        late, pending = await asyncio.wait(pending, timeout=DEADLINE_GRACE)
-        done.extend(t.result() for t in late)
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
+        graced, pending = await asyncio.wait(pending, timeout=DEADLINE_GRACE)
+        done.extend(t.result() for t in graced)
+    if stopped and late is not None and pending:
+        late.append(Late({t: tasks[t] for t in pending}, rnd))
+    else:
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
     if rnd.receipts:  # most went out while the round ran; the rest get a moment
         _, unsent = await asyncio.wait(rnd.receipts, timeout=RECEIPT_GRACE)
         for r in unsent:

@@ -17,11 +17,11 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from recover.core.protocol import PeerResult, PeerResults
 from recover.core.verdict import Convergence, Judge, Stop, silent
-from recover.peers.client import MAX_INFLIGHT, query_all_async
+from recover.peers.client import MAX_INFLIGHT, Late, query_all_async
 
 if TYPE_CHECKING:
     from recover.core.inventory import Inventory, Peer
@@ -66,12 +66,15 @@ async def converge_async(
     max_inflight: int = MAX_INFLIGHT,
     on_round: Callable[[int, PeerResults], None] | None = None,
     source: str | None = None,
+    late: list[Late] | None = None,
 ) -> tuple[PeerResults, Convergence]:
     """Ask ``peers`` (the domain, or a sample of it: ``domain`` is then the domain's
     size) in rounds. ``origin``: the ``clock()`` time the evidence was read (a later
     round compares the peers' reset times with this host's at that round).
     ``on_round(n, results)`` runs after every round that another one follows; ``source``:
-    the local address to ask from (the storm benchmark's simulated hosts)."""
+    the local address to ask from (the storm benchmark's simulated hosts); ``late``: where
+    the queries still out when the verdict settled go, left running
+    (recover.peers.client.Late; the caller closes them), instead of cancelled."""
     import asyncio
 
     start = clock()
@@ -97,6 +100,7 @@ async def converge_async(
             judge.round_stop(offset, last),
             max_inflight,
             source=source,
+            late=late,
         )
         for r in res.results:
             latest[r.peer_id] = r
@@ -152,7 +156,7 @@ def _why(results: Iterable[PeerResult]) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
 
-def converge(
+async def converge_domain(
     inventory: Inventory,
     self_id: str,
     attestor: Attestor,
@@ -164,24 +168,76 @@ def converge(
     wait: float,
     origin: float,
     sample: int | None = None,
+    late: list[Late] | None = None,
 ) -> tuple[PeerResults, Convergence]:
     """:func:`converge_async` over this host's failure domain (or a random ``sample`` of
-    it), from synchronous code."""
-    import asyncio
-
+    it)."""
     domain = inventory.domain_peers(self_id)
-    return asyncio.run(
-        converge_async(
-            choose_sample(domain, sample),
-            {p.id for p in inventory},
-            self_id,
-            attestor,
-            judge,
-            deadline=deadline,
-            timeout=timeout,
-            retries=retries,
-            wait=wait,
-            origin=origin,
-            domain=len(domain),
-        )
+    return await converge_async(
+        choose_sample(domain, sample),
+        {p.id for p in inventory},
+        self_id,
+        attestor,
+        judge,
+        deadline=deadline,
+        timeout=timeout,
+        retries=retries,
+        wait=wait,
+        origin=origin,
+        domain=len(domain),
+        late=late,
     )
+
+
+class Session:
+    """The payload's rounds and its answer wait after them, in one event loop
+    (``asyncio.Runner``): with ``keep_late``, the queries still out when the verdict
+    settled (recover.peers.client.Late) keep running whenever the caller waits through
+    :meth:`sleep`, and :meth:`late` gives what they brought. Leaving the session cancels
+    what is still out and closes the loop."""
+
+    def __init__(self, keep_late: bool = True) -> None:
+        import asyncio
+
+        self._runner = asyncio.Runner()
+        self._late: list[Late] | None = [] if keep_late else None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._runner.run(self._close())
+        finally:
+            self._runner.close()
+
+    async def _close(self) -> None:
+        for queries in self._late or []:
+            await queries.close()
+
+    def converge(
+        self,
+        inventory: Inventory,
+        self_id: str,
+        attestor: Attestor,
+        judge: Judge,
+        **kw: Any,
+    ) -> tuple[PeerResults, Convergence]:
+        """:func:`converge_domain` (same keywords) in this session's loop."""
+        return self._runner.run(
+            converge_domain(inventory, self_id, attestor, judge, late=self._late, **kw)
+        )
+
+    def still_out(self) -> int:
+        """How many queries of the settled round are still out."""
+        return sum(len(q) for q in self._late or [])
+
+    def late(self) -> list[PeerResult]:
+        """The results of queries of the settled round that ended since the last call."""
+        return [r for q in self._late or [] for r in q.finished()]
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, the queries still out running meanwhile."""
+        import asyncio
+
+        self._runner.run(asyncio.sleep(seconds))

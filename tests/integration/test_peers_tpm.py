@@ -407,10 +407,11 @@ def test_normal_os_claiming_boot_is_not_believed(fleet: dict[str, Host]) -> None
 class LosingProxy:
     """A loopback TCP proxy that delivers the first ``lose`` requests to the upstream
     and throws the upstream's answers away (the requester sees its connection closed):
-    answers lost in transit."""
+    answers lost in transit. With ``hold``, the answers it passes on wait until that
+    event is set (at most a minute): a peer that answers later than the others."""
 
-    def __init__(self, upstream: int, lose: int) -> None:
-        self.upstream, self.lose = upstream, lose
+    def __init__(self, upstream: int, lose: int, hold: threading.Event | None = None) -> None:
+        self.upstream, self.lose, self.hold = upstream, lose, hold
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -443,6 +444,8 @@ class LosingProxy:
 
                 threading.Thread(target=requests, daemon=True).start()
                 while data := up.recv(65536):  # the upstream answers, then closes
+                    if self.hold is not None:
+                        self.hold.wait(60)
                     if not lose:
                         client.sendall(data)
 
@@ -497,3 +500,47 @@ def test_an_answer_lost_in_transit_is_given_again(fleet: dict[str, Host]) -> Non
     assert p1.peers is not None and p1.peers.verified == 1, p1.peers
     assert str(p1.verdict.kind) == "correlated-failure", p1.verdict.reasons
     assert str(results["self"].verdict.kind) == "correlated-failure"
+
+
+def test_a_peer_answering_after_the_verdict_is_not_waited_for(
+    fleet: dict[str, Host], caplog: Any
+) -> None:
+    """The verdict settles on two payloads' answers (quorum 2) while the third peer's
+    answer is held back on its way. Its query is not cancelled: it runs on into the
+    answer wait, and the answer, once let through, attests the peer's normal OS (an
+    agent never asks), so the payload stops waiting for it at once instead of waiting
+    up to peers.timeout (here a minute) for a request that cannot come."""
+    boot(fleet, cut={"self", "p1", "p2"})
+    held = threading.Event()
+    proxy = LosingProxy(fleet["p3"].port, lose=0, hold=held)
+
+    class Release(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "of the settled round still out" in record.getMessage():
+                held.set()
+
+    release = Release()
+    logging.getLogger("recover").addHandler(release)
+    caplog.set_level(logging.INFO)
+    try:
+        write_inventory(fleet, p3={**fleet["p3"].entry(), "address": f"127.0.0.1:{proxy.port}"})
+        for n in ("p1", "p2"):
+            fleet[n].start_agent(role="boot")  # payloads that have decided: asking false
+        fleet["p3"].start_agent()
+        d = run_self(fleet, verdict_quorum="2", peers_timeout=60.0, peers_deadline=60.0)
+    finally:
+        held.set()
+        logging.getLogger("recover").removeHandler(release)
+        proxy.close()
+    assert str(d.verdict.kind) == "correlated-failure", d.verdict.reasons
+    assert outcomes(d) == {
+        "p1": Outcome.VERIFIED,
+        "p2": Outcome.VERIFIED,
+        "p3": Outcome.SKIPPED,  # the verdict did not wait for it
+    }
+    assert "1 query of the settled round still out" in caplog.text
+    assert (
+        "answered 0 of 0 peers that may ask (0 receipted; 3 run their normal OS or have "
+        "decided); 1 of 1 late answers in, 1 of them not asking" in caplog.text
+    ), caplog.text
+    assert "stopped at the end of verdict.wait" not in caplog.text

@@ -152,3 +152,44 @@ def test_a_large_domain_is_judged_from_a_random_sample() -> None:
     # Another draw is another sample (cryptographically random, not a fixed subset).
     draws = {frozenset(p.id for p in choose_sample(domain, n)) for _ in range(5)}
     assert len(draws) > 1
+
+
+@pytest.mark.parametrize("keep_late", [True, False])
+def test_a_settled_round_leaves_its_silent_query_running_until_the_session_ends(
+    keep_late: bool,
+) -> None:
+    """Quorum 2 of 3: two abnormal answers settle the verdict while the third peer
+    (accepts, never answers) is still asked. In a payload's session (keep_late) that
+    query stays out, bounded by its own timeout, for the answer wait; leaving the session
+    cancels it without waiting out that timeout (here ten minutes). Without keep_late
+    (``host-recover decide`` without serving) the round cancels it itself."""
+    from recover.peers.rounds import Session
+
+    att = SoftwareAttestor()
+    me = entry(ME, 9, att.pem)
+    sims = [SimPeer("a"), SimPeer("b"), SimPeer("quiet", behaviour="silent")]
+    with Fleet(sims, [me]) as fleet:
+        inv = fleet.inventory(me)
+        pol = Policy("2")
+        judge = Judge(Reading.ABNORMAL, OWN_SINCE, Rule.of(3, pol, 3), pol)
+
+        def run() -> tuple[Any, int, int, list]:
+            with Session(keep_late=keep_late) as session:
+                res, conv = session.converge(
+                    inv,
+                    ME,
+                    att,
+                    judge,
+                    deadline=600.0,
+                    timeout=600.0,
+                    retries=0,
+                    wait=600.0,
+                    origin=0.0,
+                )
+                out = session.still_out()
+                session.sleep(0.2)
+                return conv, out, session.still_out(), session.late()
+
+        conv, out, still, late = returns(run, "the session ends", within=300)
+    assert conv.stopped is Stop.SETTLED, conv
+    assert (out, still, late) == ((1, 1, []) if keep_late else (0, 0, []))
