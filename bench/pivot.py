@@ -409,8 +409,11 @@ def section(m: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     else:
         waited = (
             "The answer wait is short: the lab's peers that lost power say they will not ask "
-            "(`asking: false`, docs/peer-protocol.md). The last goal line takes the peer "
-            "steps out."
+            "(`asking: false`, docs/peer-protocol.md), and the peer left out once the verdict "
+            "settled (`skipped`) is still heard from: its query runs on into the answer "
+            "wait, and its answer (the normal OS) ends the wait for it (since 3fad204; "
+            "before, such a boot waited peers.timeout, 5 s). The last goal line takes the "
+            "peer steps out."
         )
     compared = f"\n{compare(before, m)}\n" if before is not None else ""
     killed = ""
